@@ -1,0 +1,164 @@
+"""Per request: identify -> decide -> pick the pool; per outcome: record.
+
+The `Router` holds, per service, an immutable `ServiceRoutes` snapshot: the routing plan of the
+current step and one prebuilt `Route` per (variant, tier), so routing a request allocates
+nothing but the subject. A new step (from the controller) is a new snapshot swapped in whole,
+never a mutation of the one requests are reading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from proxy.config import Config, ServiceConfig
+from proxy.core.identity import RequestView, subject_for
+from proxy.core.routing import RoutingPlan, Variant, decide
+from proxy.errors import NoRoute
+from proxy.http.pool import UpstreamPool
+from proxy.metrics import Metrics
+
+if TYPE_CHECKING:
+    from proxy.http.downstream import DownstreamProtocol
+    from proxy.http.request import Request
+
+
+class Recorder:
+    """Where finished exchanges are counted: Prometheus now, the analysis windows later."""
+
+    __slots__ = ("metrics",)
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def completed(self, route: Route, status: int, duration_s: float) -> None:
+        self.metrics.observe(route.service, route.variant, route.tier, status, duration_s)
+
+    def failed(self, route: Route, reason: str) -> None:
+        self.metrics.upstream_failure(route.service, route.variant, reason)
+
+    def aborted(self, route: Route) -> None:
+        self.metrics.client_abort(route.service, route.variant)
+
+
+class Route:
+    """Where a request goes and how it is labelled: shared by every request of a segment."""
+
+    __slots__ = ("extra", "pool", "recorder", "service", "step", "tier", "variant")
+
+    def __init__(
+        self,
+        service: str,
+        variant: Variant,
+        tier: str,
+        step: int,
+        pool: UpstreamPool,
+        recorder: Recorder,
+    ) -> None:
+        self.service = service
+        self.variant = variant.value
+        self.tier = tier
+        self.step = step
+        self.pool = pool
+        self.recorder = recorder
+        # Added to the upstream request; the same names are stripped from incoming requests.
+        self.extra = b"X-Rollout-Variant: %s\r\nX-Rollout-Step: %d\r\n" % (
+            variant.value.encode("ascii"),
+            step,
+        )
+
+
+class ServiceRoutes:
+    """One service's routing snapshot: its plan and its prebuilt routes."""
+
+    __slots__ = ("config", "host", "path_prefix", "plan", "routes")
+
+    def __init__(
+        self,
+        config: ServiceConfig,
+        plan: RoutingPlan,
+        pools: Mapping[Variant, UpstreamPool],
+        recorder: Recorder,
+    ) -> None:
+        self.config = config
+        self.plan = plan
+        self.host = config.match.host.lower() if config.match.host else None
+        self.path_prefix = config.match.path_prefix
+        self.routes: dict[tuple[Variant, str], Route] = {
+            (variant, tier): Route(config.name, variant, tier, plan.step_index, pool, recorder)
+            for variant, pool in pools.items()
+            for tier in config.tiers.names
+        }
+
+    def matches(self, host: str, path: str) -> bool:
+        if self.host is not None and self.host != host:
+            return False
+        return self.path_prefix is None or path.startswith(self.path_prefix)
+
+
+class Router:
+    """Maps a parsed request to its Route; owns the upstream pools."""
+
+    def __init__(self, config: Config, metrics: Metrics, loop: asyncio.AbstractEventLoop) -> None:
+        self.recorder = Recorder(metrics)
+        self.metrics = metrics
+        self.pools: dict[str, dict[Variant, UpstreamPool]] = {}
+        self.services: list[ServiceRoutes] = []
+        for service in config.services:
+            upstreams = service.upstreams
+            pools = {Variant.STABLE: UpstreamPool(upstreams.stable, config.limits, loop)}
+            if upstreams.canary:
+                pools[Variant.CANARY] = UpstreamPool(upstreams.canary, config.limits, loop)
+            else:
+                pools[Variant.CANARY] = pools[Variant.STABLE]
+            self.pools[service.name] = pools
+            self.services.append(self._snapshot(service, RoutingPlan.build(service.rollout, 0)))
+
+    def _snapshot(self, service: ServiceConfig, plan: RoutingPlan) -> ServiceRoutes:
+        self.metrics.set_step(service.name, plan.step_index, plan.canary_percent())
+        return ServiceRoutes(service, plan, self.pools[service.name], self.recorder)
+
+    def set_plan(self, name: str, plan: RoutingPlan) -> None:
+        """Swap in a new routing snapshot for service `name` (atomic for requests)."""
+        services = list(self.services)
+        for i, routes in enumerate(services):
+            if routes.config.name == name:
+                services[i] = self._snapshot(routes.config, plan)
+        self.services = services
+
+    def route(self, request: Request, client: DownstreamProtocol) -> Route:
+        host = _bare_host(request.host)
+        path = request.path
+        for service in self.services:
+            if service.matches(host, path):
+                return self._route_in(service, request, client)
+        raise NoRoute("no service matches this request")
+
+    @staticmethod
+    def _route_in(service: ServiceRoutes, request: Request, client: DownstreamProtocol) -> Route:
+        view = RequestView(
+            path=request.path,
+            query=request.query,
+            headers=request.relevant,
+            peer_ip=client.peer_ip,
+            peer_trusted=client.trusted,
+        )
+        subject = subject_for(service.config, view)
+        decision = decide(service.plan, subject)
+        return service.routes[(decision.variant, subject.tier)]
+
+    def close(self) -> None:
+        for pools in self.pools.values():
+            for pool in set(pools.values()):
+                pool.close()
+
+
+def _bare_host(host: bytes | None) -> str:
+    """Host without port, lower-cased ('' when absent)."""
+    if not host:
+        return ""
+    text = host.decode("latin-1").lower()
+    if text.startswith("["):
+        return text[: text.find("]") + 1]
+    return text.partition(":")[0]

@@ -1,0 +1,168 @@
+"""Upstream connection pools: keep-alive reuse, round-robin, passive health, bounded admission.
+
+An `UpstreamPool` serves one variant of one service (its stable or its canary endpoints). It
+admits at most `pool_max_concurrency` exchanges at once, queues up to `pool_queue` more and
+refuses the rest at once with 503 (Envoy's overflow semantics). It picks endpoints round-robin,
+skipping endpoints ejected after consecutive connect or reset failures; when every endpoint is
+ejected it uses them all (a panic mode: a guess beats a certain failure). Each endpoint keeps a
+LIFO stack of idle keep-alive connections. The pool decides first and does I/O after: the only
+awaiting code is the connect of a new connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING, Protocol
+
+from proxy.errors import Overloaded, UpstreamError
+
+if TYPE_CHECKING:
+    from proxy.config import Limits, Upstream
+    from proxy.http.upstream import UpstreamConnection
+
+
+class Waiter(Protocol):
+    """What a pool needs from an exchange that asks for a connection."""
+
+    @property
+    def abandoned(self) -> bool: ...
+
+    def attach(self, conn: UpstreamConnection, endpoint: Endpoint) -> None: ...
+
+    def upstream_failed(self, error: UpstreamError, endpoint: Endpoint | None) -> None: ...
+
+
+class Endpoint:
+    """One upstream address: its idle connections and its passive health."""
+
+    __slots__ = ("_failures", "ejected_until", "host", "idle", "limits", "port")
+
+    def __init__(self, upstream: Upstream, limits: Limits) -> None:
+        self.host = upstream.host
+        self.port = upstream.port
+        self.limits = limits
+        self.idle: list[UpstreamConnection] = []
+        self._failures = 0
+        self.ejected_until = 0.0
+
+    def __repr__(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def take_idle(self) -> UpstreamConnection | None:
+        while self.idle:
+            conn = self.idle.pop()
+            if conn.usable:
+                return conn
+        return None
+
+    def release(self, conn: UpstreamConnection) -> None:
+        if conn.usable and len(self.idle) < self.limits.pool_idle_per_endpoint:
+            self.idle.append(conn)
+        else:
+            conn.close()
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        if conn in self.idle:
+            self.idle.remove(conn)
+
+    def succeeded(self) -> None:
+        self._failures = 0
+
+    def failed(self, now: float) -> None:
+        self._failures += 1
+        if self._failures >= self.limits.eject_failures:
+            self._failures = 0
+            self.ejected_until = now + self.limits.eject_s
+
+    def close(self) -> None:
+        for conn in self.idle:
+            conn.close()
+        self.idle.clear()
+
+
+class UpstreamPool:
+    """The endpoints of one (service, variant), with admission control."""
+
+    def __init__(
+        self,
+        upstreams: tuple[Upstream, ...],
+        limits: Limits,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.endpoints = [Endpoint(u, limits) for u in upstreams]
+        self.limits = limits
+        self._loop = loop
+        self._next = 0
+        self.in_flight = 0
+        self._waiters: deque[Waiter] = deque()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def acquire(self, waiter: Waiter) -> None:
+        """Give `waiter` a connection now or later; raise Overloaded when the queue is full."""
+        if self.in_flight >= self.limits.pool_max_concurrency:
+            if len(self._waiters) >= self.limits.pool_queue:
+                raise Overloaded("upstream pool queue is full")
+            self._waiters.append(waiter)
+            return
+        self.in_flight += 1
+        self.dispatch(waiter)
+
+    def dispatch(self, waiter: Waiter, *, fresh: bool = False) -> None:
+        """Attach an idle connection of the next endpoint, or connect a new one."""
+        endpoint = self._pick()
+        conn = None if fresh else endpoint.take_idle()
+        if conn is not None:
+            conn.reused = True
+            waiter.attach(conn, endpoint)
+            return
+        task = self._loop.create_task(self._connect(endpoint, waiter))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def release_slot(self) -> None:
+        """An exchange admitted by `acquire` has ended; admit the next waiter."""
+        self.in_flight -= 1
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.abandoned:
+                self.in_flight += 1
+                self.dispatch(waiter)
+                return
+
+    def _pick(self) -> Endpoint:
+        endpoints = self.endpoints
+        count = len(endpoints)
+        now = self._loop.time()
+        for _ in range(count):
+            endpoint = endpoints[self._next % count]
+            self._next += 1
+            if endpoint.ejected_until <= now:
+                return endpoint
+        endpoint = endpoints[self._next % count]
+        self._next += 1
+        return endpoint
+
+    async def _connect(self, endpoint: Endpoint, waiter: Waiter) -> None:
+        from proxy.http.upstream import UpstreamConnection
+
+        try:
+            async with asyncio.timeout(self.limits.connect_timeout_s):
+                _, conn = await self._loop.create_connection(
+                    lambda: UpstreamConnection(endpoint), endpoint.host, endpoint.port
+                )
+        except (OSError, TimeoutError) as exc:
+            endpoint.failed(self._loop.time())
+            detail = "timed out" if isinstance(exc, TimeoutError) else str(exc)
+            waiter.upstream_failed(UpstreamError("connect", detail, status=502), endpoint)
+            return
+        if waiter.abandoned:
+            endpoint.release(conn)
+            return
+        waiter.attach(conn, endpoint)
+
+    def close(self) -> None:
+        for endpoint in self.endpoints:
+            endpoint.close()
+        for task in list(self._tasks):
+            task.cancel()

@@ -1,0 +1,146 @@
+"""A parsed request head and the strict checks it must pass before anything is forwarded.
+
+llhttp (through httptools) already refuses most ambiguous framing: CL+TE, duplicate or malformed
+Content-Length, obfuscated Transfer-Encoding, bare CR/LF, obs-fold, whitespace before the colon,
+control characters. The checks here cover what it lets through (RELIABILITY.md A-E): versions
+other than HTTP/1.0 and 1.1, underscores in field names, Host rules, target forms, dot-segments,
+and transfer codings other than a lone `chunked`. Pure functions; no I/O.
+"""
+
+from __future__ import annotations
+
+import re
+
+from proxy.errors import BadRequest
+
+_HOST_RE = re.compile(
+    rb"(?:[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252})|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?\Z"
+)
+_VERSIONS = (b"HTTP/1.1\r\n", b"HTTP/1.0\r\n")
+_DOT_SEGMENT_RE = re.compile(rb"(?:^|/)(?:\.|%2e){1,2}(?:/|\?|$)", re.IGNORECASE)
+
+
+class Request:
+    """One request head, as the proxy will forward it (end-to-end fields only)."""
+
+    __slots__ = (
+        "chunked",
+        "content_length",
+        "expect_continue",
+        "headers",
+        "host",
+        "keep_alive",
+        "method",
+        "path",
+        "query",
+        "relevant",
+        "target",
+        "version",
+        "websocket",
+        "xff",
+        "xfh",
+        "xfp",
+    )
+
+    def __init__(self) -> None:
+        self.method = b""
+        self.target = b""
+        self.path = ""
+        self.query = ""
+        self.version = b"1.1"
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.host: bytes | None = None
+        self.keep_alive = True
+        self.chunked = False
+        self.content_length: int | None = None
+        self.expect_continue = False
+        self.websocket = False
+        self.relevant: dict[str, str] = {}
+        # X-Forwarded-* as sent by a trusted peer (None otherwise: they are then overwritten).
+        self.xff: bytes | None = None
+        self.xfp: bytes | None = None
+        self.xfh: bytes | None = None
+
+    @property
+    def has_body(self) -> bool:
+        """True when a body follows the head (possibly empty when chunked)."""
+        return self.chunked or bool(self.content_length)
+
+    @property
+    def idempotent(self) -> bool:
+        """RFC 9110 9.2.2: the methods that may be retried automatically."""
+        return self.method in (b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE")
+
+
+def check_request_line(head: bytes, start: int, method: bytes, url: bytes) -> int:
+    """Find `METHOD SP target SP HTTP/1.x CRLF` at or after `start`; return the index past it.
+
+    llhttp also accepts `RTSP/` and `ICE/` versions and repeated spaces; we do not.
+    """
+    prefix = method + b" " + url + b" "
+    index = head.find(prefix, start)
+    if index < 0:
+        raise BadRequest("malformed request line")
+    version_at = index + len(prefix)
+    if head[version_at : version_at + 10] not in _VERSIONS:
+        raise BadRequest("unsupported HTTP version", 505)
+    return version_at + 10
+
+
+def check_host(value: bytes) -> bytes:
+    """A Host value: reg-name or IP literal with an optional port; no userinfo, path or spaces."""
+    if not _HOST_RE.match(value):
+        raise BadRequest("invalid Host header")
+    return value
+
+
+def split_target(request: Request, url: bytes) -> None:
+    """Validate the request target and set `path`, `query` (and `host` for absolute-form)."""
+    if url.startswith(b"/"):
+        raw = url
+    elif url[:7].lower() == b"http://" or url[:8].lower() == b"https://":
+        raw = _absolute_to_origin(request, url)
+    else:
+        # asterisk-form (OPTIONS *) and anything else: never forwarded as a path.
+        raise BadRequest("request target must be origin-form (/path)")
+    if b"#" in raw:
+        raise BadRequest("fragment in request target")
+    path, _, query = raw.partition(b"?")
+    if (b"." in path or b"%" in path or b"\\" in path) and _unsafe_path(path):
+        raise BadRequest("path with dot-segments, backslash or NUL")
+    request.target = raw
+    request.path = path.decode("latin-1")
+    request.query = query.decode("latin-1")
+
+
+def _absolute_to_origin(request: Request, url: bytes) -> bytes:
+    """RFC 9112 3.2.2: the target's authority wins over Host; they must agree here."""
+    rest = url.split(b"://", 1)[1]
+    slash = rest.find(b"/")
+    authority, raw = (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
+    if b"?" in authority:
+        authority, query = authority.split(b"?", 1)
+        raw = b"/?" + query
+    check_host(authority)
+    if request.host is not None and request.host.lower() != authority.lower():
+        raise BadRequest("absolute-form target does not match Host")
+    request.host = authority
+    return raw
+
+
+def _unsafe_path(path: bytes) -> bool:
+    lowered = path.lower()
+    return (
+        b"\\" in path
+        or b"%00" in path
+        or b"%5c" in lowered
+        or _DOT_SEGMENT_RE.search(path) is not None
+    )
+
+
+def check_transfer_encoding(value: bytes, version: bytes) -> None:
+    """Only a lone `chunked` is accepted; llhttp refuses the obfuscated spellings itself."""
+    if version == b"1.0":
+        raise BadRequest("Transfer-Encoding in an HTTP/1.0 request")
+    if value.strip().lower() != b"chunked":
+        raise BadRequest("unsupported transfer coding", 501)

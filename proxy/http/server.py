@@ -1,0 +1,153 @@
+"""The data-plane listener: accepts connections, checks their deadlines, drains them.
+
+One `Engine` per listening socket. It owns what every downstream connection shares: the limits,
+the router, the table of header names that need special handling, the trusted-peer check, the
+set of live connections, and one sweeper timer that enforces every connection's deadline (a
+per-request timer would cost more than the request).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+from proxy.http import downstream as ds
+from proxy.http.downstream import DownstreamProtocol
+
+if TYPE_CHECKING:
+    from proxy.config import Config
+    from proxy.dataplane import Router
+    from proxy.errors import HttpError
+
+_TRUST_CACHE_SIZE = 4096
+
+
+def header_kinds(identity_headers: Iterable[str], relevant: Iterable[str]) -> dict[bytes, int]:
+    """Lower-cased field name -> how the downstream protocol treats it."""
+    kinds = {
+        b"host": ds.H_HOST,
+        b"content-length": ds.H_LENGTH,
+        b"transfer-encoding": ds.H_TE,
+        b"connection": ds.H_CONNECTION,
+        b"upgrade": ds.H_UPGRADE,
+        b"expect": ds.H_EXPECT,
+        b"keep-alive": ds.H_DROP,
+        b"proxy-connection": ds.H_DROP,
+        b"te": ds.H_DROP,
+        b"trailer": ds.H_DROP,
+        b"proxy-authorization": ds.H_DROP,
+        b"x-rollout-variant": ds.H_DROP,
+        b"x-rollout-step": ds.H_DROP,
+        b"x-forwarded-for": ds.H_XFF,
+        b"x-forwarded-proto": ds.H_XFP,
+        b"x-forwarded-host": ds.H_XFH,
+        b"forwarded": ds.H_DROP_UNTRUSTED,
+        b"x-real-ip": ds.H_DROP_UNTRUSTED,
+    }
+    for name in relevant:
+        kinds.setdefault(name.encode("latin-1"), ds.H_RELEVANT)
+    for name in identity_headers:
+        kinds[name.encode("latin-1")] = ds.H_TRUSTED_ONLY
+    return kinds
+
+
+class Engine:
+    """Shared state of one data-plane listener."""
+
+    def __init__(
+        self,
+        config: Config,
+        router: Router,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        identity_headers: Iterable[str] = (),
+        relevant_headers: Iterable[str] = (),
+        on_reject: Callable[[HttpError], None] | None = None,
+    ) -> None:
+        self.loop = loop
+        self.limits = config.limits
+        self.router = router
+        self.header_kinds = header_kinds(identity_headers, relevant_headers)
+        self.connections: set[DownstreamProtocol] = set()
+        self.draining = False
+        self._trusted = config.trusted_peers
+        self._trust_cache: dict[str, bool] = {}
+        self._on_reject = on_reject
+        self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._all_closed: asyncio.Event | None = None
+        limits = config.limits
+        shortest = min(limits.header_timeout_s, limits.idle_timeout_s, limits.body_timeout_s)
+        self.sweep_s = max(0.02, min(0.5, shortest / 10))
+
+    def is_trusted(self, ip: str) -> bool:
+        cached = self._trust_cache.get(ip)
+        if cached is None:
+            try:
+                address = ipaddress.ip_address(ip)
+            except ValueError:
+                cached = False
+            else:
+                cached = any(address in network for network in self._trusted)
+            if len(self._trust_cache) >= _TRUST_CACHE_SIZE:
+                self._trust_cache.clear()
+            self._trust_cache[ip] = cached
+        return cached
+
+    def rejected(self, error: HttpError) -> None:
+        if self._on_reject is not None:
+            self._on_reject(error)
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        """Listen on host:port (0 picks a free port); return the bound address."""
+        self._server = await self.loop.create_server(
+            lambda: DownstreamProtocol(self), host, port, backlog=4096, reuse_address=True
+        )
+        self._sweeper = self.loop.call_later(self.sweep_s, self._sweep)
+        sockname = self._server.sockets[0].getsockname()
+        return str(sockname[0]), int(sockname[1])
+
+    def _sweep(self) -> None:
+        now = self.loop.time()
+        for conn in list(self.connections):
+            conn.check_deadline(now)
+        self._sweeper = self.loop.call_later(self.sweep_s, self._sweep)
+
+    def forget(self, conn: DownstreamProtocol) -> None:
+        self.connections.discard(conn)
+        if not self.connections and self._all_closed is not None:
+            self._all_closed.set()
+
+    async def drain(self, grace_s: float) -> int:
+        """Stop accepting, let in-flight exchanges finish; return how many were cut."""
+        self.draining = True
+        self._all_closed = asyncio.Event()
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.drain()
+        if self.connections:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace_s):
+                    await self._all_closed.wait()
+        cut = len(self.connections)
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+        return cut
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+        self.router.close()

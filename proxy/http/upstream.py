@@ -1,0 +1,145 @@
+"""One keep-alive connection to an upstream endpoint, parsing responses with llhttp.
+
+The connection belongs to an `Endpoint` while idle and to one `Exchange` while busy. It turns
+parser callbacks into calls on the exchange and never decides anything itself: whether it may be
+reused, how a failure is reported and what the client sees are the exchange's business.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, cast
+
+import httptools
+
+from proxy.errors import UpstreamError
+
+if TYPE_CHECKING:
+    from proxy.http.exchange import Exchange
+    from proxy.http.pool import Endpoint
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """A client connection to an upstream, driven by the exchange it is attached to."""
+
+    __slots__ = (
+        "_headers",
+        "_parser",
+        "endpoint",
+        "exchange",
+        "reused",
+        "transport",
+        "usable",
+    )
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self.transport: asyncio.Transport | None = None
+        self.exchange: Exchange | None = None
+        self.reused = False
+        self.usable = False
+        self._parser = httptools.HttpResponseParser(self)
+        self._headers: list[tuple[bytes, bytes]] = []
+
+    # asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        self.usable = True
+
+    def data_received(self, data: bytes) -> None:
+        exchange = self.exchange
+        if exchange is None:
+            # Bytes on an idle connection would poison the next response: drop the connection.
+            self.close()
+            return
+        if exchange.tunnel:
+            exchange.client_write(data)
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            exchange.switch_protocols(data[upgrade.args[0] :])
+        except httptools.HttpParserCallbackError as exc:
+            error = exc.__context__
+            if not isinstance(error, UpstreamError):
+                raise
+            self.usable = False
+            exchange.upstream_failed(error, self.endpoint)
+        except httptools.HttpParserError as exc:
+            self.usable = False
+            exchange.upstream_failed(UpstreamError("protocol", str(exc)), self.endpoint)
+        exchange.flush_client()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.usable = False
+        self.endpoint.forget(self)
+        exchange = self.exchange
+        if exchange is not None:
+            self.exchange = None
+            exchange.upstream_lost(self, exc)
+
+    def pause_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.client_pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.client_resume_reading()
+
+    # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self._headers = []
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        if self.exchange is not None:
+            parser = self._parser
+            self.exchange.response_head(
+                parser.get_status_code(),
+                self._headers,
+                parser.should_keep_alive(),
+            )
+
+    def on_body(self, body: bytes) -> None:
+        if self.exchange is not None:
+            self.exchange.response_body(body)
+
+    def on_message_complete(self) -> None:
+        if self.exchange is not None:
+            self.exchange.response_complete()
+
+    # used by the exchange and the pool
+
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def detach(self) -> None:
+        """The exchange is done with this connection (it will be pooled or closed)."""
+        self.exchange = None
+
+    def close(self) -> None:
+        self.usable = False
+        self.exchange = None
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        """Close at once, discarding unsent data (the exchange is abandoned)."""
+        self.usable = False
+        self.exchange = None
+        if self.transport is not None:
+            self.transport.abort()

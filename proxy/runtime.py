@@ -1,0 +1,119 @@
+"""The process runtime: event loop (uvloop, chosen here only), listeners, signals, drain.
+
+`Runtime` starts the data plane and the admin listener on one event loop and stops them in
+order: readiness fails first, the data plane stops accepting and lets in-flight exchanges finish
+for up to `limits.drain_s`, then everything closes. `run` is the blocking entry point of
+`rollout-proxy run`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import sys
+from collections.abc import Coroutine
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from proxy.admin import Readiness, build_admin_app
+from proxy.config import Config
+from proxy.core.identity import header_rule_names, relevant_headers
+from proxy.dataplane import Router
+from proxy.http.server import Engine
+from proxy.metrics import Metrics
+
+
+class Runtime:
+    """A running proxy: data plane + admin listener, sharing one registry."""
+
+    def __init__(self, config: Config, *, registry: CollectorRegistry | None = None) -> None:
+        self.config = config
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = Metrics(self.registry)
+        self.readiness = Readiness()
+        self.data_address: tuple[str, int] = ("", 0)
+        self.admin_address: tuple[str, int] = ("", 0)
+        self.router: Router | None = None
+        self._engine: Engine | None = None
+        self._admin: web.AppRunner | None = None
+
+    @property
+    def data_url(self) -> str:
+        host, port = self.data_address
+        return f"http://{host}:{port}"
+
+    @property
+    def admin_url(self) -> str:
+        host, port = self.admin_address
+        return f"http://{host}:{port}"
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        config = self.config
+        self.router = Router(config, self.metrics, loop)
+        self._engine = Engine(
+            config,
+            self.router,
+            loop,
+            identity_headers=header_rule_names(config),
+            relevant_headers=relevant_headers(config),
+        )
+        self.data_address = await self._engine.start(config.listen.host, config.listen.port)
+        self._admin = web.AppRunner(
+            build_admin_app(self.registry, self.readiness), access_log=None, handle_signals=False
+        )
+        await self._admin.setup()
+        listen = config.admin.listen
+        sock = socket.create_server((listen.host, listen.port), reuse_port=False)
+        await web.SockSite(self._admin, sock).start()
+        sockname = sock.getsockname()
+        self.admin_address = (str(sockname[0]), int(sockname[1]))
+        self.readiness.set_ready()
+
+    async def stop(self, drain_s: float | None = None) -> int:
+        """Drain and close; return the number of connections cut at the deadline."""
+        self.readiness.set_not_ready("draining")
+        cut = 0
+        if self._engine is not None:
+            drain = self.config.limits.drain_s if drain_s is None else drain_s
+            cut = await self._engine.drain(drain)
+            await self._engine.close()
+            self._engine = None
+        if self._admin is not None:
+            await self._admin.cleanup()
+            self._admin = None
+        return cut
+
+
+async def serve(config: Config) -> int:
+    """Run until SIGTERM or SIGINT, then drain; the exit status of `rollout-proxy run`."""
+    runtime = Runtime(config)
+    await runtime.start()
+    print(
+        f"rollout-proxy: data plane on {runtime.data_url}, admin on {runtime.admin_url}",
+        file=sys.stderr,
+        flush=True,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    print("rollout-proxy: draining", file=sys.stderr, flush=True)
+    cut = await runtime.stop()
+    if cut:
+        print(f"rollout-proxy: {cut} connection(s) cut at the drain deadline", file=sys.stderr)
+    return 0
+
+
+def run_loop(main: Coroutine[Any, Any, int]) -> int:
+    """Run a coroutine on uvloop where available (the one place the loop is chosen)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
+        return asyncio.run(main)
+    result: int = uvloop.run(main)
+    return result
