@@ -1,0 +1,114 @@
+"""Built-in demo upstreams for `rollout-proxy demo`, and the demo's public pieces.
+
+Owns the two loopback demo servers ("stable" and "canary"): each answers any method and path
+with a small JSON body naming its variant and the header `X-Served-By: stable|canary`; the
+canary fails with 500 at a chosen rate, drawn from an injected `random.Random`. The traffic
+driver and report live in `proxy.demotraffic` and are re-exported here. Nothing here knows the
+proxy: the CLI starts these upstreams, the proxy in front of them, then drives traffic.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+
+from aiohttp import web
+
+from proxy.demotraffic import (
+    SERVED_BY,
+    TierCounts,
+    TrafficReport,
+    demo_tenants,
+    drive_traffic,
+    render_report,
+)
+
+__all__ = [
+    "DemoUpstreams",
+    "TierCounts",
+    "TrafficReport",
+    "demo_tenants",
+    "drive_traffic",
+    "render_report",
+    "start_demo_upstreams",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class _Responder:
+    """Request handler of one demo upstream."""
+
+    variant: str
+    error_rate: float
+    rng: random.Random
+
+    async def handle(self, request: web.Request) -> web.Response:
+        async for _ in request.content.iter_any():  # drain any body without keeping it
+            pass
+        failed = self.error_rate > 0 and self.rng.random() < self.error_rate
+        body = {"variant": self.variant, "path": request.path}
+        if failed:
+            body["error"] = "injected failure"
+        return web.json_response(
+            body, status=500 if failed else 200, headers={SERVED_BY: self.variant}
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DemoUpstreams:
+    """The running demo upstreams; `close()` (or `async with`) stops both."""
+
+    stable_url: str
+    canary_url: str
+    _runners: Sequence[web.AppRunner]
+
+    async def close(self) -> None:
+        for runner in self._runners:
+            await runner.cleanup()
+
+    async def __aenter__(self) -> DemoUpstreams:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+async def _serve(responder: _Responder, host: str) -> tuple[web.AppRunner, str]:
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", responder.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, 0)
+        await site.start()
+        port = runner.addresses[0][1]
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner, f"http://{host}:{port}"
+
+
+async def start_demo_upstreams(
+    canary_error_rate: float = 0.0,
+    *,
+    rng: random.Random | None = None,
+    host: str = "127.0.0.1",
+) -> DemoUpstreams:
+    """Start "stable" and "canary" on `host`, random free ports; canary fails at the rate."""
+    if not 0.0 <= canary_error_rate <= 1.0:
+        raise ValueError(f"canary_error_rate must be 0..1, got {canary_error_rate}")
+    draw = rng if rng is not None else random.Random()
+    stable, stable_url = await _serve(_Responder("stable", 0.0, draw), host)
+    try:
+        canary, canary_url = await _serve(_Responder("canary", canary_error_rate, draw), host)
+    except BaseException:
+        await stable.cleanup()
+        raise
+    return DemoUpstreams(stable_url, canary_url, (stable, canary))

@@ -1,0 +1,179 @@
+"""proxy/metrics.py: exact values after known calls, bounded labels, exposition over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from proxy.admin import Readiness, build_admin_app
+from proxy.core.outcome import status_class
+from proxy.metrics import DURATION_BUCKETS, Metrics
+
+LABELS = {"service": "checkout", "variant": "canary", "tier": "free"}
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+@pytest.fixture
+def metrics(registry: CollectorRegistry) -> Metrics:
+    return Metrics(registry)
+
+
+async def promtool_check(exposition: bytes) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool not found on PATH; install it with `apt-get install prometheus`")
+    proc = await asyncio.create_subprocess_exec(
+        promtool,
+        "check",
+        "metrics",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await proc.communicate(exposition)
+    assert proc.returncode == 0, output.decode()
+
+
+async def scrape(registry: CollectorRegistry) -> bytes:
+    app = build_admin_app(registry, Readiness())
+    async with TestClient(TestServer(app, host="127.0.0.1", port=0)) as client:
+        response = await client.get("/metrics")
+        assert response.status == 200
+        return await response.read()
+
+
+def test_status_class() -> None:
+    assert [status_class(s) for s in (100, 204, 304, 404, 599)] == [
+        "1xx",
+        "2xx",
+        "3xx",
+        "4xx",
+        "5xx",
+    ]
+    assert status_class(99) == status_class(600) == "5xx"
+
+
+def test_observe_counts_requests_by_status_class(
+    registry: CollectorRegistry, metrics: Metrics
+) -> None:
+    for status in (200, 201, 204, 503, 404):
+        metrics.observe("checkout", "canary", "free", status, 0.01)
+    metrics.observe("checkout", "stable", "free", 200, 0.01)
+    value = registry.get_sample_value
+    assert value("rollout_requests_total", {**LABELS, "status_class": "2xx"}) == 3
+    assert value("rollout_requests_total", {**LABELS, "status_class": "4xx"}) == 1
+    assert value("rollout_requests_total", {**LABELS, "status_class": "5xx"}) == 1
+    assert value("rollout_requests_total", {**LABELS, "status_class": "3xx"}) is None
+    stable = {**LABELS, "variant": "stable", "status_class": "2xx"}
+    assert value("rollout_requests_total", stable) == 1
+
+
+def test_observe_fills_histogram_buckets_inclusively(
+    registry: CollectorRegistry, metrics: Metrics
+) -> None:
+    for duration in (0.0001, 0.005, 0.0051, 0.25, 0.5, 11.0):
+        metrics.observe("checkout", "canary", "free", 200, duration)
+    name = "rollout_request_duration_seconds"
+
+    def bucket(le: str) -> float | None:
+        return registry.get_sample_value(f"{name}_bucket", {**LABELS, "le": le})
+
+    assert bucket("0.0005") == 1
+    assert bucket("0.005") == 2  # an observation equal to a bound falls in that bucket
+    assert bucket("0.01") == 3
+    assert bucket("0.25") == 4
+    assert bucket("10.0") == 5
+    assert bucket("+Inf") == 6
+    assert registry.get_sample_value(f"{name}_count", LABELS) == 6
+    assert (
+        registry.get_sample_value(f"{name}_sum", LABELS)
+        == 0.0001 + 0.005 + 0.0051 + 0.25 + 0.5 + 11.0
+    )
+    assert len(DURATION_BUCKETS) == 14
+
+
+def test_children_are_cached_and_shared(registry: CollectorRegistry, metrics: Metrics) -> None:
+    counter = metrics.requests("checkout", "canary", "free", "2xx")
+    assert metrics.requests("checkout", "canary", "free", "2xx") is counter
+    metrics.observe("checkout", "canary", "free", 200, 0.001)
+    metrics.observe("checkout", "canary", "free", 204, 0.001)
+    counter.inc()
+    assert counter.value == 3
+    assert (
+        registry.get_sample_value("rollout_requests_total", {**LABELS, "status_class": "2xx"}) == 3
+    )
+    with pytest.raises(ValueError, match="up"):
+        counter.inc(-1)
+
+
+def test_failures_aborts_and_step(registry: CollectorRegistry, metrics: Metrics) -> None:
+    for reason in ("connect", "timeout", "timeout", "reset", "protocol"):
+        metrics.upstream_failure("checkout", "canary", reason)
+    metrics.client_abort("checkout", "stable")
+    metrics.client_abort("checkout", "stable")
+    metrics.set_step("checkout", 1, 2.5)
+    metrics.set_step("checkout", 3, 25.0)
+    value = registry.get_sample_value
+    failures = {"service": "checkout", "variant": "canary"}
+    assert value("rollout_upstream_failures_total", {**failures, "reason": "timeout"}) == 2
+    assert value("rollout_upstream_failures_total", {**failures, "reason": "connect"}) == 1
+    assert value("rollout_client_aborts_total", {"service": "checkout", "variant": "stable"}) == 2
+    assert value("rollout_client_aborts_total", failures) is None
+    assert value("rollout_step", {"service": "checkout"}) == 3
+    assert value("rollout_canary_percent", {"service": "checkout"}) == 25.0
+
+
+def test_labels_stay_bounded(registry: CollectorRegistry, metrics: Metrics) -> None:
+    with pytest.raises(ValueError, match="variant"):
+        metrics.observe("checkout", "tenant-42", "free", 200, 0.1)
+    with pytest.raises(ValueError, match="reason"):
+        metrics.upstream_failure("checkout", "canary", "user 42 was rude")
+    with pytest.raises(ValueError, match="variant"):
+        metrics.client_abort("checkout", "blue")
+    assert (
+        registry.get_sample_value("rollout_requests_total", {**LABELS, "variant": "tenant-42"})
+        is None
+    )
+
+
+def test_registry_is_injected_not_global(registry: CollectorRegistry) -> None:
+    Metrics(registry).observe("checkout", "canary", "free", 200, 0.1)
+    other = CollectorRegistry()
+    Metrics(other)
+    key = {**LABELS, "status_class": "2xx"}
+    assert registry.get_sample_value("rollout_requests_total", key) == 1
+    assert other.get_sample_value("rollout_requests_total", key) is None
+    with pytest.raises(ValueError, match="Duplicated"):
+        Metrics(registry)
+
+
+async def test_exposition_over_http_is_exact_and_passes_promtool(
+    registry: CollectorRegistry, metrics: Metrics
+) -> None:
+    metrics.observe("checkout", "canary", "enterprise", 200, 0.002)
+    metrics.observe("checkout", "stable", "free", 502, 0.5)
+    metrics.upstream_failure("checkout", "stable", "connect")
+    metrics.client_abort("checkout", "canary")
+    metrics.set_step("checkout", -1, 0.0)
+    body = await scrape(registry)
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(body.decode())
+        for s in family.samples
+    }
+    stable_5xx = (("service", "checkout"), ("status_class", "5xx"), ("tier", "free"))
+    assert samples[("rollout_requests_total", (*stable_5xx, ("variant", "stable")))] == 1
+    canary = (("service", "checkout"), ("tier", "enterprise"), ("variant", "canary"))
+    assert samples[("rollout_request_duration_seconds_sum", canary)] == 0.002
+    assert samples[("rollout_step", (("service", "checkout"),))] == -1
+    assert len(samples) == 2 + 2 * (15 + 2) + 1 + 1 + 2
+    await promtool_check(body)
