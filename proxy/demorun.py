@@ -15,7 +15,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from proxy.config import Config, Upstream, UpstreamsConfig, load_config
+from proxy.config import Config, Step, Upstream, UpstreamsConfig, load_config
 from proxy.core.routing import RoutingPlan
 from proxy.demo import DemoUpstreams, start_demo_upstreams
 from proxy.demotraffic import drive_traffic, render_report
@@ -87,9 +87,6 @@ async def run_demo(
     return 0
 
 
-def _describe(step: object) -> str:
-    fields = dataclasses.asdict(step)  # type: ignore[call-overload]
-    parts = [f"{fields['percent']:g}% of"]
-    cohort = sorted(fields["tiers"]) + sorted(fields["tenants"])
-    parts.append(", ".join(cohort) if cohort else "everyone")
-    return " ".join(parts)
+def _describe(step: Step) -> str:
+    cohort = sorted(step.tiers) + sorted(step.tenants)
+    return f"{step.percent:g}% of {', '.join(cohort) if cohort else 'everyone'}"

@@ -1,0 +1,158 @@
+"""The configuration model: frozen dataclasses that proxy/config/__init__.py builds from YAML.
+
+Values here are already validated and normalised (header names lower-cased, durations in
+seconds, JWT keys resolved from the environment); nothing in this module parses or checks. The
+enums shared with the pure core (Variant, IdSource, IdKind, Unidentified) live in proxy/core and
+are re-exported by proxy/config/__init__.py. docs/configuration.md documents the YAML shape.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+from proxy.core.identity import IdKind, IdSource, Unidentified
+from proxy.core.routing import Variant
+
+if TYPE_CHECKING:
+    from jwt.algorithms import AllowedPublicKeys
+
+
+def _bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A listening address; `host` is kept without IPv6 brackets; port 0 picks a free port."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{_bracketed(self.host)}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    listen: Address
+    token_env: str | None = None  # env var holding the bearer token for mutating calls
+
+
+@dataclass(frozen=True, slots=True)
+class StateConfig:
+    backend: str = "file"  # "file" | "redis"
+    path: str | None = "state/rollouts.json"  # file backend
+    url_env: str | None = None  # redis backend: env var holding the redis URL
+    prefix: str = "rollout-proxy"  # redis backend: key prefix
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    host: str | None = None  # lower-cased, without port
+    path_prefix: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityRule:
+    source: IdSource
+    name: str  # header (lower-cased) | cookie | query param | path regex source | claim
+    kind: IdKind
+    pattern: re.Pattern[str] | None = None  # path rules only; has a group named `id`
+    algorithms: tuple[str, ...] = ()  # jwt rules only
+    key: str | None = field(default=None, repr=False)  # jwt only: the key read from `key_env`
+    issuer: str | None = None
+    audience: str | None = None
+    leeway_s: float = 0.0
+    # jwt rules only: `key` parsed once (public key object) for asymmetric algorithms
+    verify_key: AllowedPublicKeys | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class TierConfig:
+    tenants: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    header: str | None = None  # lower-cased
+    default: str = "default"
+    names: frozenset[str] = frozenset()  # every known tier: given names, default, tenant tiers
+
+    def __post_init__(self) -> None:
+        known = self.names | {self.default, *self.tenants.values()}
+        object.__setattr__(self, "names", frozenset(known))
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    percent: float = 100.0  # 0..100, resolution 0.01
+    tiers: frozenset[str] = frozenset()
+    tenants: frozenset[str] = frozenset()
+    observe_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutConfig:
+    strategy: str  # "canary" | "blue-green"
+    salt: str
+    pins: Mapping[str, Variant]
+    steps: tuple[Step, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    host: str
+    port: int
+    scheme: str = "http"
+
+    def __str__(self) -> str:
+        return f"{self.scheme}://{_bracketed(self.host)}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamsConfig:
+    stable: tuple[Upstream, ...]
+    canary: tuple[Upstream, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    name: str
+    match: Match
+    identity: tuple[IdentityRule, ...]
+    unidentified: Unidentified
+    tiers: TierConfig
+    upstreams: UpstreamsConfig
+    rollout: RolloutConfig
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    header_timeout_s: float = 10.0
+    idle_timeout_s: float = 60.0
+    body_timeout_s: float = 30.0
+    connect_timeout_s: float = 3.0
+    response_timeout_s: float = 30.0
+    max_connections: int = 10000
+    max_uri_bytes: int = 8192
+    max_header_bytes: int = 32768
+    max_headers: int = 100
+    max_body_bytes: int = 0  # 0 = unlimited
+    pool_max_concurrency: int = 1024
+    pool_queue: int = 256
+    pool_idle_per_endpoint: int = 128
+    eject_failures: int = 5
+    eject_s: float = 10.0
+    drain_s: float = 5.0
+    max_pipelined: int = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    listen: Address
+    admin: AdminConfig
+    state: StateConfig
+    services: tuple[ServiceConfig, ...]
+    trusted_peers: tuple[IPv4Network | IPv6Network, ...] = ()
+    limits: Limits = field(default_factory=Limits)

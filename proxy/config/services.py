@@ -1,0 +1,191 @@
+"""Configuration of one entry of `services:`: match, upstreams, rollout, and their cross-checks.
+
+Cross-checks catch configurations that load but silently do nothing: a step naming a tier that
+no tenant or default can have, pins or tenant cohorts with no `kind: tenant` identity rule, a
+canary that some step exposes but no canary upstream serves.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+
+from proxy.config import reader as read
+from proxy.config.identity import identity_rules, tenant_id, tier_name, tiers
+from proxy.config.model import (
+    IdentityRule,
+    Match,
+    RolloutConfig,
+    ServiceConfig,
+    Step,
+    TierConfig,
+    Upstream,
+    UpstreamsConfig,
+)
+from proxy.core.bucketing import BUCKETS
+from proxy.core.identity import IdKind, Unidentified
+from proxy.core.routing import Variant
+from proxy.errors import ConfigError
+
+_NAME = re.compile(r"[a-z0-9_-]{1,64}")
+_PATH_PREFIX = re.compile(r"/[^\s?#]*")
+_SERVICE_KEYS = ("name", "match", "identity", "unidentified", "tiers", "upstreams", "rollout")
+_STRATEGIES = ("canary", "blue-green")
+
+
+def service(value: object, path: str, env: Mapping[str, str]) -> ServiceConfig:
+    """One service; errors are reported in the order the keys are documented."""
+    data = read.mapping(value, path, _SERVICE_KEYS, required=("name", "upstreams", "rollout"))
+    name = read.string(data["name"], read.key(path, "name"), _NAME, "[a-z0-9_-]{1,64}")
+    match = _match(data.get("match", {}), read.key(path, "match"))
+    rules = identity_rules(data.get("identity", []), read.key(path, "identity"), env)
+    unidentified = read.choice(
+        data.get("unidentified", "stable"),
+        read.key(path, "unidentified"),
+        [u.value for u in Unidentified],
+    )
+    tier_config = tiers(data.get("tiers", {}), read.key(path, "tiers"))
+    upstreams = _upstreams(data["upstreams"], read.key(path, "upstreams"))
+    rollout = _rollout(data["rollout"], read.key(path, "rollout"), name, tier_config)
+    _check_tenants(rules, tier_config, rollout, path)
+    _check_canary(upstreams, rollout, path)
+    return ServiceConfig(
+        name=name,
+        match=match,
+        identity=rules,
+        unidentified=Unidentified(unidentified),
+        tiers=tier_config,
+        upstreams=upstreams,
+        rollout=rollout,
+    )
+
+
+def _match(value: object, path: str) -> Match:
+    data = read.mapping(value, path, ("host", "path_prefix"))
+    host_path, prefix_path = read.key(path, "host"), read.key(path, "path_prefix")
+    host = data.get("host")
+    prefix = data.get("path_prefix")
+    if prefix is not None:
+        prefix = read.string(prefix, prefix_path, _PATH_PREFIX, "a path starting with /")
+    return Match(
+        host=None if host is None else read.host(read.string(host, host_path), host_path),
+        path_prefix=prefix,
+    )
+
+
+def _endpoints(value: object, path: str, min_items: int) -> tuple[Upstream, ...]:
+    found: dict[Upstream, int] = {}
+    for i, item in enumerate(read.sequence(value, path, min_items=min_items)):
+        endpoint = read.upstream(item, read.index(path, i))
+        if endpoint in found:
+            raise ConfigError(
+                read.index(path, i), f"duplicate of {read.index(path, found[endpoint])}"
+            )
+        found[endpoint] = i
+    return tuple(found)
+
+
+def _upstreams(value: object, path: str) -> UpstreamsConfig:
+    data = read.mapping(value, path, ("stable", "canary"), required=("stable",))
+    return UpstreamsConfig(
+        stable=_endpoints(data["stable"], read.key(path, "stable"), 1),
+        canary=_endpoints(data.get("canary", []), read.key(path, "canary"), 0),
+    )
+
+
+def _percent(value: object, path: str) -> float:
+    percent = read.number(value, path, 0, 100)
+    scaled = percent * BUCKETS / 100
+    if not math.isclose(scaled, round(scaled), abs_tol=1e-6):
+        raise ConfigError(path, "must have at most two decimals (resolution 0.01)")
+    return round(scaled) * 100 / BUCKETS
+
+
+def _names(
+    data: Mapping[str, object], name: str, path: str, item: Callable[[object, str], str]
+) -> frozenset[str]:
+    if name not in data:
+        return frozenset()
+    list_path = read.key(path, name)
+    items = read.sequence(data[name], list_path, min_items=1)
+    return frozenset(item(value, read.index(list_path, i)) for i, value in enumerate(items))
+
+
+def _step(value: object, path: str, strategy: str, known_tiers: frozenset[str]) -> Step:
+    data = read.mapping(value, path, ("percent", "tiers", "tenants", "observe"))
+    percent_path = read.key(path, "percent")
+    percent = _percent(data.get("percent", 100), percent_path)
+    if strategy == "blue-green" and percent not in (0, 100):
+        raise ConfigError(percent_path, "must be 0 or 100 with strategy blue-green")
+
+    def known_tier(item: object, item_path: str) -> str:
+        tier = tier_name(item, item_path)
+        if tier not in known_tiers:
+            known = ", ".join(sorted(known_tiers))
+            raise ConfigError(item_path, f"unknown tier {tier!r}; known tiers: {known}")
+        return tier
+
+    observe = data.get("observe")
+    observe_path = read.key(path, "observe")
+    return Step(
+        percent=percent,
+        tiers=_names(data, "tiers", path, known_tier),
+        tenants=_names(data, "tenants", path, tenant_id),
+        observe_s=None
+        if observe is None
+        else read.duration(observe, observe_path, allow_zero=True),
+    )
+
+
+def _rollout(value: object, path: str, service_name: str, tier_config: TierConfig) -> RolloutConfig:
+    data = read.mapping(value, path, ("strategy", "salt", "pins", "steps"), required=("steps",))
+    strategy = read.choice(data.get("strategy", "canary"), read.key(path, "strategy"), _STRATEGIES)
+    pins_path = read.key(path, "pins")
+    variants = [v.value for v in Variant]
+    pins = {
+        tenant_id(t, read.key(pins_path, t)): Variant(
+            read.choice(v, read.key(pins_path, t), variants)
+        )
+        for t, v in read.string_keys(data.get("pins", {}), pins_path).items()
+    }
+    steps_path = read.key(path, "steps")
+    steps = read.sequence(data["steps"], steps_path, min_items=1)
+    return RolloutConfig(
+        strategy=strategy,
+        salt=read.string(data.get("salt", service_name), read.key(path, "salt")),
+        pins=MappingProxyType(pins),
+        steps=tuple(
+            _step(item, read.index(steps_path, i), strategy, tier_config.names)
+            for i, item in enumerate(steps)
+        ),
+    )
+
+
+def _check_tenants(
+    rules: tuple[IdentityRule, ...], tier_config: TierConfig, rollout: RolloutConfig, path: str
+) -> None:
+    if any(rule.kind is IdKind.TENANT for rule in rules):
+        return
+    uses = [("tiers.tenants", bool(tier_config.tenants)), ("rollout.pins", bool(rollout.pins))]
+    uses += [(f"rollout.steps[{i}].tenants", bool(s.tenants)) for i, s in enumerate(rollout.steps)]
+    for where, used in uses:
+        if used:
+            reason = "names tenants, but no identity rule has kind: tenant"
+            raise ConfigError(read.key(path, where), reason)
+
+
+def _check_canary(upstreams: UpstreamsConfig, rollout: RolloutConfig, path: str) -> None:
+    if upstreams.canary:
+        return
+    reason = "must list at least one upstream: {} sends traffic to the canary"
+    for i, step in enumerate(rollout.steps):
+        if step.percent > 0:
+            raise ConfigError(
+                read.key(path, "upstreams.canary"), reason.format(f"rollout.steps[{i}]")
+            )
+    for tenant, variant in rollout.pins.items():
+        if variant is Variant.CANARY:
+            where = f"the pin of {tenant!r}"
+            raise ConfigError(read.key(path, "upstreams.canary"), reason.format(where))

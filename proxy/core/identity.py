@@ -1,0 +1,260 @@
+"""Identity: who a request belongs to (tenant or user), by ordered rules, and its tier.
+
+Rules are tried in configured order; the first one that yields an acceptable value wins. A rule
+yields nothing (and the next rule is tried) when its source is absent, ambiguous or untrusted:
+
+- header: only from trusted peers (`RequestView.peer_trusted`); otherwise ignored.
+- cookie: a tight `a=b; c=d` parser; a cookie name present twice is ambiguous -> nothing.
+- query: `urllib.parse.parse_qs` semantics on the raw query; a parameter present twice -> nothing.
+- path: regex `search` on the raw (forwarded) path, group `id`, percent-decoded once; a value
+  containing '/', '\\', NUL or control characters, or a path with dot segments -> nothing.
+- jwt_claim: `Authorization: Bearer <token>` verified by PyJWT with the pinned algorithms
+  (signature, exp/nbf when present, iss/aud when configured); any failure -> nothing, never an
+  unverified claim. The claim must be a string (an integer is turned into its decimal form).
+  Tokens longer than 8 KiB are ignored.
+
+Every value is canonicalised (bucketing.canonical_id); empty values, values longer than 256
+characters and values with control characters or lone surrogates are refused.
+
+Tier: tenants map (for tenant identities) > tier header (trusted peers only, and only a tier
+known to the configuration) > default. Tier names therefore always come from the configuration.
+
+Pure: no I/O, no clock beyond PyJWT's own exp/nbf checks.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qs, unquote
+
+import jwt
+
+from proxy.core.bucketing import canonical_id
+from proxy.core.routing import Subject
+
+if TYPE_CHECKING:
+    from jwt.types import Options
+
+    from proxy.config import Config, IdentityRule, ServiceConfig, TierConfig
+
+MAX_ID_CHARS = 256
+MAX_TOKEN_CHARS = 8192
+MAX_QUERY_FIELDS = 1024
+
+
+class IdSource(StrEnum):
+    """Where an identity rule reads its value."""
+
+    HEADER = "header"
+    COOKIE = "cookie"
+    QUERY = "query"
+    PATH = "path"
+    JWT_CLAIM = "jwt_claim"
+
+
+class IdKind(StrEnum):
+    """What an identity names: tenants get tiers and pins, users only a bucket."""
+
+    TENANT = "tenant"
+    USER = "user"
+
+
+class Unidentified(StrEnum):
+    """Policy for requests no rule identifies."""
+
+    STABLE = "stable"
+    CLIENT_IP = "client_ip"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestView:
+    """The parts of a request identity extraction may look at."""
+
+    path: str  # raw path (no query), exactly as forwarded
+    query: str  # raw query string without '?', may be ""
+    headers: Mapping[str, str]  # identity-relevant headers only, names lower-cased
+    peer_ip: str
+    peer_trusted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """An accepted, canonical identity value and where it came from."""
+
+    value: str
+    kind: IdKind
+    source: IdSource
+
+
+_REFUSED_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_DOT_SEGMENTS = frozenset({".", "..", "%2e", "%2e%2e", ".%2e", "%2e."})
+_JWT_OPTIONS: Options = {"enforce_minimum_key_length": True}
+
+
+def _from_header(rule: IdentityRule, view: RequestView) -> str | None:
+    return view.headers.get(rule.name) if view.peer_trusted else None
+
+
+def cookie_value(header: str, name: str) -> str | None:
+    """The value of cookie `name` in a Cookie header; None when absent or present twice."""
+    found: str | None = None
+    for pair in header.split(";"):
+        key, sep, value = pair.partition("=")
+        if not sep or key.strip(" \t") != name:
+            continue
+        if found is not None:
+            return None
+        found = value.strip(" \t")
+    if found is not None and len(found) >= 2 and found[0] == found[-1] == '"':
+        return found[1:-1]
+    return found
+
+
+def _from_cookie(rule: IdentityRule, view: RequestView) -> str | None:
+    header = view.headers.get("cookie")
+    return None if header is None else cookie_value(header, rule.name)
+
+
+def _from_query(rule: IdentityRule, view: RequestView) -> str | None:
+    if not view.query:
+        return None
+    try:
+        values = parse_qs(view.query, keep_blank_values=True, max_num_fields=MAX_QUERY_FIELDS)
+    except ValueError:
+        return None
+    found = values.get(rule.name)
+    return found[0] if found is not None and len(found) == 1 else None
+
+
+def _has_dot_segment(path: str) -> bool:
+    if "." not in path and "%" not in path:
+        return False
+    return any(seg.lower() in _DOT_SEGMENTS for seg in path.split("/"))
+
+
+def _from_path(rule: IdentityRule, view: RequestView) -> str | None:
+    match = rule.pattern.search(view.path) if rule.pattern is not None else None
+    raw = match.group("id") if match is not None else None
+    if raw is None or _has_dot_segment(view.path):
+        return None
+    try:
+        value = unquote(raw, errors="strict")
+    except UnicodeDecodeError:
+        return None
+    if "/" in value or "\\" in value or value in (".", ".."):
+        return None
+    return value
+
+
+def _from_jwt(rule: IdentityRule, view: RequestView) -> str | None:
+    header = view.headers.get("authorization")
+    key = rule.verify_key if rule.verify_key is not None else rule.key
+    if header is None or key is None:
+        return None
+    scheme, _, token = header.partition(" ")
+    token = token.strip(" \t")
+    if scheme.lower() != "bearer" or not token or len(token) > MAX_TOKEN_CHARS:
+        return None
+    try:
+        claims = jwt.decode(
+            token,
+            key,
+            algorithms=rule.algorithms,
+            options=_JWT_OPTIONS,
+            audience=rule.audience,
+            issuer=rule.issuer,
+            leeway=rule.leeway_s,
+        )
+    except (jwt.PyJWTError, ValueError, TypeError):
+        return None
+    claim = claims.get(rule.name)
+    if isinstance(claim, str):
+        return claim
+    if isinstance(claim, int) and not isinstance(claim, bool):
+        return str(claim)
+    return None
+
+
+_EXTRACTORS: Mapping[IdSource, Callable[[IdentityRule, RequestView], str | None]] = {
+    IdSource.HEADER: _from_header,
+    IdSource.COOKIE: _from_cookie,
+    IdSource.QUERY: _from_query,
+    IdSource.PATH: _from_path,
+    IdSource.JWT_CLAIM: _from_jwt,
+}
+
+
+def accept_id(raw: str) -> str | None:
+    """The canonical form of `raw`, or None when it is not an acceptable identity."""
+    value = canonical_id(raw)
+    if not value or len(value) > MAX_ID_CHARS or _REFUSED_CHARS.search(value):
+        return None
+    return value
+
+
+def _first(rules: Sequence[IdentityRule], view: RequestView) -> tuple[str, IdentityRule] | None:
+    for rule in rules:
+        raw = _EXTRACTORS[rule.source](rule, view)
+        if raw is not None:
+            value = accept_id(raw)
+            if value is not None:
+                return value, rule
+    return None
+
+
+def identify(rules: Sequence[IdentityRule], view: RequestView) -> Identity | None:
+    """The identity of the first rule that yields an acceptable value, if any."""
+    found = _first(rules, view)
+    if found is None:
+        return None
+    value, rule = found
+    return Identity(value, rule.kind, rule.source)
+
+
+def _header_tier(tiers: TierConfig, view: RequestView) -> str | None:
+    if tiers.header is None or not view.peer_trusted:
+        return None
+    value = view.headers.get(tiers.header)
+    return value if value is not None and value in tiers.names else None
+
+
+def subject_for(service: ServiceConfig, view: RequestView) -> Subject:
+    """Identity, tenant and tier of a request, with the service's unidentified policy."""
+    tiers = service.tiers
+    found = _first(service.identity, view)
+    if found is None:
+        tier = _header_tier(tiers, view) or tiers.default
+        if service.unidentified is Unidentified.CLIENT_IP:
+            return Subject(view.peer_ip, None, tier)
+        return Subject(None, None, tier)
+    value, rule = found
+    if rule.kind is IdKind.TENANT:
+        tier = tiers.tenants.get(value) or _header_tier(tiers, view) or tiers.default
+        return Subject(value, value, tier)
+    return Subject(value, None, _header_tier(tiers, view) or tiers.default)
+
+
+def header_rule_names(config: Config) -> frozenset[str]:
+    """Identity and tier headers (lower-cased) that must be stripped from untrusted peers."""
+    names: set[str] = set()
+    for service in config.services:
+        names.update(r.name for r in service.identity if r.source is IdSource.HEADER)
+        if service.tiers.header is not None:
+            names.add(service.tiers.header)
+    return frozenset(names)
+
+
+def relevant_headers(config: Config) -> frozenset[str]:
+    """Lower-cased names of every header identity and tier extraction may read."""
+    names = set(header_rule_names(config))
+    for service in config.services:
+        sources = {rule.source for rule in service.identity}
+        if IdSource.COOKIE in sources:
+            names.add("cookie")
+        if IdSource.JWT_CLAIM in sources:
+            names.add("authorization")
+    return frozenset(names)
