@@ -1,0 +1,1360 @@
+"""Loopback benchmark: rollout-proxy against nginx, HAProxy and the bare upstream.
+
+Everything runs on 127.0.0.1 with ports found by binding port 0. An nginx upstream (two server
+blocks, "stable" and "canary", each adding an ``X-Pool`` header) and the load generator (wrk) are
+pinned to the first CPU; the proxy under test and the reference proxies to the second. Rounds are
+interleaved (nginx, haproxy, rollout-proxy, direct, nginx, ...) and medians reported.
+
+Usage::
+
+    python loadtests/bench.py                      # 3 rounds x 10 s, every scenario, every target
+    python loadtests/bench.py --quick              # smoke run: 1 round x 2 s, tiny GET only
+    python loadtests/bench.py --targets direct,nginx --scenarios tiny --json out.json
+
+Exit status: 0 ok, 1 a target failed its checks or a run had errors, 2 a required tool is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import http.client
+import json
+import os
+import platform
+import resource
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MIB = 1024 * 1024
+BODY_BYTES = MIB
+ALL_TARGETS = ("direct", "nginx", "haproxy", "rollout-proxy")
+ALL_SCENARIOS = ("tiny", "tiny1", "body", "idle", "churn")
+ROTATION = ("nginx", "haproxy", "rollout-proxy", "direct")
+INSTALL_HINT = "install them with: apt-get install -y wrk nginx-light   (HAProxy: haproxy)"
+TENANTS = 1000
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+# ---------------------------------------------------------------------------------------------
+# Configuration templates (from the reference configs; ports substituted, `reuseport` dropped so
+# that a port taken by someone else makes the bind fail instead of silently sharing traffic).
+# ---------------------------------------------------------------------------------------------
+
+NGINX_COMMON = """\
+worker_processes 1;
+worker_rlimit_nofile {nofile};
+daemon off;
+master_process on;
+pid nginx.pid;
+error_log stderr warn;
+
+events {{
+    worker_connections {worker_connections};
+}}
+"""
+
+NGINX_HTTP_COMMON = """\
+    access_log off;
+    server_tokens off;
+    keepalive_requests 100000000;
+    keepalive_timeout 120s;
+    client_body_temp_path tmp/client_body;
+    proxy_temp_path tmp/proxy;
+    fastcgi_temp_path tmp/fastcgi;
+    uwsgi_temp_path tmp/uwsgi;
+    scgi_temp_path tmp/scgi;
+"""
+
+UPSTREAM_SERVER = """\
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            add_header X-Pool {pool};
+            return 200 "ok\\n";
+        }}
+        # 1 MiB response to GET and POST; POST bodies up to 2 MiB are read and discarded
+        # (the static handler answers POST with 405, turned into a 200 with the file).
+        location = /body {{
+            add_header X-Pool {pool} always;
+            root data;
+            client_max_body_size 2m;
+            client_body_buffer_size 2m;
+            error_page 405 =200 $uri;
+        }}
+    }}
+"""
+
+PROXY_NGINX_HTTP = """\
+    client_max_body_size 2m;
+
+    upstream stable {{
+        server 127.0.0.1:{upstream_port};
+        keepalive 256;
+        keepalive_requests 100000000;
+        keepalive_timeout 120s;
+    }}
+
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            proxy_pass http://stable;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+        }}
+    }}
+"""
+
+HAPROXY_CFG = """\
+global
+    nbthread 1
+    maxconn {maxconn}
+    no strict-limits
+
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-keep-alive 60s
+
+frontend fe
+    bind 127.0.0.1:{port}
+    default_backend stable
+
+backend stable
+    server s1 127.0.0.1:{upstream_port} maxconn 1000
+"""
+
+ROLLOUT_YAML = """\
+listen: 127.0.0.1:{port}
+admin:
+  listen: 127.0.0.1:{admin_port}
+state: {{backend: file, path: {state_path}}}
+trusted_peers: [127.0.0.1/32]
+limits:
+  max_connections: {max_connections}
+  drain: 500ms
+services:
+  - name: bench
+    identity:
+      - {{header: X-Tenant-ID, kind: tenant}}
+    unidentified: stable
+    tiers:
+      tenants:
+{tier_lines}
+      default: free
+    upstreams:
+      stable: [http://127.0.0.1:{stable_port}]
+      canary: [http://127.0.0.1:{canary_port}]
+    rollout:
+      strategy: canary
+      salt: bench-2026
+      steps:
+        - {{percent: 10, observe: 10m}}
+        - {{percent: 100}}
+"""
+
+WRK_LUA = """\
+local reqs = {{}}
+local n = {ids}
+local i = 0
+
+init = function(args)
+   local body = {body}
+   for k = 1, n do
+      local h = {{["X-Tenant-ID"] = string.format("tenant-%04d", (k * 7919) % {tenants})}}
+      {close_header}
+      reqs[k] = wrk.format("{method}", "{path}", h, body)
+   end
+end
+
+request = function()
+   i = i + 1
+   if i > n then i = 1 end
+   return reqs[i]
+end
+
+done = function(summary, latency, requests)
+   local e = summary.errors
+   io.write(string.format(
+      "BENCH_RESULT {{\\"requests\\":%.0f,\\"duration_us\\":%.0f,\\"bytes\\":%.0f," ..
+      "\\"connect\\":%.0f,\\"read\\":%.0f,\\"write\\":%.0f,\\"status\\":%.0f,\\"timeout\\":%.0f," ..
+      "\\"p50_us\\":%.1f,\\"p99_us\\":%.1f,\\"mean_us\\":%.1f}}\\n",
+      summary.requests, summary.duration, summary.bytes,
+      e.connect, e.read, e.write, e.status, e.timeout,
+      latency:percentile(50), latency:percentile(99), latency.mean))
+end
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Data model
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """A timed wrk scenario."""
+
+    name: str
+    title: str
+    connections: int
+    method: str = "GET"
+    path: str = "/"
+    body_bytes: int = 0
+    response_bytes: int = 0
+    close: bool = False
+    ids: int = TENANTS
+    timeout_s: float = 2.0
+
+
+@dataclass(slots=True)
+class RunResult:
+    """One wrk run of one scenario against one target."""
+
+    scenario: str
+    target: str
+    round: int
+    requests: int = 0
+    duration_s: float = 0.0
+    rps: float = 0.0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    mean_ms: float = 0.0
+    mib_s: float | None = None
+    cpu_us_per_req: float | None = None
+    rss_mib: float | None = None
+    peak_rss_mib: float | None = None
+    bad_status: int = 0
+    socket_errors: dict[str, int] = field(default_factory=dict)
+    failure: str | None = None
+
+    @property
+    def flagged(self) -> bool:
+        errors = sum(self.socket_errors.values())
+        return self.failure is not None or self.bad_status > 0 or errors > 0
+
+
+@dataclass(slots=True)
+class IdleResult:
+    """Idle keep-alive connections held open against one target."""
+
+    target: str
+    requested: int
+    opened: int = 0
+    alive_after_hold: int = 0
+    sampled: int = 0
+    rss_before_mib: float = 0.0
+    rss_open_mib: float = 0.0
+    rss_closed_mib: float = 0.0
+    kib_per_conn: float | None = None
+    limited_by: str | None = None
+    failure: str | None = None
+
+
+@dataclass(slots=True)
+class Summary:
+    """Medians over the valid rounds of one scenario for one target."""
+
+    scenario: str
+    target: str
+    valid_runs: int
+    flagged_runs: int
+    rps: float | None = None
+    vs_nginx: float | None = None
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    p50_minus_nginx_us: float | None = None
+    mib_s: float | None = None
+    cpu_us_per_req: float | None = None
+    peak_rss_mib: float | None = None
+
+
+@dataclass(slots=True)
+class Options:
+    """Resolved command-line options."""
+
+    rounds: int
+    duration: float
+    warmup: float
+    scenarios: tuple[str, ...]
+    targets: tuple[str, ...]
+    explicit_targets: bool
+    connections: int
+    body_connections: int
+    idle_n: int
+    json_path: Path | None
+    proxy_cmd: str
+    quick: bool
+    keep_workdir: bool
+
+
+TIMED_SCENARIOS: dict[str, Callable[[Options], Scenario]] = {
+    "tiny": lambda o: Scenario(
+        "tiny", f"GET / tiny response, {o.connections} connections", o.connections
+    ),
+    "tiny1": lambda o: Scenario("tiny1", "GET / tiny response, 1 connection (unloaded)", 1),
+    "body": lambda o: Scenario(
+        "body",
+        f"POST /body 1 MiB request + 1 MiB response, {o.body_connections} connections",
+        o.body_connections,
+        method="POST",
+        path="/body",
+        body_bytes=BODY_BYTES,
+        response_bytes=BODY_BYTES,
+        ids=8,
+        timeout_s=10.0,
+    ),
+    "churn": lambda o: Scenario(
+        "churn",
+        f"GET / with Connection: close, {o.connections} connections",
+        o.connections,
+        close=True,
+    ),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# /proc readers
+# ---------------------------------------------------------------------------------------------
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    text = _read(f"/proc/{pid}/stat")
+    if text is None:
+        return None
+    return text[text.rfind(")") + 2 :].split()  # fields from #3 (state) on
+
+
+def process_tree(root: int) -> list[int]:
+    """The root pid and all its live descendants."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _stat_fields(int(entry))
+            if fields is not None:
+                children.setdefault(int(fields[1]), []).append(int(entry))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """utime+stime (plus reaped children) of the processes, in seconds."""
+    ticks = 0
+    for pid in pids:
+        fields = _stat_fields(pid)
+        if fields is not None:
+            ticks += sum(int(v) for v in fields[11:15])  # utime stime cutime cstime
+    return ticks / CLK_TCK
+
+
+def rss_mib(pids: Sequence[int]) -> float:
+    """Sum of VmRSS of the processes, in MiB."""
+    kib = 0
+    for pid in pids:
+        for line in (_read(f"/proc/{pid}/status") or "").splitlines():
+            if line.startswith("VmRSS:"):
+                kib += int(line.split()[1])
+    return kib / 1024
+
+
+def socket_inodes(pids: Sequence[int]) -> set[str]:
+    inodes: set[str] = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if link.startswith("socket:["):
+                        inodes.add(link[8:-1])
+    return inodes
+
+
+def listener_inodes(port: int) -> set[str]:
+    """Inodes of sockets listening on 127.0.0.1:port (or any address)."""
+    found: set[str] = set()
+    for line in (_read("/proc/net/tcp") or "").splitlines()[1:]:
+        parts = line.split()
+        addr, port_hex = parts[1].split(":")
+        if parts[3] == "0A" and int(port_hex, 16) == port and addr in ("0100007F", "00000000"):
+            found.add(parts[9])
+    return found
+
+
+class RssSampler:
+    """Samples the RSS of a process tree in a background thread; keeps the peak."""
+
+    def __init__(self, root: int, interval_s: float = 0.05) -> None:
+        self._interval = interval_s
+        self._stop = threading.Event()
+        self._pids = process_tree(root)
+        self.peak = rss_mib(self._pids)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.peak = max(self.peak, rss_mib(self._pids))
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes
+# ---------------------------------------------------------------------------------------------
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct ports that were free a moment ago (bound to port 0, then released)."""
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def pinned(cpu: int | None, argv: Sequence[str]) -> list[str]:
+    if cpu is None:
+        return list(argv)
+    return ["taskset", "-c", str(cpu), *argv]
+
+
+class Managed:
+    """A child process in its own process group, output to a log file."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log: Path,
+        *,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.name, self.log_path = name, log
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(
+                list(argv),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=cwd,
+                env=env,
+                start_new_session=True,
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def tree(self) -> list[int]:
+        return process_tree(self.pid)
+
+    def owns_listener(self, port: int) -> bool:
+        listening = listener_inodes(port)
+        return bool(listening) and bool(listening & socket_inodes(self.tree()))
+
+    def tail(self, lines: int = 15) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.strip().splitlines()[-lines:]) or "(no output)"
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+            if self.proc.poll() is not None:
+                break
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(wait_s)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)  # stragglers left in the group
+
+
+class StartError(Exception):
+    """A server did not come up."""
+
+
+def wait_listening(proc: Managed, ports: Sequence[int], timeout_s: float = 20.0) -> None:
+    """Wait until the process tree itself listens on every port (not someone else's socket)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise StartError(f"{proc.name} exited with {proc.proc.returncode}:\n{proc.tail()}")
+        if all(proc.owns_listener(p) for p in ports):
+            return
+        time.sleep(0.05)
+    raise StartError(
+        f"{proc.name} not listening on {list(ports)} after {timeout_s:.0f} s:\n{proc.tail()}"
+    )
+
+
+@dataclass(slots=True)
+class Target:
+    """Something wrk can be pointed at; proc is None for the bare upstream."""
+
+    name: str
+    port: int
+    proc: Managed | None
+    note: str = ""
+
+
+class Bench:
+    """Owns the working directory and every process started for a run."""
+
+    def __init__(
+        self,
+        opts: Options,
+        workdir: Path,
+        cpus: tuple[int | None, int | None],
+        nofile: int,
+    ) -> None:
+        self.opts, self.workdir = opts, workdir
+        self.load_cpu, self.target_cpu = cpus
+        self.procs: list[Managed] = []
+        self.upstream_ports = (0, 0)
+        self.nofile = nofile  # inherited by every server started here
+        self.max_conns = max(8192, opts.idle_n + 1024)  # downstream connections to accept
+
+    def close(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+        self.procs.clear()
+
+    def _start(
+        self,
+        name: str,
+        build: Callable[[list[int]], tuple[list[str], Path | None, dict[str, str] | None]],
+        nports: int,
+        listen: int,
+    ) -> tuple[Managed, list[int]]:
+        """Start a server on fresh ports; retry when a port was taken in between."""
+        last = ""
+        for _attempt in range(3):
+            ports = free_ports(nports)
+            argv, cwd, env = build(ports)
+            proc = Managed(name, argv, self.workdir / f"{name}.log", cwd=cwd, env=env)
+            self.procs.append(proc)
+            try:
+                wait_listening(proc, ports[:listen])
+                return proc, ports
+            except StartError as exc:
+                last = str(exc)
+                proc.stop()
+                self.procs.remove(proc)
+        raise StartError(last)
+
+    def _nginx_prefix(self, name: str, http_body: str) -> Path:
+        prefix = self.workdir / name
+        (prefix / "tmp").mkdir(parents=True)
+        (prefix / "data").mkdir()
+        prefix.chmod(0o755)  # nginx workers drop privileges when started as root
+        head = NGINX_COMMON.format(nofile=self.nofile, worker_connections=self.max_conns + 1024)
+        text = f"{head}\nhttp {{\n{NGINX_HTTP_COMMON}\n{http_body}}}\n"
+        (prefix / "nginx.conf").write_text(text)
+        return prefix
+
+    def start_upstream(self) -> Target:
+        def build(ports: list[int]) -> tuple[list[str], Path | None, dict[str, str] | None]:
+            servers = "".join(
+                UPSTREAM_SERVER.format(port=p, pool=pool)
+                for p, pool in zip(ports, ("stable", "canary"), strict=True)
+            )
+            prefix = self._nginx_prefix(
+                f"upstream-{ports[0]}", f"    default_type text/plain;\n\n{servers}"
+            )
+            (prefix / "data" / "body").write_bytes(b"x" * BODY_BYTES)
+            return pinned(self.load_cpu, nginx_argv(prefix)), None, None
+
+        _, ports = self._start("upstream", build, 2, 2)
+        self.upstream_ports = (ports[0], ports[1])
+        return Target("direct", ports[0], None, "wrk straight at the upstream")
+
+    def start_nginx(self) -> Target:
+        def build(ports: list[int]) -> tuple[list[str], Path | None, dict[str, str] | None]:
+            body = PROXY_NGINX_HTTP.format(upstream_port=self.upstream_ports[0], port=ports[0])
+            prefix = self._nginx_prefix(f"nginx-proxy-{ports[0]}", body)
+            return pinned(self.target_cpu, nginx_argv(prefix)), None, None
+
+        proc, ports = self._start("nginx", build, 1, 1)
+        return Target("nginx", ports[0], proc, "1 worker, keep-alive upstream")
+
+    def start_haproxy(self) -> Target:
+        def build(ports: list[int]) -> tuple[list[str], Path | None, dict[str, str] | None]:
+            cfg = self.workdir / f"haproxy-{ports[0]}.cfg"
+            cfg.write_text(
+                HAPROXY_CFG.format(
+                    maxconn=self.max_conns, port=ports[0], upstream_port=self.upstream_ports[0]
+                )
+            )
+            return pinned(self.target_cpu, ["haproxy", "-db", "-f", str(cfg)]), None, None
+
+        proc, ports = self._start("haproxy", build, 1, 1)
+        return Target("haproxy", ports[0], proc, "1 thread, http-reuse always")
+
+    def start_rollout_proxy(self) -> Target:
+        def build(ports: list[int]) -> tuple[list[str], Path | None, dict[str, str] | None]:
+            cfg = self.workdir / f"rollout-{ports[0]}.yaml"
+            (self.workdir / "state").mkdir(exist_ok=True)
+            cfg.write_text(
+                rollout_config(
+                    ports[0],
+                    ports[1],
+                    self.upstream_ports,
+                    self.workdir / "state" / "rollouts.json",
+                    self.max_conns,
+                )
+            )
+            argv = [
+                a.format(python=sys.executable, config=cfg)
+                for a in shlex.split(self.opts.proxy_cmd)
+            ]
+            env = dict(os.environ)
+            env["PYTHONPATH"] = os.pathsep.join(
+                p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
+            )
+            return pinned(self.target_cpu, argv), REPO_ROOT, env
+
+        proc, ports = self._start("rollout-proxy", build, 2, 1)
+        return Target("rollout-proxy", ports[0], proc, "as configured: metrics on, 10% step")
+
+
+def nginx_argv(prefix: Path) -> list[str]:
+    return ["nginx", "-p", f"{prefix}/", "-c", "nginx.conf", "-e", "stderr"]
+
+
+def rollout_config(
+    port: int, admin_port: int, upstream: tuple[int, int], state: Path, max_connections: int
+) -> str:
+    tiers = {f"tenant-{i:04d}": "enterprise" for i in range(1, 11)}
+    tiers.update({f"tenant-{i:04d}": "internal" for i in range(11, 21)})
+    tier_lines = "\n".join(f"        {k}: {v}" for k, v in tiers.items())
+    return ROLLOUT_YAML.format(
+        port=port,
+        admin_port=admin_port,
+        state_path=state,
+        max_connections=max_connections,
+        tier_lines=tier_lines,
+        stable_port=upstream[0],
+        canary_port=upstream[1],
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Pre-flight checks (plain http.client, before anything is timed)
+# ---------------------------------------------------------------------------------------------
+
+
+def _get(
+    conn: http.client.HTTPConnection,
+    tenant: str,
+    method: str = "GET",
+    path: str = "/",
+    body: bytes | None = None,
+) -> tuple[int, str | None, bool, int]:
+    conn.request(method, path, body=body, headers={"X-Tenant-ID": tenant})
+    resp = conn.getresponse()
+    data = resp.read()
+    return resp.status, resp.getheader("X-Pool"), resp.will_close, len(data)
+
+
+def check_keepalive(port: int) -> str | None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        status, _, closes, _ = _get(conn, "tenant-0001")
+        first = conn.sock
+        status2, _, closes2, _ = _get(conn, "tenant-0002")
+        if (status, status2) != (200, 200):
+            return f"expected 200, got {status} and {status2}"
+        if closes or closes2 or conn.sock is not first:
+            return "connection not kept alive"
+        return None
+    finally:
+        conn.close()
+
+
+def check_sticky(port: int, ids: int = 200) -> tuple[str | None, float]:
+    """Every id twice, on two different connections: same X-Pool both times."""
+    passes: list[list[str | None]] = []
+    for _ in range(2):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        try:
+            passes.append([_get(conn, f"sticky-{i}")[1] for i in range(ids)])
+        finally:
+            conn.close()
+    if None in passes[0] or None in passes[1]:
+        return "responses without X-Pool header", 0.0
+    moved = sum(a != b for a, b in zip(passes[0], passes[1], strict=True))
+    canary = passes[0].count("canary") / ids
+    return (f"{moved} of {ids} ids changed side" if moved else None), canary
+
+
+def check_body(port: int) -> str | None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        status, _, _, size = _get(conn, "tenant-0001", "POST", "/body", b"x" * BODY_BYTES)
+        if status != 200 or size != BODY_BYTES:
+            return f"POST /body: status {status}, {size} bytes (expected 200, {BODY_BYTES})"
+        return None
+    finally:
+        conn.close()
+
+
+def preflight(target: Target, with_body: bool) -> tuple[str | None, str]:
+    """Returns (error, note)."""
+    try:
+        error = check_keepalive(target.port)
+        if error:
+            return error, ""
+        error, canary = check_sticky(target.port)
+        if error:
+            return error, ""
+        if with_body and (error := check_body(target.port)):
+            return error, ""
+        return None, f"canary share {canary:.1%} of 200 ids"
+    except (OSError, http.client.HTTPException) as exc:
+        return f"{type(exc).__name__}: {exc}", ""
+
+
+# ---------------------------------------------------------------------------------------------
+# wrk
+# ---------------------------------------------------------------------------------------------
+
+
+def write_lua(workdir: Path, sc: Scenario) -> Path:
+    script = WRK_LUA.format(
+        ids=sc.ids,
+        tenants=TENANTS,
+        body=f'string.rep("x", {sc.body_bytes})' if sc.body_bytes else "nil",
+        close_header='h["Connection"] = "close"' if sc.close else "",
+        method=sc.method,
+        path=sc.path,
+    )
+    path = workdir / f"wrk-{sc.name}.lua"
+    path.write_text(script)
+    return path
+
+
+def run_wrk(bench: Bench, sc: Scenario, port: int, duration: float) -> dict[str, float]:
+    argv = pinned(
+        bench.load_cpu,
+        [
+            "wrk",
+            "-t1",
+            f"-c{sc.connections}",
+            f"-d{max(1, round(duration))}s",
+            "--latency",
+            f"--timeout={sc.timeout_s:g}s",
+            "-s",
+            str(write_lua(bench.workdir, sc)),
+            f"http://127.0.0.1:{port}{sc.path}",
+        ],
+    )
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        text=True,
+    )
+    try:
+        out, _ = proc.communicate(timeout=duration + 30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    for line in out.splitlines():
+        if line.startswith("BENCH_RESULT "):
+            parsed: dict[str, float] = json.loads(line.split(" ", 1)[1])
+            return parsed
+    raise RuntimeError(f"wrk exited {proc.returncode} without a result:\n{out.strip()[-800:]}")
+
+
+def measure(bench: Bench, sc: Scenario, target: Target, rnd: int, duration: float) -> RunResult:
+    result = RunResult(sc.name, target.name, rnd)
+    pids = target.proc.tree() if target.proc else []
+    cpu0 = cpu_seconds(pids)
+    sampler = RssSampler(target.proc.pid) if target.proc and sc.body_bytes else None
+    try:
+        with sampler or contextlib.nullcontext():
+            raw = run_wrk(bench, sc, target.port, duration)
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        result.failure = str(exc)
+        return result
+    fill_result(result, sc, raw)
+    if target.proc:
+        if not target.proc.alive():
+            result.failure = f"{target.name} died:\n{target.proc.tail()}"
+        if result.requests:
+            result.cpu_us_per_req = (cpu_seconds(pids) - cpu0) * 1e6 / result.requests
+        result.rss_mib = rss_mib(target.proc.tree())
+        result.peak_rss_mib = sampler.peak if sampler else None
+    return result
+
+
+def fill_result(result: RunResult, sc: Scenario, raw: dict[str, float]) -> None:
+    result.requests = int(raw["requests"])
+    result.duration_s = raw["duration_us"] / 1e6
+    result.rps = result.requests / result.duration_s if result.duration_s else 0.0
+    result.p50_ms, result.p99_ms = raw["p50_us"] / 1e3, raw["p99_us"] / 1e3
+    result.mean_ms = raw["mean_us"] / 1e3
+    result.bad_status = int(raw["status"])
+    result.socket_errors = {
+        k: int(raw[k]) for k in ("connect", "read", "write", "timeout") if raw[k]
+    }
+    if sc.body_bytes or sc.response_bytes:
+        result.mib_s = result.rps * (sc.body_bytes + sc.response_bytes) / MIB
+    if result.requests == 0:
+        result.failure = "no request completed"
+
+
+# ---------------------------------------------------------------------------------------------
+# Idle connections
+# ---------------------------------------------------------------------------------------------
+
+
+def raise_nofile(wanted: int) -> int:
+    """Raise RLIMIT_NOFILE (inherited by every child) as far as allowed; returns the soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= wanted:
+        return soft
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, max(hard, wanted)))
+        return wanted
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+async def _open_one(
+    port: int, ident: int, sem: asyncio.Semaphore
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async with sem:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 10)
+        await _exchange(reader, writer, ident)
+        return reader, writer
+
+
+async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ident: int) -> None:
+    writer.write(
+        f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Tenant-ID: tenant-{ident % TENANTS:04d}"
+        "\r\n\r\n".encode()
+    )
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    status = head.split(b" ", 2)[1]
+    length = 0
+    for line in head.lower().split(b"\r\n"):
+        if line.startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    await asyncio.wait_for(reader.readexactly(length), 10)
+    if status != b"200" or b"connection: close" in head.lower():
+        raise ConnectionError(f"status {status!r} / connection close")
+
+
+async def _idle_session(target: Target, result: IdleResult, hold_s: float) -> None:
+    assert target.proc is not None
+    sem = asyncio.Semaphore(256)
+    opened = await asyncio.gather(
+        *(_open_one(target.port, i, sem) for i in range(result.requested)), return_exceptions=True
+    )
+    conns = [c for c in opened if not isinstance(c, BaseException)]
+    errors = [c for c in opened if isinstance(c, BaseException)]
+    result.opened = len(conns)
+    if errors:
+        result.failure = f"{len(errors)} connections failed, e.g. {errors[0]!r}"
+    await asyncio.sleep(hold_s)
+    result.rss_open_mib = rss_mib(target.proc.tree())
+    sample = conns[:: max(1, len(conns) // 100)]
+    alive = await asyncio.gather(*(_exchange(r, w, 1) for r, w in sample), return_exceptions=True)
+    result.sampled = len(sample)
+    result.alive_after_hold = sum(not isinstance(a, BaseException) for a in alive)
+    for _, writer in conns:
+        writer.close()
+    await asyncio.sleep(0)
+
+
+def measure_idle(target: Target, n: int, nofile: int, hold_s: float) -> IdleResult:
+    """Open n idle keep-alive connections (one request each), hold them, report RSS per conn."""
+    assert target.proc is not None
+    usable = max(0, nofile - 512)
+    result = IdleResult(target.name, min(n, usable))
+    if usable < n:
+        result.limited_by = f"RLIMIT_NOFILE {nofile}: {result.requested} of {n} connections"
+    time.sleep(0.5)
+    result.rss_before_mib = rss_mib(target.proc.tree())
+    asyncio.run(_idle_session(target, result, hold_s))
+    time.sleep(1.0)
+    result.rss_closed_mib = rss_mib(target.proc.tree())
+    if result.opened:
+        delta_mib = result.rss_open_mib - result.rss_before_mib
+        result.kib_per_conn = delta_mib * 1024 / result.opened
+    if result.sampled and result.alive_after_hold < result.sampled and result.failure is None:
+        result.failure = (
+            f"{result.sampled - result.alive_after_hold} of {result.sampled} "
+            "idle connections were dropped"
+        )
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Summary and report
+# ---------------------------------------------------------------------------------------------
+
+
+def _median(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def summarize(runs: Sequence[RunResult], scenario: str, target: str) -> Summary:
+    mine = [r for r in runs if r.scenario == scenario and r.target == target]
+    valid = [r for r in mine if not r.flagged]
+    peaks = [r.peak_rss_mib for r in valid if r.peak_rss_mib is not None]
+    return Summary(
+        scenario,
+        target,
+        len(valid),
+        len(mine) - len(valid),
+        rps=_median([r.rps for r in valid]),
+        p50_ms=_median([r.p50_ms for r in valid]),
+        p99_ms=_median([r.p99_ms for r in valid]),
+        mib_s=_median([r.mib_s for r in valid]),
+        cpu_us_per_req=_median([r.cpu_us_per_req for r in valid]),
+        peak_rss_mib=max(peaks) if peaks else None,
+    )
+
+
+def relate_to_nginx(summaries: dict[str, Summary]) -> None:
+    ref = summaries.get("nginx")
+    if ref is None:
+        return
+    for s in summaries.values():
+        if s.mib_s is not None and ref.mib_s:
+            s.vs_nginx = s.mib_s / ref.mib_s
+        elif s.rps is not None and ref.rps:
+            s.vs_nginx = s.rps / ref.rps
+        if s.p50_ms is not None and ref.p50_ms is not None:
+            s.p50_minus_nginx_us = (s.p50_ms - ref.p50_ms) * 1e3
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
+
+    def line(cells: Sequence[str]) -> str:
+        return (
+            "| "
+            + " | ".join(
+                c.ljust(w) if i == 0 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+            )
+            + " |"
+        )
+
+    sep = "|" + "|".join("-" * (w + 1) + ("-" if i == 0 else ":") for i, w in enumerate(widths))
+    return "\n".join([line(header), sep + "|", *(line(r) for r in rows)])
+
+
+def scenario_rows(summaries: Sequence[Summary], sc: Scenario) -> str:
+    body = sc.body_bytes > 0
+    head = ["target", "MiB/s" if body else "RPS", "vs nginx", "p50 ms", "p99 ms"]
+    head += ["peak RSS MiB"] if body else ["p50-nginx us"] if sc.connections == 1 else []
+    head += ["CPU us/req", "runs ok/flagged"]
+    rows = []
+    for s in summaries:
+        row = [
+            s.target,
+            _fmt(s.mib_s, ",.0f") if body else _fmt(s.rps, ",.0f"),
+            _fmt(s.vs_nginx, ".2f"),
+            _fmt(s.p50_ms, ".3f"),
+            _fmt(s.p99_ms, ".3f"),
+        ]
+        if body:
+            row.append(_fmt(s.peak_rss_mib, ".1f"))
+        elif sc.connections == 1:
+            row.append(_fmt(s.p50_minus_nginx_us, "+.0f"))
+        row += [_fmt(s.cpu_us_per_req, ".1f"), f"{s.valid_runs}/{s.flagged_runs}"]
+        rows.append(row)
+    return table(head, rows)
+
+
+def idle_rows(results: Sequence[IdleResult]) -> str:
+    head = [
+        "target",
+        "connections",
+        "RSS before MiB",
+        "RSS open MiB",
+        "KiB/conn",
+        "RSS after close MiB",
+        "alive (sample)",
+        "note",
+    ]
+    rows = [
+        [
+            r.target,
+            f"{r.opened}/{r.requested}",
+            f"{r.rss_before_mib:.1f}",
+            f"{r.rss_open_mib:.1f}",
+            _fmt(r.kib_per_conn, ".2f"),
+            f"{r.rss_closed_mib:.1f}",
+            f"{r.alive_after_hold}/{r.sampled}",
+            r.failure or r.limited_by or "",
+        ]
+        for r in results
+    ]
+    return table(head, rows)
+
+
+def flagged_lines(runs: Sequence[RunResult]) -> list[str]:
+    out = []
+    for r in runs:
+        if r.flagged:
+            why = r.failure or f"status>=400: {r.bad_status}, socket errors: {r.socket_errors}"
+            out.append(f"  FLAGGED {r.scenario}/{r.target} round {r.round}: {why}")
+    return out
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in (_read("/proc/cpuinfo") or "").splitlines()
+            if ln.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    nginx_v = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
+    wrk_v = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.splitlines()
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "nginx": nginx_v.split("/")[-1],
+        "wrk": wrk_v[0].split()[1] if wrk_v else "?",
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Orchestration
+# ---------------------------------------------------------------------------------------------
+
+
+def available_targets(proxy_cmd_overridden: bool) -> dict[str, str | None]:
+    """Target -> None when it can run, else why not."""
+    return {
+        "direct": None,
+        "nginx": None,
+        "haproxy": None if shutil.which("haproxy") else "haproxy not installed",
+        "rollout-proxy": None
+        if proxy_cmd_overridden or (REPO_ROOT / "proxy" / "cli.py").is_file()
+        else "proxy/cli.py not found (the proxy is not built yet)",
+    }
+
+
+def choose_cpus() -> tuple[int | None, int | None, str | None]:
+    cpus = sorted(os.sched_getaffinity(0))
+    if not shutil.which("taskset"):
+        return None, None, "taskset not found: processes are not pinned"
+    if len(cpus) < 2:
+        return cpus[0], cpus[0], f"only CPU {cpus[0]} available: everything shares it"
+    return cpus[0], cpus[1], None
+
+
+def start_targets(
+    bench: Bench, names: Sequence[str], upstream: Target
+) -> tuple[list[Target], dict[str, str]]:
+    starters: dict[str, Callable[[], Target]] = {
+        "direct": lambda: upstream,
+        "nginx": bench.start_nginx,
+        "haproxy": bench.start_haproxy,
+        "rollout-proxy": bench.start_rollout_proxy,
+    }
+    ready, failures = [], {}
+    for name in names:
+        try:
+            target = starters[name]()
+        except StartError as exc:
+            failures[name] = f"did not start: {exc}"
+            continue
+        error, note = preflight(target, "body" in bench.opts.scenarios)
+        if error:
+            failures[name] = f"pre-flight check failed: {error}"
+            continue
+        target.note = f"{target.note}; {note}" if target.note else note
+        ready.append(target)
+    return ready, failures
+
+
+def rotation(targets: Sequence[Target]) -> list[Target]:
+    return sorted(targets, key=lambda t: ROTATION.index(t.name))
+
+
+def timed_rounds(bench: Bench, targets: Sequence[Target]) -> list[RunResult]:
+    opts = bench.opts
+    scenarios = [TIMED_SCENARIOS[s](opts) for s in opts.scenarios if s in TIMED_SCENARIOS]
+    runs: list[RunResult] = []
+    if scenarios and opts.warmup > 0:
+        for target in rotation(targets):
+            measure(bench, scenarios[0], target, 0, opts.warmup)
+    for rnd in range(1, opts.rounds + 1):
+        for sc in scenarios:
+            for target in rotation(targets):
+                result = measure(bench, sc, target, rnd, opts.duration)
+                runs.append(result)
+                progress(result)
+    return runs
+
+
+def progress(r: RunResult) -> None:
+    state = "FLAGGED" if r.flagged else "ok"
+    extra = f" {r.mib_s:,.0f} MiB/s" if r.mib_s is not None else ""
+    cpu = f" cpu {r.cpu_us_per_req:.1f} us/req" if r.cpu_us_per_req is not None else ""
+    print(
+        f"  round {r.round} {r.scenario:<6} {r.target:<14} {r.rps:>10,.0f} rps{extra}"
+        f"  p50 {r.p50_ms:.3f} p99 {r.p99_ms:.3f} ms{cpu}  {state}",
+        flush=True,
+    )
+
+
+def report(
+    opts: Options,
+    info: dict[str, Any],
+    targets: Sequence[Target],
+    failures: dict[str, str],
+    runs: Sequence[RunResult],
+    idle: Sequence[IdleResult],
+) -> dict[str, Any]:
+    names = [t.name for t in rotation(targets)]
+    print(
+        f"\nrollout-proxy benchmark, {info['date']}, {info['cpu']} x{info['cpus']}, "
+        f"Linux {info['kernel']}, nginx {info['nginx']}, wrk {info['wrk']}, "
+        f"Python {info['python']}"
+    )
+    print(f"{opts.rounds} round(s) x {opts.duration:g} s, medians of runs without errors")
+    summaries: dict[str, list[Summary]] = {}
+    for name in opts.scenarios:
+        if name not in TIMED_SCENARIOS:
+            continue
+        sc = TIMED_SCENARIOS[name](opts)
+        by_target = {t: summarize(runs, name, t) for t in names}
+        relate_to_nginx(by_target)
+        summaries[name] = list(by_target.values())
+        print(f"\n{name}: {sc.title}\n{scenario_rows(summaries[name], sc)}")
+    if idle:
+        print(f"\nidle: keep-alive connections held open after one request each\n{idle_rows(idle)}")
+    for t in targets:
+        print(f"  {t.name}: {t.note}")
+    for line in flagged_lines(runs):
+        print(line)
+    for name, why in failures.items():
+        print(f"  FAILED {name}: {why}")
+    return {
+        "machine": info,
+        "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(opts).items()},
+        "targets": {t.name: {"port": t.port, "note": t.note} for t in targets},
+        "failures": failures,
+        "summaries": {k: [asdict(s) for s in v] for k, v in summaries.items()},
+        "runs": [asdict(r) | {"flagged": r.flagged} for r in runs],
+        "idle": [asdict(i) for i in idle],
+    }
+
+
+def execute(opts: Options, workdir: Path) -> int:
+    load_cpu, target_cpu, cpu_note = choose_cpus()
+    if cpu_note:
+        print(f"warning: {cpu_note}")
+    if load_cpu is not None:  # this script and its idle client stay off the proxy's CPU
+        os.sched_setaffinity(0, {load_cpu})
+    nofile = raise_nofile(2 * opts.idle_n + 4096)
+    bench = Bench(opts, workdir, (load_cpu, target_cpu), nofile)
+    try:
+        upstream = bench.start_upstream()
+        targets, failures = start_targets(bench, opts.targets, upstream)
+        for name, why in failures.items():
+            print(f"FAILED {name}: {why}", flush=True)
+        print(f"targets: {', '.join(t.name for t in rotation(targets)) or 'none'}", flush=True)
+        runs = timed_rounds(bench, targets)
+        idle = [
+            measure_idle(t, opts.idle_n, nofile, 1.0 if opts.quick else 3.0)
+            for t in rotation(targets)
+            if "idle" in opts.scenarios and t.proc is not None
+        ]
+        data = report(opts, machine_info(), targets, failures, runs, idle)
+    finally:
+        bench.close()
+    ok = not failures and not any(r.flagged for r in runs) and not any(i.failure for i in idle)
+    data["ok"] = ok
+    if opts.json_path:
+        opts.json_path.write_text(json.dumps(data, indent=2) + "\n")
+        print(f"\nJSON written to {opts.json_path}")
+    print("\nresult: " + ("ok" if ok else "FAILED (see FLAGGED/FAILED lines above)"))
+    return 0 if ok else 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 1 round x 2 s, tiny scenario, small idle N (< 60 s)",
+    )
+    p.add_argument("--json", type=Path, help="also write every run and the medians here")
+    p.add_argument("--rounds", type=int, help="interleaved rounds (default 3)")
+    p.add_argument("--duration", type=float, help="seconds per wrk run (default 10)")
+    p.add_argument("--scenarios", help=f"comma list of {','.join(ALL_SCENARIOS)} (default all)")
+    p.add_argument(
+        "--targets", help=f"comma list of {','.join(ALL_TARGETS)} (default: all available)"
+    )
+    p.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
+    p.add_argument(
+        "--body-connections",
+        type=int,
+        default=16,
+        help="wrk connections for the 1 MiB body scenario (default 16)",
+    )
+    p.add_argument("--idle-n", type=int, help="idle connections (default 10000, quick 200)")
+    p.add_argument(
+        "--proxy-cmd",
+        default="{python} -m proxy run -c {config}",
+        help="command starting rollout-proxy; {python} and {config} are substituted",
+    )
+    p.add_argument("--keep-workdir", action="store_true", help="keep configs and logs")
+    return p.parse_args(argv)
+
+
+def _split(value: str | None, allowed: Sequence[str], what: str) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    items = tuple(v.strip() for v in value.split(",") if v.strip())
+    unknown = [v for v in items if v not in allowed]
+    if unknown or not items:
+        raise SystemExit(
+            f"unknown {what}: {', '.join(unknown) or '(none)'}; expected {', '.join(allowed)}"
+        )
+    return items
+
+
+def resolve(ns: argparse.Namespace) -> tuple[Options, dict[str, str | None]]:
+    quick = bool(ns.quick)
+    targets = _split(ns.targets, ALL_TARGETS, "target")
+    scenarios = _split(ns.scenarios, ALL_SCENARIOS, "scenario")
+    default_cmd = ns.proxy_cmd == "{python} -m proxy run -c {config}"
+    avail = available_targets(not default_cmd)
+    chosen = targets or tuple(t for t in ALL_TARGETS if avail[t] is None)
+    opts = Options(
+        rounds=ns.rounds or (1 if quick else 3),
+        duration=ns.duration or (2.0 if quick else 10.0),
+        warmup=0.0 if quick else 1.0,
+        scenarios=scenarios or (("tiny",) if quick else ALL_SCENARIOS),
+        targets=chosen,
+        explicit_targets=targets is not None,
+        connections=ns.connections,
+        body_connections=ns.body_connections,
+        idle_n=ns.idle_n or (200 if quick else 10000),
+        json_path=ns.json,
+        proxy_cmd=ns.proxy_cmd,
+        quick=quick,
+        keep_workdir=ns.keep_workdir,
+    )
+    return opts, avail
+
+
+def missing_tools(opts: Options) -> list[str]:
+    needed = ["nginx", "wrk"] + (["haproxy"] if "haproxy" in opts.targets else [])
+    return [tool for tool in needed if shutil.which(tool) is None]
+
+
+@contextlib.contextmanager
+def workdir_for(keep: bool) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="rollout-bench-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        if keep:
+            print(f"work directory kept: {path}")
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    opts, avail = resolve(parse_args(argv))
+    missing = missing_tools(opts)
+    if missing:
+        print(f"missing: {', '.join(missing)}; {INSTALL_HINT}", file=sys.stderr)
+        return 2
+    for name in ALL_TARGETS:
+        if name not in opts.targets and not opts.explicit_targets and avail[name]:
+            print(f"skipping {name}: {avail[name]}")
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)
+    with workdir_for(opts.keep_workdir) as workdir:
+        try:
+            return execute(opts, workdir)
+        except StartError as exc:
+            print(f"FAILED: the upstream did not start: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
