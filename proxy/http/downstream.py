@@ -22,6 +22,7 @@ from proxy.http.request import (
     check_host,
     check_request_line,
     check_transfer_encoding,
+    invalid_method_status,
     split_target,
 )
 
@@ -47,7 +48,15 @@ if TYPE_CHECKING:
 ) = range(13)
 
 IDLE, HEAD, BODY, WAIT = range(4)
+_LINGER_S = 2.0
 _STANDARD_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade"})
+# Fields a client may not declare hop-by-hop through Connection (RFC 9110 7.6.1; RELIABILITY C10).
+_PROTECTED = frozenset({b"host", b"content-length", b"transfer-encoding"})
+# RELIABILITY A11 (HAProxy's default): no body on these methods from an HTTP/1.0 client.
+_NO_BODY_10 = frozenset({b"GET", b"HEAD", b"DELETE"})
+# Owners of read pauses: the pipelined queue is full; an upgrade awaits the upstream's 101.
+_QUEUE_FULL = object()
+_UPGRADE_PENDING = object()
 
 
 class DownstreamProtocol(asyncio.Protocol):
@@ -70,6 +79,9 @@ class DownstreamProtocol(asyncio.Protocol):
         self._body_size = 0
         self._connection_tokens: list[bytes] = []
         self._head_chunks: list[bytes] = []
+        self._head_extra = 0
+        self._head_cap = self.limits.max_uri_bytes + self.limits.max_header_bytes + 4096
+        self._unstarted: Exchange | None = None
         self._chunk = b""
         self._scan_chunk = b""
         self._scan = 0
@@ -80,6 +92,7 @@ class DownstreamProtocol(asyncio.Protocol):
         self._fatal: HttpError | None = None
         self._pausers: set[object] = set()
         self._closing = False
+        self._linger_until = 0.0
         self._tunnel: Exchange | None = None
         self._early: list[bytes] = []
         self._upgraded = False
@@ -113,6 +126,7 @@ class DownstreamProtocol(asyncio.Protocol):
             return
         if self.phase == HEAD:
             self._head_chunks.append(data)
+            self._head_extra += len(data)
         self._chunk = data
         self.in_feed = True
         try:
@@ -125,11 +139,20 @@ class DownstreamProtocol(asyncio.Protocol):
                 raise
             self._fail(error)
         except httptools.HttpParserInvalidMethodError:
-            self._fail(BadRequest("unknown or malformed method", 501))
+            status = invalid_method_status(self._message_bytes())
+            self._fail(BadRequest("unknown or malformed method", status))
         except httptools.HttpParserError as exc:
             self._fail(BadRequest(f"malformed request: {exc}"))
         finally:
             self.in_feed = False
+        if self.phase == HEAD and self._head_extra > self._head_cap and not self._failed():
+            # httptools buffers a field until it ends: bound the head across reads (C6).
+            self._fail(BadRequest("request header fields too large", 431))
+        unstarted = self._unstarted
+        if unstarted is not None:
+            self._unstarted = None
+            if unstarted is self.current:
+                self._start(unstarted)
         current = self.current
         if current is not None:
             current.flush_upstream()
@@ -165,6 +188,7 @@ class DownstreamProtocol(asyncio.Protocol):
         chunk = self._chunk
         self._scan_start = self._scan if chunk is self._scan_chunk else 0
         self._head_chunks = [chunk]
+        self._head_extra = 0
         self.phase = HEAD
         self.deadline = self.loop.time() + self.limits.header_timeout_s
 
@@ -182,6 +206,10 @@ class DownstreamProtocol(asyncio.Protocol):
             raise BadRequest("request header fields too large", 431)
         if b"_" in name:
             raise BadRequest("underscore in a header field name")
+        if self._parsing is not None:
+            # A trailer field (after the head): checked by llhttp and bounded above, never
+            # merged into the request and never forwarded (RELIABILITY A8).
+            return
         lower = name.lower()
         kind = self.engine.header_kinds.get(lower)
         request = self._request
@@ -261,9 +289,13 @@ class DownstreamProtocol(asyncio.Protocol):
         self._check_body(request)
         if self._connection_tokens:
             self._drop_connection_options(request)
-        request.keep_alive = parser.should_keep_alive() and not self.draining
         if not (request.websocket and parser.should_upgrade() and request.method == b"GET"):
             request.websocket = False
+        # An upgrade the upstream refuses ends the connection: what the client sent after the
+        # request was meant for the new protocol (RELIABILITY E3).
+        request.keep_alive = (
+            parser.should_keep_alive() and not self.draining and not request.websocket
+        )
         self.phase = BODY
         self.deadline = self.loop.time() + self.limits.body_timeout_s
         exchange = Exchange(self, request, self.engine.router.route(request, self))
@@ -273,7 +305,7 @@ class DownstreamProtocol(asyncio.Protocol):
         else:
             self._queue.append(exchange)
             if len(self._queue) >= self.limits.max_pipelined:
-                self.pause_reading_for(self._queue)
+                self.pause_reading_for(_QUEUE_FULL)
 
     def _check_line(self, request: Request) -> None:
         chunks = self._head_chunks
@@ -287,6 +319,9 @@ class DownstreamProtocol(asyncio.Protocol):
     def _drop_connection_options(self, request: Request) -> None:
         """Fields named in Connection are hop-by-hop too (RFC 9110 7.6.1)."""
         named = framing.connection_tokens(self._connection_tokens) - _STANDARD_OPTIONS
+        kinds = self.engine.header_kinds
+        if named & _PROTECTED or any(kinds.get(n) in (H_TRUSTED_ONLY, H_RELEVANT) for n in named):
+            raise BadRequest("Connection names a framing, Host or identity field")
         if named:
             request.headers = [(n, v) for n, v in request.headers if n.lower() not in named]
 
@@ -294,6 +329,8 @@ class DownstreamProtocol(asyncio.Protocol):
         limit = self.limits.max_body_bytes
         if limit and request.content_length is not None and request.content_length > limit:
             raise BadRequest("request body too large", 413)
+        if request.version == b"1.0" and request.method in _NO_BODY_10 and request.has_body:
+            raise BadRequest("body on an HTTP/1.0 GET, HEAD or DELETE request")
         if request.content_length is None and not request.chunked:
             request.content_length = None
 
@@ -323,8 +360,16 @@ class DownstreamProtocol(asyncio.Protocol):
 
     def _begin(self, exchange: Exchange) -> None:
         self.current = exchange
-        if exchange is not self._parsing:
+        if exchange is not self._parsing and self._request is None:
             self.phase = WAIT
+        if self.in_feed:
+            # Started once this read is parsed: a request refused within the same read (a bad
+            # chunk, a bad pipelined successor) then never costs an upstream connection.
+            self._unstarted = exchange
+            return
+        self._start(exchange)
+
+    def _start(self, exchange: Exchange) -> None:
         try:
             exchange.start(self.loop.time())
         except Overloaded as exc:
@@ -339,13 +384,24 @@ class DownstreamProtocol(asyncio.Protocol):
             self.close()
             return
         if self._queue:
-            self.resume_reading_for(self._queue)
+            self.resume_reading_for(_QUEUE_FULL)
             self._begin(self._queue.popleft())
         elif self._fatal is not None:
             self._reply_and_close(self._fatal)
-        elif self._parsing is None:
+        elif self._parsing is None and self._request is None:
             self.phase = IDLE
             self.deadline = self.loop.time() + self.limits.idle_timeout_s
+
+    def _message_bytes(self) -> bytes:
+        """The message being parsed, from where its request line is sought (exact for the
+        first request of a read; for a later one the status may be 400 rather than 501, the
+        request is refused either way)."""
+        chunks = self._head_chunks
+        head = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return head[self._scan_start :].lstrip(b"\r\n")
+
+    def _failed(self) -> bool:
+        return self._closing or self._fatal is not None
 
     def _fail(self, error: HttpError) -> None:
         """A request could not be accepted: answer in order, then close the connection."""
@@ -372,6 +428,7 @@ class DownstreamProtocol(asyncio.Protocol):
                 self.data_received(rest)
             return
         self._upgraded = True
+        self.pause_reading_for(_UPGRADE_PENDING)  # hold at most one read until the 101
         if rest:
             self._early.append(rest)
 
@@ -382,6 +439,7 @@ class DownstreamProtocol(asyncio.Protocol):
         for data in self._early:
             exchange.tunnel_up(data)
         self._early.clear()
+        self.resume_reading_for(_UPGRADE_PENDING)
 
     # --- used by exchanges and the engine -----------------------------------------------
 
@@ -416,16 +474,32 @@ class DownstreamProtocol(asyncio.Protocol):
         self.draining = True
 
     def close(self) -> None:
-        if self.transport is not None and not self._closing:
-            self._closing = True
-            self.transport.close()
+        """Close after what was written, lingering: the write side is shut first and what
+        the client still sends is read and dropped for a moment, because closing a socket with
+        unread input makes the kernel send a reset that can destroy the response in flight
+        (a client still uploading a body the upstream already answered)."""
+        transport = self.transport
+        if transport is None or self._closing:
+            return
+        self._closing = True
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        self._linger_until = self.loop.time() + min(_LINGER_S, self.limits.body_timeout_s)
+        self._pausers.clear()
+        transport.resume_reading()
 
     def check_deadline(self, now: float) -> None:
         """Called by the engine's sweeper about every `sweep` seconds."""
         current = self.current
         if current is not None:
             current.check_deadline(now)
-        if self._closing or not self.deadline or now < self.deadline:
+        if self._closing:
+            if self._linger_until and now >= self._linger_until and self.transport is not None:
+                self.transport.abort()
+            return
+        if not self.deadline or now < self.deadline:
             return
         phase = self.phase
         if phase == IDLE:

@@ -18,6 +18,7 @@ _HOST_RE = re.compile(
 )
 _VERSIONS = (b"HTTP/1.1\r\n", b"HTTP/1.0\r\n")
 _DOT_SEGMENT_RE = re.compile(rb"(?:^|/)(?:\.|%2e){1,2}(?:/|\?|$)", re.IGNORECASE)
+_TOKEN_RE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 
 
 class Request:
@@ -139,8 +140,25 @@ def _unsafe_path(path: bytes) -> bool:
 
 
 def check_transfer_encoding(value: bytes, version: bytes) -> None:
-    """Only a lone `chunked` is accepted; llhttp refuses the obfuscated spellings itself."""
+    """Only a lone `chunked` is accepted.
+
+    RFC 9112 6.3: a request whose final coding is not `chunked` has no determinable length ->
+    400 (`xchunked`, `chunked, identity`, `gzip`, parameters). Well-formed codings applied
+    before a final `chunked` (`gzip, chunked`) are valid but not implemented -> 501 (6.1).
+    """
     if version == b"1.0":
         raise BadRequest("Transfer-Encoding in an HTTP/1.0 request")
-    if value.strip().lower() != b"chunked":
-        raise BadRequest("unsupported transfer coding", 501)
+    codings = [coding.strip(b" \t").lower() for coding in value.split(b",")]
+    if codings == [b"chunked"]:
+        return
+    if codings[-1] != b"chunked" or not all(_TOKEN_RE.match(c) for c in codings[:-1]):
+        raise BadRequest("invalid Transfer-Encoding")
+    if b"chunked" in codings[:-1]:
+        raise BadRequest("chunked applied more than once")
+    raise BadRequest("unsupported transfer coding", 501)
+
+
+def invalid_method_status(head: bytes) -> int:
+    """Status for a method llhttp does not know: 501 for a token (RFC 9110 9.1), else 400."""
+    method = head.split(b" ", 1)[0]
+    return 501 if _TOKEN_RE.match(method) else 400
