@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from proxy.http.upstream import UpstreamConnection
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_STANDARD_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade"})
 _PENDING_LIMIT = 256 * 1024
 
 # How the response body is delimited towards the client.
@@ -36,6 +37,7 @@ class Exchange:
 
     __slots__ = (
         "_deadline",
+        "_eof_ends",
         "_framing",
         "_upgrade",
         "abandoned",
@@ -84,6 +86,7 @@ class Exchange:
         self.retried = False
         self.tunnel = False
         self._framing = _NONE
+        self._eof_ends = False  # the upstream delimits the response body by closing
         self._deadline = 0.0
         self._upgrade = b""
 
@@ -206,7 +209,9 @@ class Exchange:
                 elif lower == b"transfer-encoding":
                     chunked = True
                 elif lower == b"connection":
-                    drop = drop | framing.connection_tokens([value])
+                    named = framing.connection_tokens([value]) - _STANDARD_OPTIONS
+                    if named:
+                        drop = drop | named
                 continue
             parts += (name, b": ", value, CRLF)
         if drop is not HOP_BY_HOP:
@@ -225,6 +230,7 @@ class Exchange:
         if request.method == b"HEAD" or status in (204, 304):
             self._framing = _NONE
             return b"Content-Length: %s\r\n" % length if length and status != 204 else b""
+        self._eof_ends = length is None and not chunked
         if length is not None and not chunked:
             self._framing = _LENGTH
             return b"Content-Length: %s\r\n" % length
@@ -354,7 +360,8 @@ class Exchange:
         if self.tunnel:
             self.tunnel_closed()
             return
-        if self.response_started and self._framing == _CLOSE:
+        if self.response_started and self._eof_ends and exc is None:
+            # A close-delimited response (RFC 9112 6.3 rule 8) ends with the upstream's FIN.
             self.conn = None
             self.response_complete()
             self.flush_client()
@@ -362,11 +369,17 @@ class Exchange:
         reused = conn.reused
         self.conn = None
         detail = str(exc) if exc else "connection closed before the response completed"
+        error = UpstreamError("reset", detail)
         if not reused or self.response_started or self.status:
-            self.upstream_failed(UpstreamError("reset", detail), conn.endpoint)
+            self.upstream_failed(error, conn.endpoint)
+        elif self._may_retry(error):
+            # A pooled connection the upstream closed while idle (the keep-alive race): neither
+            # the endpoint's fault nor a failure of the variant when the request is sent again.
+            self.retried = True
+            self.route.pool.dispatch(self, fresh=True)
+            return
         else:
-            # A pooled connection the upstream had already closed: not the endpoint's fault.
-            self.upstream_failed(UpstreamError("reset", detail), None)
+            self.upstream_failed(error, None)
         self.flush_client()
 
     def respond_error(self, error: HttpError) -> None:
@@ -397,19 +410,36 @@ class Exchange:
         self._deadline = self.client.loop.time() + timeout
 
     def check_deadline(self, now: float) -> None:
-        """Called by the engine's sweeper; a passed deadline is an upstream timeout."""
-        if self._deadline and now >= self._deadline and not self.finished:
-            self.upstream_failed(UpstreamError("timeout", "upstream did not answer in time"), None)
-            self.flush_client()
+        """Called by the engine's sweeper; a passed deadline is an upstream timeout, unless
+        the upstream is silent only because the proxy stopped reading it for the client."""
+        if not self._deadline or now < self._deadline or self.finished:
+            return
+        conn = self.conn
+        if conn is not None and conn.paused and self.response_started:
+            # The client has not read for a whole body timeout: it is cut as a client that
+            # went away (connection_lost -> client_gone counts the abort), not blamed upstream.
+            self._cancel_timer()
+            transport = self.client.transport
+            if transport is not None:
+                transport.abort()
+            return
+        self.upstream_failed(UpstreamError("timeout", "upstream did not answer in time"), None)
+        self.flush_client()
 
     def _cancel_timer(self) -> None:
         self._deadline = 0.0
 
     def client_pause_reading(self) -> None:
+        """The upstream does not take what is written to it: stop reading the client."""
         self.client.pause_reading_for(self)
+        if not self.request_done and not self.response_started and not self.tunnel:
+            # An upstream that stops taking the request body is timed like a silent one.
+            self._arm(self.client.limits.body_timeout_s)
 
     def client_resume_reading(self) -> None:
         self.client.resume_reading_for(self)
+        if not self.request_done and not self.response_started and not self.tunnel:
+            self._cancel_timer()
 
     # --- the one way out ------------------------------------------------------------------
 

@@ -152,9 +152,11 @@ class UpstreamPool:
                     lambda: UpstreamConnection(endpoint), endpoint.host, endpoint.port
                 )
         except (OSError, TimeoutError) as exc:
+            # Counted here, once, even when the waiter has gone: the waiter is given no
+            # endpoint, so that it does not count the same failure again.
             endpoint.failed(self._loop.time())
             detail = "timed out" if isinstance(exc, TimeoutError) else str(exc)
-            waiter.upstream_failed(UpstreamError("connect", detail, status=502), endpoint)
+            waiter.upstream_failed(UpstreamError("connect", detail, status=502), None)
             return
         if waiter.abandoned:
             endpoint.release(conn)

@@ -27,6 +27,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_parser",
         "endpoint",
         "exchange",
+        "paused",
         "reused",
         "transport",
         "usable",
@@ -38,6 +39,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.exchange: Exchange | None = None
         self.reused = False
         self.usable = False
+        self.paused = False  # reading paused because the client is not reading
         self._parser = httptools.HttpResponseParser(self)
         self._headers: list[tuple[bytes, bytes]] = []
 
@@ -121,10 +123,12 @@ class UpstreamConnection(asyncio.Protocol):
 
     def pause_reading(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
+            self.paused = True
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
+            self.paused = False
             self.transport.resume_reading()
 
     def detach(self) -> None:

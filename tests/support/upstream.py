@@ -49,6 +49,7 @@ class RecordingUpstream:
         self.connections = 0
         self.protocol_errors: list[str] = []
         self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
         self.port = 0
 
     @property
@@ -64,6 +65,8 @@ class RecordingUpstream:
         if self._server is not None:
             self._server.close()
             self._server = None
+        for writer in list(self._writers):
+            writer.close()
 
     async def _reply(self, received: Received) -> Reply:
         if self.handler is None:
@@ -73,6 +76,7 @@ class RecordingUpstream:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        self._writers.add(writer)
         conn = h11.Connection(h11.SERVER)
         try:
             await self._loop(conn, reader, writer)
@@ -81,6 +85,7 @@ class RecordingUpstream:
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
+            self._writers.discard(writer)
             writer.close()
 
     async def _loop(
