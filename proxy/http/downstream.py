@@ -9,6 +9,9 @@ pauses). Timeouts are deadlines checked by the engine's sweeper, so a request co
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import struct
 from collections import deque
 from typing import TYPE_CHECKING, cast
 
@@ -49,6 +52,7 @@ if TYPE_CHECKING:
 
 IDLE, HEAD, BODY, WAIT = range(4)
 _LINGER_S = 2.0
+_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset
 _STANDARD_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade"})
 # Fields a client may not declare hop-by-hop through Connection (RFC 9110 7.6.1; RELIABILITY C10).
 _PROTECTED = frozenset({b"host", b"content-length", b"transfer-encoding"})
@@ -93,6 +97,7 @@ class DownstreamProtocol(asyncio.Protocol):
         self._pausers: set[object] = set()
         self._closing = False
         self._linger_until = 0.0
+        self._truncated = False
         self._tunnel: Exchange | None = None
         self._early: list[bytes] = []
         self._upgraded = False
@@ -469,9 +474,25 @@ class DownstreamProtocol(asyncio.Protocol):
         if not self._pausers and self.transport is not None and not self._closing:
             self.transport.resume_reading()
 
-    def abort_after_flush(self) -> None:
-        """The response cannot be completed: end the connection so the client sees it cut."""
+    def abort_after_flush(self, *, reset: bool) -> None:
+        """The response cannot be completed: end the connection once the exchange is done.
+        A response whose length or chunking tells the client it is cut ends with a close; one
+        delimited by the close itself (HTTP/1.0) ends with a reset, so that the client cannot
+        take the truncated message for a complete one."""
         self.draining = True
+        self._truncated = reset
+
+    def abort(self) -> None:
+        """Reset the connection now (RST, not FIN), discarding what is not sent."""
+        self._closing = True
+        transport = self.transport
+        if transport is None:
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        transport.abort()
 
     def close(self) -> None:
         """Close after what was written, lingering: the write side is shut first and what
@@ -480,6 +501,9 @@ class DownstreamProtocol(asyncio.Protocol):
         (a client still uploading a body the upstream already answered)."""
         transport = self.transport
         if transport is None or self._closing:
+            return
+        if self._truncated:
+            self.abort()
             return
         self._closing = True
         if not transport.can_write_eof():
@@ -506,6 +530,8 @@ class DownstreamProtocol(asyncio.Protocol):
             self.close()
         elif phase == HEAD and self.current is None:
             self._reply_and_close(BadRequest("request head not received in time", 408))
+        elif phase == BODY and self._parsing is not None and self._parsing in self._pausers:
+            return  # the body waits for its upstream, which the exchange times itself
         elif phase == BODY and self._parsing is not None:
             self._parsing.client_gone()
             if self.current is self._parsing:

@@ -116,11 +116,16 @@ class Exchange:
         if not self.client.in_feed:
             self.flush_upstream()
 
+    def endpoint_authority(self) -> bytes:
+        endpoint = self.endpoint
+        return b"" if endpoint is None else endpoint.authority
+
     def _request_head(self) -> bytes:
         request = self.request
         client = self.client
         parts = [request.method, b" ", request.target, b" HTTP/1.1\r\nHost: "]
-        parts.append(request.host or b"")
+        # An HTTP/1.0 request may come without Host: the upstream then gets its own authority.
+        parts.append(request.host or self.endpoint_authority())
         parts.append(CRLF)
         for name, value in request.headers:
             parts += (name, b": ", value, CRLF)
@@ -334,7 +339,7 @@ class Exchange:
             # Too late for a status: the client must see a truncated message, never a clean end.
             self.out.clear()
             self.close_after = True
-            self.client.abort_after_flush()
+            self.client.abort_after_flush(reset=self._framing == _CLOSE)
             self.finish(status=502 if error.reason != "timeout" else 504)
             return
         self.respond_error(error)
@@ -419,9 +424,7 @@ class Exchange:
             # The client has not read for a whole body timeout: it is cut as a client that
             # went away (connection_lost -> client_gone counts the abort), not blamed upstream.
             self._cancel_timer()
-            transport = self.client.transport
-            if transport is not None:
-                transport.abort()
+            self.client.abort()
             return
         self.upstream_failed(UpstreamError("timeout", "upstream did not answer in time"), None)
         self.flush_client()
@@ -452,6 +455,9 @@ class Exchange:
         if self.finished:
             return
         self.finished = True
+        # Reading may be paused for this exchange's upstream back-pressure; once it is over,
+        # nothing else would resume it.
+        self.client.resume_reading_for(self)
         self._cancel_timer()
         conn = self.conn
         if conn is not None:

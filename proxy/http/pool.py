@@ -36,11 +36,12 @@ class Waiter(Protocol):
 class Endpoint:
     """One upstream address: its idle connections and its passive health."""
 
-    __slots__ = ("_failures", "ejected_until", "host", "idle", "limits", "port")
+    __slots__ = ("_failures", "authority", "ejected_until", "host", "idle", "limits", "port")
 
     def __init__(self, upstream: Upstream, limits: Limits) -> None:
         self.host = upstream.host
         self.port = upstream.port
+        self.authority = str(upstream).removeprefix("http://").encode("ascii")
         self.limits = limits
         self.idle: list[UpstreamConnection] = []
         self._failures = 0

@@ -80,7 +80,12 @@ class Engine:
         self._sweeper: asyncio.TimerHandle | None = None
         self._all_closed: asyncio.Event | None = None
         limits = config.limits
-        shortest = min(limits.header_timeout_s, limits.idle_timeout_s, limits.body_timeout_s)
+        shortest = min(
+            limits.header_timeout_s,
+            limits.idle_timeout_s,
+            limits.body_timeout_s,
+            limits.response_timeout_s,
+        )
         self.sweep_s = max(0.02, min(0.5, shortest / 10))
 
     def is_trusted(self, ip: str) -> bool:

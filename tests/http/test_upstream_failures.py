@@ -534,11 +534,6 @@ async def read_until_closed(reader: asyncio.StreamReader) -> None:
             pass
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="downstream.abort_after_flush ends the connection with a FIN: for a close-delimited "
-    "response (HTTP/1.0 client) that looks like a complete body; it must end with a RST",
-)
 async def test_upstream_cut_mid_body_is_a_reset_for_an_http10_client() -> None:
     head, body, rst = CUTS["chunked, reset"]
     upstream = await ScriptedUpstream(cut_after(head, body, rst=rst)).start()
