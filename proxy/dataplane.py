@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from proxy.config import Config, ServiceConfig
+from proxy.core.bucketing import bucket_for
 from proxy.core.identity import RequestView, subject_for
 from proxy.core.routing import RoutingPlan, Variant, decide
 from proxy.errors import NoRoute
@@ -24,16 +25,47 @@ if TYPE_CHECKING:
     from proxy.http.request import Request
 
 
-class Recorder:
-    """Where finished exchanges are counted: Prometheus now, the analysis windows later."""
+class Evidence(Protocol):
+    """Where finished requests feed the rollout analysis (the controller)."""
 
-    __slots__ = ("metrics",)
+    def observe(
+        self,
+        service: str,
+        tier: str,
+        canary: bool,
+        status: int,
+        latency_s: float,
+        path: str,
+        id_hash: int,
+        proxy_generated: bool,
+    ) -> None: ...
+
+
+class Recorder:
+    """Where finished exchanges are counted: Prometheus, and the analysis as evidence."""
+
+    __slots__ = ("evidence", "metrics")
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
+        self.evidence: Evidence | None = None
 
-    def completed(self, route: Route, status: int, duration_s: float) -> None:
+    def completed(
+        self, route: Route, status: int, duration_s: float, request: Request, generated: bool
+    ) -> None:
         self.metrics.observe(route.service, route.variant, route.tier, status, duration_s)
+        evidence = self.evidence
+        if evidence is not None:
+            evidence.observe(
+                route.service,
+                route.tier,
+                route.canary,
+                status,
+                duration_s,
+                request.path,
+                request.bucket,
+                generated,
+            )
 
     def failed(self, route: Route, reason: str) -> None:
         self.metrics.upstream_failure(route.service, route.variant, reason)
@@ -45,7 +77,7 @@ class Recorder:
 class Route:
     """Where a request goes and how it is labelled: shared by every request of a segment."""
 
-    __slots__ = ("extra", "pool", "recorder", "service", "step", "tier", "variant")
+    __slots__ = ("canary", "extra", "pool", "recorder", "service", "step", "tier", "variant")
 
     def __init__(
         self,
@@ -58,6 +90,7 @@ class Route:
     ) -> None:
         self.service = service
         self.variant = variant.value
+        self.canary = variant is Variant.CANARY
         self.tier = tier
         self.step = step
         self.pool = pool
@@ -145,7 +178,14 @@ class Router:
             peer_trusted=client.trusted,
         )
         subject = subject_for(service.config, view)
-        decision = decide(service.plan, subject)
+        plan = service.plan
+        decision = decide(plan, subject)
+        # The analysis caps each id's weight by this number; pinned and unidentified requests
+        # are not hashed for routing, so they get one here (the peer stands for no id).
+        bucket = decision.bucket
+        request.bucket = (
+            bucket if bucket >= 0 else bucket_for(plan.salt_prefix, subject.key or client.peer_ip)
+        )
         return service.routes[(decision.variant, subject.tier)]
 
     def close(self) -> None:

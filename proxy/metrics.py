@@ -72,6 +72,9 @@ class _Latency:
         return out
 
 
+ROLLOUT_STATUSES = frozenset({"progressing", "paused", "completed", "rolled_back"})
+
+
 def _check(name: str, value: str, allowed: frozenset[str]) -> None:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {sorted(allowed)}, got {value!r}")
@@ -87,6 +90,8 @@ class Metrics(Collector):
         self._failures: dict[tuple[str, str, str], int] = {}
         self._aborts: dict[tuple[str, str], int] = {}
         self._steps: dict[str, tuple[int, float]] = {}
+        self._status: dict[str, str] = {}
+        self._decisions: dict[tuple[str, str], int] = {}
         registry.register(self)
 
     def requests(self, service: str, variant: str, tier: str, status_class: str) -> RequestCounter:
@@ -138,6 +143,16 @@ class Metrics(Collector):
     def set_step(self, service: str, step: int, canary_percent: float) -> None:
         """The rollout step now served (-1: nothing exposed) and its share of everyone."""
         self._steps[service] = (step, canary_percent)
+
+    def set_status(self, service: str, status: str) -> None:
+        """The rollout's status (one of ROLLOUT_STATUSES)."""
+        _check("status", status, ROLLOUT_STATUSES)
+        self._status[service] = status
+
+    def decision(self, service: str, action: str) -> None:
+        """A transition was applied (advance, degraded, guardrail, promote, pause, ...)."""
+        key = (service, action)
+        self._decisions[key] = self._decisions.get(key, 0) + 1
 
     def describe(self) -> list[Metric]:
         """Family names, so a second `Metrics` on the same registry is refused."""
@@ -194,3 +209,23 @@ class Metrics(Collector):
             percent.add_metric((service,), share)
         yield step
         yield percent
+        yield from self._rollout_families()
+
+    def _rollout_families(self) -> Iterator[Metric]:
+        status = GaugeMetricFamily(
+            "rollout_status",
+            "1 for the rollout's current status, 0 for the others.",
+            labels=("service", "status"),
+        )
+        for service, current in self._status.items():
+            for name in sorted(ROLLOUT_STATUSES):
+                status.add_metric((service, name), 1.0 if name == current else 0.0)
+        yield status
+        decisions = CounterMetricFamily(
+            "rollout_decisions",
+            "Rollout transitions applied, by action (automatic and by people).",
+            labels=("service", "action"),
+        )
+        for pair, count in self._decisions.items():
+            decisions.add_metric(pair, count)
+        yield decisions

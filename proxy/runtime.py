@@ -9,34 +9,48 @@ for up to `limits.drain_s`, then everything closes. `run` is the blocking entry 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import sys
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from proxy import adminapi
 from proxy.admin import Readiness, build_admin_app
 from proxy.config import Config
+from proxy.controller import Clock, Controller
 from proxy.core.identity import header_rule_names, relevant_headers
 from proxy.dataplane import Router
 from proxy.http.server import Engine
 from proxy.metrics import Metrics
+from proxy.store import open_store
 
 
 class Runtime:
     """A running proxy: data plane + admin listener, sharing one registry."""
 
-    def __init__(self, config: Config, *, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        registry: CollectorRegistry | None = None,
+        clock: Clock | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.config = config
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry)
         self.readiness = Readiness()
+        self.clock = clock or Clock()
+        self.env = dict(os.environ) if env is None else dict(env)
         self.data_address: tuple[str, int] = ("", 0)
         self.admin_address: tuple[str, int] = ("", 0)
         self.router: Router | None = None
+        self.controller: Controller | None = None
         self._engine: Engine | None = None
         self._admin: web.AppRunner | None = None
 
@@ -54,6 +68,11 @@ class Runtime:
         loop = asyncio.get_running_loop()
         config = self.config
         self.router = Router(config, self.metrics, loop)
+        self.controller = Controller(
+            config, self.router, open_store(config.state), self.metrics, clock=self.clock
+        )
+        self.router.recorder.evidence = self.controller
+        await self.controller.start()
         self._engine = Engine(
             config,
             self.router,
@@ -62,21 +81,25 @@ class Runtime:
             relevant_headers=relevant_headers(config),
         )
         self.data_address = await self._engine.start(config.listen.host, config.listen.port)
-        self._admin = web.AppRunner(
-            build_admin_app(self.registry, self.readiness), access_log=None, handle_signals=False
-        )
+        app = build_admin_app(self.registry, self.readiness)
+        token_env = config.admin.token_env or ""
+        adminapi.install(app, self.controller, self.env.get(token_env, ""), token_env)
+        self._admin = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._admin.setup()
         listen = config.admin.listen
         sock = socket.create_server((listen.host, listen.port), reuse_port=False)
         await web.SockSite(self._admin, sock).start()
         sockname = sock.getsockname()
         self.admin_address = (str(sockname[0]), int(sockname[1]))
-        self.readiness.set_ready()
+        error = self.controller.state_error
+        self.readiness.set_ready(f"serving; {error}" if error else "serving")
 
     async def stop(self, drain_s: float | None = None) -> int:
         """Drain and close; return the number of connections cut at the deadline."""
         self.readiness.set_not_ready("draining")
         cut = 0
+        if self.controller is not None:
+            await self.controller.close()
         if self._engine is not None:
             drain = self.config.limits.drain_s if drain_s is None else drain_s
             cut = await self._engine.drain(drain)

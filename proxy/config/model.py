@@ -15,6 +15,7 @@ from ipaddress import IPv4Network, IPv6Network
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
+from proxy.core.analysis import AnalysisConfig
 from proxy.core.identity import IdKind, IdSource, Unidentified
 from proxy.core.routing import Variant
 
@@ -98,6 +99,7 @@ class RolloutConfig:
     salt: str
     pins: Mapping[str, Variant]
     steps: tuple[Step, ...]
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
 
 
 @dataclass(frozen=True, slots=True)

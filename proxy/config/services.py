@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
 from proxy.config import reader as read
+from proxy.config.analysis import analysis
 from proxy.config.identity import identity_rules, tenant_id, tier_name, tiers
 from proxy.config.model import (
     IdentityRule,
@@ -140,7 +141,8 @@ def _step(value: object, path: str, strategy: str, known_tiers: frozenset[str]) 
 
 
 def _rollout(value: object, path: str, service_name: str, tier_config: TierConfig) -> RolloutConfig:
-    data = read.mapping(value, path, ("strategy", "salt", "pins", "steps"), required=("steps",))
+    keys = ("strategy", "salt", "pins", "steps", "analysis")
+    data = read.mapping(value, path, keys, required=("steps",))
     strategy = read.choice(data.get("strategy", "canary"), read.key(path, "strategy"), _STRATEGIES)
     pins_path = read.key(path, "pins")
     variants = [v.value for v in Variant]
@@ -160,6 +162,7 @@ def _rollout(value: object, path: str, service_name: str, tier_config: TierConfi
             _step(item, read.index(steps_path, i), strategy, tier_config.names)
             for i, item in enumerate(steps)
         ),
+        analysis=analysis(data.get("analysis", {}), read.key(path, "analysis")),
     )
 
 

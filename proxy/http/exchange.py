@@ -47,6 +47,7 @@ class Exchange:
         "conn",
         "endpoint",
         "finished",
+        "generated",
         "informational",
         "out",
         "pending",
@@ -81,6 +82,7 @@ class Exchange:
         self.close_after = False
         self.upstream_keep_alive = False
         self.finished = False
+        self.generated = False  # the status was produced by the proxy, not the upstream
         self.abandoned = False
         self.admitted = False
         self.retried = False
@@ -289,7 +291,7 @@ class Exchange:
             self.out.append(rest)
         self.flush_client()
         self.client.start_tunnel(self)
-        self.route.recorder.completed(self.route, 101, self.client.loop.time() - self.started)
+        self.record(101)
 
     @staticmethod
     def _switching_head(headers: list[tuple[bytes, bytes]]) -> bytes:
@@ -389,6 +391,7 @@ class Exchange:
 
     def respond_error(self, error: HttpError) -> None:
         self.status = error.status
+        self.generated = True
         self.close_after = self.close_after or not self.request_done or self.client.draining
         self.out.append(framing.error_response(error.status, error.reason, close=self.close_after))
         self.finish()
@@ -474,8 +477,13 @@ class Exchange:
         final = status if status is not None else self.status
         if final:
             route = self.route
-            route.recorder.completed(route, final, self.client.loop.time() - self.started)
+            self.record(final, generated=status is not None or self.generated)
         self.client.exchange_done(self)
+
+    def record(self, status: int, *, generated: bool = False) -> None:
+        """Count the outcome once: metrics, and the rollout analysis as evidence."""
+        duration = self.client.loop.time() - self.started
+        self.route.recorder.completed(self.route, status, duration, self.request, generated)
 
 
 def _without(parts: list[bytes], drop: frozenset[bytes]) -> list[bytes]:

@@ -25,6 +25,7 @@ class Request:
     """One request head, as the proxy will forward it (end-to-end fields only)."""
 
     __slots__ = (
+        "bucket",
         "chunked",
         "content_length",
         "expect_continue",
@@ -57,6 +58,7 @@ class Request:
         self.expect_continue = False
         self.websocket = False
         self.relevant: dict[str, str] = {}
+        self.bucket = -1  # the routing bucket of its id (-1: not hashed)
         # X-Forwarded-* as sent by a trusted peer (None otherwise: they are then overwritten).
         self.xff: bytes | None = None
         self.xfp: bytes | None = None

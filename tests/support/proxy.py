@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import tempfile
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -35,7 +36,7 @@ def config_dict(*services: dict[str, Any], **top: Any) -> dict[str, Any]:
     data: dict[str, Any] = {
         "listen": "127.0.0.1:0",
         "admin": {"listen": "127.0.0.1:0"},
-        "state": {"backend": "file", "path": "state/test.json"},
+        "state": {"backend": "file", "path": f"{tempfile.mkdtemp(prefix='rollout-test-')}/s.json"},
         "trusted_peers": ["127.0.0.1/32"],
         "services": list(services),
     }
