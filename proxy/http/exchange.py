@@ -476,7 +476,6 @@ class Exchange:
         self.flush_client()
         final = status if status is not None else self.status
         if final:
-            route = self.route
             self.record(final, generated=status is not None or self.generated)
         self.client.exchange_done(self)
 
