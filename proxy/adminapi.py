@@ -45,20 +45,14 @@ def _error(status: int, message: str) -> web.Response:
 def rollout_status(rollout: Rollout, now: float, state_error: str | None) -> dict[str, Any]:
     """What the API (and the CLI and the page) show for one rollout."""
     state = rollout.state
-    step = rollout.config.rollout.steps[state.step]
     plan = rollout.plan()
     last = rollout.last
     return {
         "service": rollout.config.name,
         "status": state.status.value,
-        "step": state.step,
-        "steps": state.steps,
-        "step_definition": {
-            "percent": step.percent,
-            "tiers": sorted(step.tiers),
-            "tenants": sorted(step.tenants),
-            "observe_s": step.observe_s,
-        },
+        "step": rollout.step_index,
+        "steps": len(rollout.config.rollout.steps),
+        "step_definition": _step_definition(rollout),
         "canary_percent": plan.canary_percent() if plan.active else 0.0,
         "time_in_step_s": round(max(0.0, now - rollout.step_started), 3),
         "version": state.version,
@@ -66,6 +60,25 @@ def rollout_status(rollout: Rollout, now: float, state_error: str | None) -> dic
         "verdict": assessment_json(last) if last is not None else None,
         "requests_needed": last.requests_needed if last is not None else None,
         "state_error": state_error,
+    }
+
+
+def _step_definition(rollout: Rollout) -> dict[str, Any]:
+    if rollout.in_baseline:
+        return {
+            "baseline": True,
+            "percent": 0.0,
+            "tiers": [],
+            "tenants": [],
+            "observe_s": rollout.config.rollout.baseline_s,
+        }
+    step = rollout.config.rollout.steps[rollout.step_index]
+    return {
+        "baseline": False,
+        "percent": step.percent,
+        "tiers": sorted(step.tiers),
+        "tenants": sorted(step.tenants),
+        "observe_s": step.observe_s,
     }
 
 

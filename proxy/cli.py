@@ -52,11 +52,49 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_loop(
         run_demo(
             config_path=args.config,
-            requests=args.requests,
+            duration_s=args.duration,
             concurrency=args.concurrency,
             canary_error_rate=args.canary_error_rate,
         )
     )
+
+
+def cmd_rollout(args: argparse.Namespace) -> int:
+    from proxy import adminclient
+
+    try:
+        return adminclient.run(args.command, args.service, args.admin, args.json, args.token_env)
+    except adminclient.AdminUnreachable as exc:
+        print(f"rollout-proxy {args.command}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+_ROLLOUT_HELP = {
+    "status": "show every rollout (or one): step, split, time in step, latest verdict",
+    "promote": "advance SERVICE one step now",
+    "pause": "freeze automatic moves of SERVICE (a guardrail breach still rolls back)",
+    "resume": "let SERVICE move automatically again",
+    "abort": "roll SERVICE back: everything to stable",
+    "restart": "start SERVICE's rollout again from step 0",
+}
+
+
+def _add_rollout_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from proxy.adminclient import DEFAULT_ADMIN, DEFAULT_TOKEN_ENV
+
+    for name, text in _ROLLOUT_HELP.items():
+        command = sub.add_parser(name, help=text, description=text)
+        command.add_argument("service", nargs="?", metavar="SERVICE", help="service name")
+        command.add_argument(
+            "--admin", default=DEFAULT_ADMIN, help=f"admin listener URL (default {DEFAULT_ADMIN})"
+        )
+        command.add_argument("--json", action="store_true", help="print the API's JSON")
+        command.add_argument(
+            "--token-env",
+            default=DEFAULT_TOKEN_ENV,
+            help=f"env var holding the admin token for mutations (default {DEFAULT_TOKEN_ENV})",
+        )
+        command.set_defaults(func=cmd_rollout)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,8 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "-c", "--config", default=None, help="demo config (default: the built-in demo.yaml)"
     )
-    demo.add_argument("--requests", type=int, default=3000, help="requests to send")
-    demo.add_argument("--concurrency", type=int, default=32, help="requests in flight")
+    demo.add_argument(
+        "--duration", type=float, default=120.0, help="stop after this many seconds at most"
+    )
+    demo.add_argument("--concurrency", type=int, default=16, help="requests in flight")
     demo.add_argument(
         "--canary-error-rate",
         type=float,
@@ -90,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="fraction of canary responses that fail with 500",
     )
     demo.set_defaults(func=cmd_demo)
+    _add_rollout_commands(sub)
     return parser
 
 

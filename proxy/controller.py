@@ -82,6 +82,10 @@ class Rollout:
 
     def __init__(self, config: ServiceConfig, state: RolloutState, started: float) -> None:
         self.config = config
+        # With a baseline period, machine step 0 is the baseline (nothing exposed) and
+        # configured step i is machine step i + 1.
+        self.offset = 1 if config.rollout.baseline_s > 0 else 0
+        self.machine_steps = len(config.rollout.steps) + self.offset
         self.spec_hash = spec_hash(config)
         self.state = state
         self.step_started = started  # monotonic
@@ -98,7 +102,7 @@ class Rollout:
             baselines=baselines,
             started=now,
             step=self.state.step,
-            steps=len(rollout.steps),
+            steps=self.machine_steps,
         )
 
     def enter_step(self, now: float, wall: float, *, keep_baselines: bool) -> None:
@@ -109,13 +113,24 @@ class Rollout:
         self.last = None
         self.guardrail_pending = False
 
+    @property
+    def step_index(self) -> int:
+        """The configured step served (-1 during the baseline period)."""
+        return self.state.step - self.offset
+
+    @property
+    def in_baseline(self) -> bool:
+        return self.step_index < 0
+
     def plan(self) -> RoutingPlan:
         rollout = self.config.rollout
         active = self.state.status is not Status.ROLLED_BACK
-        return RoutingPlan.build(rollout, self.state.step, active=active)
+        return RoutingPlan.build(rollout, self.step_index, active=active)
 
     def observe_s(self) -> float:
-        return self.config.rollout.steps[self.state.step].observe_s or 0.0
+        if self.in_baseline:
+            return self.config.rollout.baseline_s
+        return self.config.rollout.steps[self.step_index].observe_s or 0.0
 
     def record(self, wall: float) -> RolloutRecord:
         state = self.state
@@ -169,15 +184,15 @@ class Controller:
         self.state_error = f"state store unreadable, all traffic on stable: {reason}"
         now = self.clock.monotonic()
         for service in self.config.services:
-            state = RolloutState(Status.ROLLED_BACK, 0, len(service.rollout.steps))
-            rollout = Rollout(service, state, now)
+            rollout = Rollout(service, initial(1), now)
+            rollout.state = RolloutState(Status.ROLLED_BACK, 0, rollout.machine_steps)
             self.rollouts[service.name] = rollout
             self._publish(rollout)
 
     async def _resume(self, service: ServiceConfig, record: RolloutRecord | None) -> None:
         now, wall = self.clock.monotonic(), self.clock.wall()
-        steps = len(service.rollout.steps)
-        rollout = Rollout(service, initial(steps), now)
+        rollout = Rollout(service, initial(1), now)
+        steps = rollout.machine_steps
         if record is not None and record.spec_hash == rollout.spec_hash and record.step < steps:
             rollout.state = RolloutState(record.status, record.step, steps, record.version)
             elapsed = min(max(wall - record.step_started, 0.0), rollout.observe_s())
@@ -260,11 +275,13 @@ class Controller:
                 continue
             verdict = rollout.analysis.assess(now)
             rollout.last = verdict
-            if verdict.verdict is Verdict.DEGRADED:
+            held = now - rollout.step_started >= rollout.observe_s()
+            if rollout.in_baseline:
+                if held:  # the baseline only measures: nothing to judge yet
+                    await self.apply(name, Event.ADVANCE, "controller", verdict)
+            elif verdict.verdict is Verdict.DEGRADED:
                 await self.apply(name, Event.DEGRADED, "controller", verdict)
-            elif verdict.verdict is Verdict.HEALTHY and now - rollout.step_started >= (
-                rollout.observe_s()
-            ):
+            elif verdict.verdict is Verdict.HEALTHY and held:
                 await self.apply(name, Event.ADVANCE, "controller", verdict)
 
     # --- transitions --------------------------------------------------------------------------
@@ -314,9 +331,9 @@ class Controller:
             actor=actor,
             action=action,
             from_status=before.status.value,
-            from_step=before.step,
+            from_step=before.step - rollout.offset,
             to_status=after.status.value,
-            to_step=after.step,
+            to_step=after.step - rollout.offset,
             version=after.version,
             reason=reason or (evidence.summary if evidence else ""),
             evidence=assessment_json(evidence) if evidence else {},

@@ -9,6 +9,8 @@ proxy: the CLI starts these upstreams, the proxy in front of them, then drives t
 
 from __future__ import annotations
 
+import asyncio
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,15 +40,19 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class _Responder:
-    """Request handler of one demo upstream."""
+    """Request handler of one demo upstream: fails at `error_rate`, answers after a
+    log-normal delay around `latency_s` (real services have tails)."""
 
     variant: str
     error_rate: float
     rng: random.Random
+    latency_s: float = 0.0
 
     async def handle(self, request: web.Request) -> web.Response:
         async for _ in request.content.iter_any():  # drain any body without keeping it
             pass
+        if self.latency_s > 0:
+            await asyncio.sleep(self.rng.lognormvariate(math.log(self.latency_s), 0.5))
         failed = self.error_rate > 0 and self.rng.random() < self.error_rate
         body = {"variant": self.variant, "path": request.path}
         if failed:
@@ -100,14 +106,22 @@ async def start_demo_upstreams(
     *,
     rng: random.Random | None = None,
     host: str = "127.0.0.1",
+    base_error_rate: float = 0.0,
+    latency_s: float = 0.0,
+    canary_latency_s: float | None = None,
 ) -> DemoUpstreams:
-    """Start "stable" and "canary" on `host`, random free ports; canary fails at the rate."""
-    if not 0.0 <= canary_error_rate <= 1.0:
-        raise ValueError(f"canary_error_rate must be 0..1, got {canary_error_rate}")
+    """Start "stable" and "canary" on `host`, random free ports. Both fail at
+    `base_error_rate`, the canary at `canary_error_rate` more; both answer after about
+    `latency_s` (the canary after `canary_latency_s` when given)."""
+    for name, rate in (("canary_error_rate", canary_error_rate), ("base", base_error_rate)):
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"{name} must be 0..1, got {rate}")
     draw = rng if rng is not None else random.Random()
-    stable, stable_url = await _serve(_Responder("stable", 0.0, draw), host)
+    canary_rate = min(1.0, base_error_rate + canary_error_rate)
+    slow = latency_s if canary_latency_s is None else canary_latency_s
+    stable, stable_url = await _serve(_Responder("stable", base_error_rate, draw, latency_s), host)
     try:
-        canary, canary_url = await _serve(_Responder("canary", canary_error_rate, draw), host)
+        canary, canary_url = await _serve(_Responder("canary", canary_rate, draw, slow), host)
     except BaseException:
         await stable.cleanup()
         raise

@@ -9,18 +9,28 @@ router's routing snapshot.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import sys
+import tempfile
 from importlib import resources
 from pathlib import Path
 
-from proxy.config import Config, Step, Upstream, UpstreamsConfig, load_config
-from proxy.core.routing import RoutingPlan
+from rich.console import Console
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+
+from proxy.adminapi import rollout_status
+from proxy.config import Config, StateConfig, Upstream, UpstreamsConfig, load_config
+from proxy.core.analysis import Assessment
+from proxy.core.machine import Status
 from proxy.demo import DemoUpstreams, start_demo_upstreams
-from proxy.demotraffic import drive_traffic, render_report
+from proxy.demolive import SteadyTraffic, render
 from proxy.errors import ConfigError
 from proxy.runtime import Runtime
+from proxy.store.records import JournalEntry
 
 _GENERATED_TENANTS = 60
 
@@ -57,7 +67,7 @@ def _tenants(config: Config) -> list[tuple[str, str]]:
 async def run_demo(
     *,
     config_path: str | None,
-    requests: int,
+    duration_s: float,
     concurrency: int,
     canary_error_rate: float,
 ) -> int:
@@ -67,26 +77,83 @@ async def run_demo(
     except ConfigError as exc:
         print(f"rollout-proxy demo: invalid config: {exc}", file=sys.stderr)
         return 2
-    upstreams = await start_demo_upstreams(canary_error_rate)
-    runtime = Runtime(_with_upstreams(base, upstreams))
-    try:
-        await runtime.start()
-        assert runtime.router is not None
-        print(f"proxy on {runtime.data_url}, metrics on {runtime.admin_url}/metrics")
-        service = runtime.config.services[0]
-        tenants = _tenants(runtime.config)
-        per_step = max(1, requests // len(service.rollout.steps))
-        for index, step in enumerate(service.rollout.steps):
-            runtime.router.set_plan(service.name, RoutingPlan.build(service.rollout, index))
-            report = await drive_traffic(runtime.data_url, tenants, per_step, concurrency)
-            print(f"\nstep {index}: {_describe(step)}")
-            print(render_report(report))
-    finally:
-        await runtime.stop(drain_s=1.0)
-        await upstreams.close()
+    upstreams = await start_demo_upstreams(
+        canary_error_rate, base_error_rate=BASE_ERROR_RATE, latency_s=LATENCY_S
+    )
+    with tempfile.TemporaryDirectory(prefix="rollout-demo-") as workdir:
+        config = _with_state(_with_upstreams(base, upstreams), Path(workdir) / "state.json")
+        runtime = Runtime(config)
+        try:
+            await runtime.start()
+            await _show(runtime, duration_s, concurrency)
+        finally:
+            await runtime.stop(drain_s=1.0)
+            await upstreams.close()
     return 0
 
 
-def _describe(step: Step) -> str:
-    cohort = sorted(step.tiers) + sorted(step.tenants)
-    return f"{step.percent:g}% of {', '.join(cohort) if cohort else 'everyone'}"
+async def _show(runtime: Runtime, duration_s: float, concurrency: int) -> None:
+    controller = runtime.controller
+    assert controller is not None
+    service = runtime.config.services[0]
+    rollout = controller.rollouts[service.name]
+    console = Console()
+    console.print(f"proxy on {runtime.data_url}, admin and metrics on {runtime.admin_url}")
+    traffic = SteadyTraffic(runtime.data_url + "/", _tenants(runtime.config), concurrency)
+    tiers = sorted(service.tiers.names)
+    await traffic.start()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + duration_s
+
+    def frame() -> Panel:
+        now = controller.clock.monotonic()
+        return render(rollout_status(rollout, now, controller.state_error), traffic, tiers)
+
+    try:
+        with Live(frame(), console=console, refresh_per_second=4) as live:
+            while rollout.state.status in _RUNNING and loop.time() < deadline:
+                await asyncio.sleep(0.25)
+                live.update(frame())
+    finally:
+        await traffic.stop()
+    console.print(_outcome(rollout.state.status.value, rollout.last))
+    console.print(_journal(await controller.history(service.name)))
+
+
+_RUNNING = (Status.PROGRESSING, Status.PAUSED)
+BASE_ERROR_RATE = 0.01  # both demo upstreams fail this often: real services do
+LATENCY_S = 0.004
+
+
+def _with_state(config: Config, path: Path) -> Config:
+    return dataclasses.replace(config, state=StateConfig(backend="file", path=str(path)))
+
+
+def _outcome(status: str, last: Assessment | None) -> str:
+    why = f": {last.summary}" if last is not None else ""
+    if status == "completed":
+        return f"[bold green]completed[/]: every step held with evidence{why}"
+    if status == "rolled_back":
+        return f"[bold red]rolled back[/]{why}"
+    return f"[bold]still {status}[/] when the demo ended{why}"
+
+
+def _journal(entries: list[JournalEntry]) -> Table:
+    table = Table(title="decision journal (oldest first)")
+    for column in ("time", "actor", "action", "from", "to", "why"):
+        table.add_column(column)
+    first = entries[-1].time if entries else 0.0
+    for entry in reversed(entries):
+        table.add_row(
+            f"+{entry.time - first:.1f}s",
+            entry.actor,
+            entry.action,
+            f"{entry.from_status} {_step_name(entry.from_step)}",
+            f"{entry.to_status} {_step_name(entry.to_step)}",
+            entry.reason,
+        )
+    return table
+
+
+def _step_name(index: int) -> str:
+    return "baseline" if index < 0 else f"step {index + 1}"

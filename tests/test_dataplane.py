@@ -170,7 +170,8 @@ async def test_pins_win_at_0_and_100_percent() -> None:
 
 
 def ringed_service(stable: str, canary: str) -> dict[str, Any]:
-    return service(
+    """Rings served from the start: no baseline period before the whole-tier first step."""
+    section = service(
         [stable],
         [canary],
         tiers={
@@ -189,6 +190,8 @@ def ringed_service(stable: str, canary: str) -> dict[str, Any]:
             {"percent": 50, "tiers": ["free"]},
         ],
     )
+    section["rollout"]["baseline"] = 0
+    return section
 
 
 async def test_tier_ring_then_tenant_ring_then_percent_of_a_tier() -> None:

@@ -100,6 +100,9 @@ class RolloutConfig:
     pins: Mapping[str, Variant]
     steps: tuple[Step, ...]
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    # Seconds of all-stable traffic measured before step 0 (0: none): the pre-exposure
+    # baseline of tiers that a step sends wholly to the canary.
+    baseline_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

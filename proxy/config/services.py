@@ -141,7 +141,7 @@ def _step(value: object, path: str, strategy: str, known_tiers: frozenset[str]) 
 
 
 def _rollout(value: object, path: str, service_name: str, tier_config: TierConfig) -> RolloutConfig:
-    keys = ("strategy", "salt", "pins", "steps", "analysis")
+    keys = ("strategy", "salt", "pins", "steps", "analysis", "baseline")
     data = read.mapping(value, path, keys, required=("steps",))
     strategy = read.choice(data.get("strategy", "canary"), read.key(path, "strategy"), _STRATEGIES)
     pins_path = read.key(path, "pins")
@@ -153,17 +153,32 @@ def _rollout(value: object, path: str, service_name: str, tier_config: TierConfi
         for t, v in read.string_keys(data.get("pins", {}), pins_path).items()
     }
     steps_path = read.key(path, "steps")
-    steps = read.sequence(data["steps"], steps_path, min_items=1)
+    items = read.sequence(data["steps"], steps_path, min_items=1)
+    steps = tuple(
+        _step(item, read.index(steps_path, i), strategy, tier_config.names)
+        for i, item in enumerate(items)
+    )
+    baseline = data.get("baseline")
     return RolloutConfig(
         strategy=strategy,
         salt=read.string(data.get("salt", service_name), read.key(path, "salt")),
         pins=MappingProxyType(pins),
-        steps=tuple(
-            _step(item, read.index(steps_path, i), strategy, tier_config.names)
-            for i, item in enumerate(steps)
-        ),
+        steps=steps,
         analysis=analysis(data.get("analysis", {}), read.key(path, "analysis")),
+        baseline_s=_default_baseline(steps)
+        if baseline is None
+        else read.duration(baseline, read.key(path, "baseline"), allow_zero=True),
     )
+
+
+def _default_baseline(steps: tuple[Step, ...]) -> float:
+    """A first step that sends a whole tier or tenant list to the canary leaves those
+    requests no concurrent stable baseline: measure them first, for the step's observe time
+    (1 minute when it has none). Any other first step needs no baseline period."""
+    first = steps[0]
+    if first.percent < 100 or not (first.tiers or first.tenants):
+        return 0.0
+    return first.observe_s or 60.0
 
 
 def _check_tenants(

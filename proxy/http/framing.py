@@ -29,6 +29,9 @@ HOP_BY_HOP: frozenset[bytes] = frozenset(
     }
 )
 
+# Connection options that name no field (any other token makes that field hop-by-hop).
+STANDARD_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade"})
+
 CRLF = b"\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
 

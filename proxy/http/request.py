@@ -1,10 +1,11 @@
-"""A parsed request head and the strict checks it must pass before anything is forwarded.
+"""A parsed request head, the strict checks it must pass, and the head forwarded upstream.
 
 llhttp (through httptools) already refuses most ambiguous framing: CL+TE, duplicate or malformed
 Content-Length, obfuscated Transfer-Encoding, bare CR/LF, obs-fold, whitespace before the colon,
 control characters. The checks here cover what it lets through (RELIABILITY.md A-E): versions
 other than HTTP/1.0 and 1.1, underscores in field names, Host rules, target forms, dot-segments,
-and transfer codings other than a lone `chunked`. Pure functions; no I/O.
+and transfer codings other than a lone `chunked`. `upstream_head` writes what the upstream gets:
+the end-to-end fields, X-Forwarded-* and the proxy's own framing. Pure functions; no I/O.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import re
 
 from proxy.errors import BadRequest
+from proxy.http.framing import CRLF
 
 _HOST_RE = re.compile(
     rb"(?:[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252})|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?\Z"
@@ -164,3 +166,38 @@ def invalid_method_status(head: bytes) -> int:
     """Status for a method llhttp does not know: 501 for a token (RFC 9110 9.1), else 400."""
     method = head.split(b" ", 1)[0]
     return 501 if _TOKEN_RE.match(method) else 400
+
+
+def upstream_head(request: Request, authority: bytes, peer_ip: str, extra: bytes) -> bytes:
+    """The head sent upstream; `extra`: the route's own fields, `authority`: the upstream's."""
+    parts = [request.method, b" ", request.target, b" HTTP/1.1\r\nHost: "]
+    # An HTTP/1.0 request may come without Host: the upstream then gets its own authority.
+    parts.append(request.host or authority)
+    parts.append(CRLF)
+    for name, value in request.headers:
+        parts += (name, b": ", value, CRLF)
+    parts.append(_forwarded_fields(request, peer_ip))
+    parts.append(extra)
+    if request.websocket:
+        parts.append(b"Connection: upgrade\r\nUpgrade: websocket\r\n")
+    if request.chunked:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    elif request.content_length is not None:
+        parts.append(b"Content-Length: %d\r\n" % request.content_length)
+    if request.expect_continue:
+        parts.append(b"Expect: 100-continue\r\n")
+    parts.append(CRLF)
+    return b"".join(parts)
+
+
+def _forwarded_fields(request: Request, peer_ip: str) -> bytes:
+    """X-Forwarded-*: the peer appended to a trusted peer's chain, else the proxy's own view."""
+    peer = peer_ip.encode("ascii")
+    xff = peer if request.xff is None else request.xff + b", " + peer
+    proto = request.xfp or b"http"
+    host = request.xfh or request.host or b""
+    return b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Host: %s\r\n" % (
+        xff,
+        proto,
+        host,
+    )

@@ -14,8 +14,9 @@ import ipaddress
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from proxy.http import downstream as ds
+from proxy.http.connection import ClientConnection
 from proxy.http.downstream import DownstreamProtocol
+from proxy.http.fields import header_kinds
 
 if TYPE_CHECKING:
     from proxy.config import Config
@@ -23,35 +24,6 @@ if TYPE_CHECKING:
     from proxy.errors import HttpError
 
 _TRUST_CACHE_SIZE = 4096
-
-
-def header_kinds(identity_headers: Iterable[str], relevant: Iterable[str]) -> dict[bytes, int]:
-    """Lower-cased field name -> how the downstream protocol treats it."""
-    kinds = {
-        b"host": ds.H_HOST,
-        b"content-length": ds.H_LENGTH,
-        b"transfer-encoding": ds.H_TE,
-        b"connection": ds.H_CONNECTION,
-        b"upgrade": ds.H_UPGRADE,
-        b"expect": ds.H_EXPECT,
-        b"keep-alive": ds.H_DROP,
-        b"proxy-connection": ds.H_DROP,
-        b"te": ds.H_DROP,
-        b"trailer": ds.H_DROP,
-        b"proxy-authorization": ds.H_DROP,
-        b"x-rollout-variant": ds.H_DROP,
-        b"x-rollout-step": ds.H_DROP,
-        b"x-forwarded-for": ds.H_XFF,
-        b"x-forwarded-proto": ds.H_XFP,
-        b"x-forwarded-host": ds.H_XFH,
-        b"forwarded": ds.H_DROP_UNTRUSTED,
-        b"x-real-ip": ds.H_DROP_UNTRUSTED,
-    }
-    for name in relevant:
-        kinds.setdefault(name.encode("latin-1"), ds.H_RELEVANT)
-    for name in identity_headers:
-        kinds[name.encode("latin-1")] = ds.H_TRUSTED_ONLY
-    return kinds
 
 
 class Engine:
@@ -71,7 +43,7 @@ class Engine:
         self.limits = config.limits
         self.router = router
         self.header_kinds = header_kinds(identity_headers, relevant_headers)
-        self.connections: set[DownstreamProtocol] = set()
+        self.connections: set[ClientConnection] = set()
         self.draining = False
         self._trusted = config.trusted_peers
         self._trust_cache: dict[str, bool] = {}
@@ -121,7 +93,7 @@ class Engine:
             conn.check_deadline(now)
         self._sweeper = self.loop.call_later(self.sweep_s, self._sweep)
 
-    def forget(self, conn: DownstreamProtocol) -> None:
+    def forget(self, conn: ClientConnection) -> None:
         self.connections.discard(conn)
         if not self.connections and self._all_closed is not None:
             self._all_closed.set()

@@ -608,3 +608,41 @@ async def test_upstream_that_stops_reading_the_body_is_a_504_not_a_client_408() 
     assert status_line.startswith(b"HTTP/1.1 504 "), status_line
     assert failures(samples) == {("stable", "timeout"): 1}
     assert aborts(samples) == {}
+
+
+# --- a request the proxy refuses is not a client abort ---------------------------------------
+
+CHUNKED_HEAD = b"POST / HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("parts", "body_timeout", "status"),
+    [
+        pytest.param((CHUNKED_HEAD, b"5\r\nhello\r\n0x1\r\nx\r\n"), 5.0, 400, id="bad-chunk"),
+        pytest.param(
+            (b"POST / HTTP/1.1\r\nHost: app\r\nContent-Length: 10\r\n\r\nab",),
+            0.3,
+            408,
+            id="body-deadline",
+        ),
+    ],
+)
+async def test_request_refused_while_its_exchange_exists_is_not_a_client_abort(
+    parts: tuple[bytes, ...], body_timeout: float, status: int
+) -> None:
+    upstream = await RecordingUpstream().start()
+    limits = {"body_timeout": body_timeout}
+    async with proxy_for([upstream.url], [upstream.url], **limits) as (proxy, port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for part in parts:
+            writer.write(part)
+            await asyncio.sleep(0.1)  # the head is parsed (its exchange exists) before the rest
+        async with asyncio.timeout(5):
+            answer = await reader.read()  # the refusal, then the proxy closes the connection
+        writer.close()
+        samples = await scrape(proxy)
+    await upstream.close()
+    assert answer.startswith(b"HTTP/1.1 %d " % status), answer
+    assert upstream.requests == []
+    assert aborts(samples) == {}
+    assert failures(samples) == {}

@@ -49,7 +49,8 @@ async def running_proxy(
     data: Mapping[str, Any], env: Mapping[str, str] | None = None
 ) -> AsyncIterator[Runtime]:
     """A started Runtime for `data`; stopped (drained briefly) on exit."""
-    runtime = Runtime(parse_config(copy.deepcopy(dict(data)), env or {}))
+    environment = dict(env or {})
+    runtime = Runtime(parse_config(copy.deepcopy(dict(data)), environment), env=environment)
     await runtime.start()
     try:
         yield runtime

@@ -1,0 +1,403 @@
+"""Simulate the controller's statistics in virtual time and print the targets table of issue 3.
+
+    python loadtests/simulate.py                  # default runs (a few minutes on 2 cores)
+    python loadtests/simulate.py --quick          # a handful of runs, for CI (< 30 s)
+    python loadtests/simulate.py --runs 200 --aa-runs 500 --json out.json
+
+Every simulated request goes through `StepAnalysis.observe`, and `assess` is called once per
+virtual second, as the controller does. Traffic: 1,000 requests/s from 20,000 users over four
+tiers with their own error rates (0.5% overall) and latencies (log-normal, sigma 0.5); a user is
+on the canary when its bucket is below the step's percent, so a tier's canary share is what
+routing gives, not exactly the step's percent. The rollout is ROLLOUT; its length and the step's
+index set the step's share of the false-rollback rate. Runs are seeded (`random.Random(seed)`),
+so the table is the same on every machine and for any number of workers.
+
+Regression scenarios run one step with a bad canary from its start (after healthy steps: the
+baselines they would leave) and measure the time to roll back. The A/A scenario walks whole
+rollouts with a healthy canary and a 60 s incident in which both arms fail at 20% (starting in
+the first 30 s of the first or the second step); a step advances when `observe` has passed and
+the verdict is healthy; the last step only has to hold for `observe`. Advance times are reported
+over the steps the incident did not touch, and separately for those it did (from its end).
+
+The oracle is the time a one-sided two-proportion z-test at alpha 0.01 with 50% power needs,
+with its sample size chosen knowing the rates: n = z(0.99)^2 * p0 * (1 + 1/r) / (p1 - p0)^2
+canary requests, r = stable/canary requests. For advancing, p1 = (1 + max_increase) * p0.
+For latency, p0 = 1% of baseline requests above the baseline p99 and p1 = the canary's share of
+requests above (1 + max_increase) times it: the question the latency check answers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from bisect import bisect_right
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, replace
+from math import exp, log
+from pathlib import Path
+from random import Random
+from statistics import NormalDist
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from proxy.core.analysis import AnalysisConfig, RateCount, StepAnalysis, TierBaseline, Verdict
+
+RATE = 1000  # requests per virtual second
+ROLLOUT = (5.0, 25.0, 50.0, 100.0)  # percent per step
+OBSERVE_S = 30.0
+STEP_LIMIT_S = 900.0  # a step still undecided then counts as "stuck"
+SIGMA = 0.5  # log-normal latency spread
+INCIDENT_S, INCIDENT_RATE = 60.0, 0.20
+CONFIG = AnalysisConfig()
+Z99 = NormalDist().inv_cdf(0.99)
+
+
+@dataclass(frozen=True)
+class Tier:
+    name: str
+    weight: float
+    error_rate: float
+    median_s: float
+
+
+TIERS = (
+    Tier("internal", 0.05, 0.003, 0.040),
+    Tier("free", 0.55, 0.006, 0.050),
+    Tier("paid", 0.28, 0.004, 0.080),
+    Tier("enterprise", 0.12, 0.004, 0.120),
+)
+STABLE_ERROR_RATE = sum(t.weight * t.error_rate for t in TIERS)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    percent: float
+    error_factor: float = 1.0  # canary error rate / stable's
+    latency_factor: float = 1.0  # canary latency / stable's
+    target_s: float = 0.0
+
+
+REGRESSIONS = (
+    Scenario("5% errors on a 5% step", 5.0, error_factor=0.05 / STABLE_ERROR_RATE, target_s=5.0),
+    Scenario("1.0% errors on a 25% step", 25.0, error_factor=2.0, target_s=20.0),
+    Scenario("1.0% errors on a 5% step", 5.0, error_factor=2.0, target_s=70.0),
+    Scenario("p99 latency +50% on a 25% step", 25.0, latency_factor=1.5, target_s=30.0),
+)
+
+
+_NAMES = tuple(t.name for t in TIERS)
+_RATES = tuple(t.error_rate for t in TIERS)
+_MEDIANS = tuple(t.median_s for t in TIERS)
+_USERS = 20_000
+_USER_TIER = tuple(  # users 0.._USERS laid out by tier weight
+    min(
+        bisect_right(
+            [sum(t.weight for t in TIERS[: i + 1]) for i in range(len(TIERS))], u / _USERS
+        ),
+        len(TIERS) - 1,
+    )
+    for u in range(_USERS)
+)
+_SPREAD = tuple(exp(SIGMA * NormalDist().inv_cdf((i + 0.5) / 8192)) for i in range(8192))
+
+
+@dataclass
+class World:
+    """One run's traffic: who is on the canary, what fails, how slow."""
+
+    rng: Random
+    buckets: list[int]  # per user, 0..9999: on the canary when below percent * 100
+    error_factor: float
+    latency_factor: float
+    incident: tuple[float, float] = (-1.0, -1.0)
+
+    @classmethod
+    def seeded(cls, seed: int, error_factor: float = 1.0, latency_factor: float = 1.0) -> World:
+        rng = Random(seed)
+        buckets = [rng.randrange(10_000) for _ in range(_USERS)]
+        return cls(rng, buckets, error_factor, latency_factor)
+
+
+_THIRTEEN = (13,) * RATE
+
+
+def run_second(world: World, analysis: StepAnalysis, percent: float, start: float) -> float:
+    """Feed one virtual second of requests; the guardrail's trip time, or -1."""
+    rng, buckets, cut = world.rng, world.buckets, percent * 100
+    rnd = rng.random
+    users = [int(rnd() * _USERS) for _ in _THIRTEEN]
+    draws = [rnd() for _ in _THIRTEEN]
+    spreads = [_SPREAD[b] for b in map(rng.getrandbits, _THIRTEEN)]
+    in_incident = world.incident[0] <= start < world.incident[1]
+    factor = 1.0 if in_incident else world.error_factor
+    slower, observe = world.latency_factor, analysis.observe
+    for i, user in enumerate(users):
+        k = _USER_TIER[user]
+        canary = buckets[user] < cut
+        rate = INCIDENT_RATE if in_incident else _RATES[k]
+        latency = _MEDIANS[k] * spreads[i]
+        if canary:
+            rate *= factor
+            latency *= slower
+        now = start + i / RATE
+        tripped = observe(
+            tier=_NAMES[k],
+            canary=canary,
+            error=draws[i] < rate,
+            latency_s=latency,
+            path="/",
+            id_hash=user,
+            now=now,
+        )
+        if tripped is not None:
+            return now
+    return -1.0
+
+
+@dataclass(frozen=True)
+class StepResult:
+    verdict: str  # "degraded" | "healthy" | "inconclusive" (last step) | "stuck"
+    seconds: float  # until the step ended
+    shown_s: float  # until the first healthy verdict (inf: never)
+    after_incident_s: float = float("nan")  # seconds from the incident's end to the step's end
+
+
+def run_step(
+    world: World,
+    analysis: StepAnalysis,
+    percent: float,
+    start: float,
+    done: Callable[[Verdict, float], bool],
+) -> StepResult:
+    """Run a step until a rollback, until `done(verdict, elapsed)`, or STEP_LIMIT_S."""
+    t, shown = start, float("inf")
+    while t - start < STEP_LIMIT_S:
+        tripped = run_second(world, analysis, percent, t)
+        if tripped >= 0:
+            return StepResult("degraded", tripped - start, shown)
+        t += 1.0
+        verdict = analysis.assess(t).verdict
+        if verdict is Verdict.DEGRADED:
+            return StepResult("degraded", t - start, shown)
+        if verdict is Verdict.HEALTHY:
+            shown = min(shown, t - start)
+        if done(verdict, t - start):
+            return StepResult(verdict.value, t - start, shown)
+    return StepResult("stuck", t - start, shown)
+
+
+def healthy_baselines(previous_percent: float) -> dict[str, TierBaseline]:
+    """What a healthy previous step of OBSERVE_S would leave (counts at the expected rates)."""
+    quantile = NormalDist().inv_cdf(CONFIG.latency_quantile)
+    baselines = {}
+    for tier in TIERS:
+        n = int(OBSERVE_S * RATE * tier.weight * (1 - previous_percent / 100))
+        baselines[tier.name] = TierBaseline(
+            errors=RateCount(n, round(n * tier.error_rate)),
+            slow=RateCount(n, round(n * (1 - CONFIG.latency_quantile))),
+            latency_threshold_s=tier.median_s * exp(SIGMA * quantile),
+        )
+    return baselines
+
+
+def regression_run(scenario: Scenario, seed: int) -> StepResult:
+    """One step with a bad canary from its start, after healthy steps (their baselines)."""
+    world = World.seeded(seed, scenario.error_factor, scenario.latency_factor)
+    step = ROLLOUT.index(scenario.percent)
+    baselines = healthy_baselines(ROLLOUT[step - 1]) if step else {}
+    analysis = StepAnalysis(CONFIG, baselines=baselines, started=0.0, step=step, steps=len(ROLLOUT))
+    return run_step(world, analysis, scenario.percent, 0.0, lambda v, s: False)
+
+
+def aa_run(seed: int) -> list[StepResult]:
+    """A whole healthy rollout with one shared incident; the result of each step reached.
+
+    The incident starts within the first 30 s of step `seed % 2` (5% or 25%). Steps do not
+    advance while the baseline is in an incident, so it cannot follow the rollout into the
+    last step, which has no stable traffic to tell a shared incident from a regression.
+    """
+    world = World.seeded(seed)
+    baselines: dict[str, TierBaseline] = {}
+    results: list[StepResult] = []
+    t = 0.0
+    for index, percent in enumerate(ROLLOUT):
+        if index == seed % 2:
+            begin = t + world.rng.uniform(0.0, 30.0)
+            world.incident = (begin, begin + INCIDENT_S)
+        analysis = StepAnalysis(
+            CONFIG, baselines=baselines, started=t, step=index, steps=len(ROLLOUT)
+        )
+        last = index == len(ROLLOUT) - 1
+        result = run_step(world, analysis, percent, t, _advance_rule(last))
+        end = world.incident[1]
+        if t < end <= t + result.seconds:
+            result = replace(result, after_incident_s=t + result.seconds - end)
+        results.append(result)
+        if result.verdict in ("degraded", "stuck"):
+            break
+        baselines = dict(analysis.tier_baselines())
+        t += result.seconds
+    return results
+
+
+def _advance_rule(last: bool) -> Callable[[Verdict, float], bool]:
+    if last:
+        return lambda verdict, elapsed: elapsed >= OBSERVE_S
+    return lambda verdict, elapsed: verdict is Verdict.HEALTHY and elapsed >= OBSERVE_S
+
+
+def oracle_s(p0: float, p1: float, percent: float) -> float:
+    """Seconds a fixed-size one-sided z-test (alpha 0.01, power 50%) needs at this step."""
+    share = percent / 100
+    ratio = (1 - share) / share
+    n = Z99**2 * p0 * (1 + 1 / ratio) / (p1 - p0) ** 2
+    return n / (RATE * share)
+
+
+def scenario_oracle(scenario: Scenario) -> float:
+    if scenario.latency_factor != 1.0:
+        p0 = 1 - CONFIG.latency_quantile
+        shift = log(scenario.latency_factor / (1 + CONFIG.latency_max_increase)) / SIGMA
+        p1 = 1 - NormalDist().cdf(NormalDist().inv_cdf(CONFIG.latency_quantile) - shift)
+        return oracle_s(p0, p1, scenario.percent)
+    p0 = STABLE_ERROR_RATE
+    return oracle_s(p0, p0 * scenario.error_factor, scenario.percent)
+
+
+def advance_oracle(percent: float) -> float:
+    p0 = STABLE_ERROR_RATE
+    return oracle_s(p0, p0 * (1 + CONFIG.error_max_increase), percent)
+
+
+def _quantile(values: list[float], q: float) -> float:
+    """The q-quantile (nearest rank); inf counts as a value, nan when empty."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+@dataclass(frozen=True)
+class Row:
+    scenario: str
+    runs: int
+    done: float  # fraction of runs that rolled back / showed non-inferiority / advanced / held
+    median_s: float
+    p90_s: float
+    oracle_s: float
+    ratio: float
+    target_s: float
+    met: bool
+
+
+def _row(name: str, times: list[float], runs: int, oracle: float, target: float) -> Row:
+    median = _quantile(times, 0.5)
+    done = sum(t != float("inf") for t in times) / max(runs, 1)
+    ratio = median / oracle if oracle == oracle else float("nan")
+    return Row(
+        name, runs, done, median, _quantile(times, 0.9), oracle, ratio, target, median <= target
+    )
+
+
+def regression_row(scenario: Scenario, results: list[StepResult]) -> Row:
+    times = [r.seconds if r.verdict == "degraded" else float("inf") for r in results]
+    return _row(scenario.name, times, len(results), scenario_oracle(scenario), scenario.target_s)
+
+
+def aa_rows(runs: list[list[StepResult]]) -> list[Row]:
+    """Per step: the runs the incident did not touch, then those it ended in (from its end)."""
+    rows, nan = [], float("nan")
+    for index, percent in enumerate(ROLLOUT[:-1]):
+        reached = [run[index] for run in runs if len(run) > index]
+        clean = [r for r in reached if r.after_incident_s != r.after_incident_s]
+        hit = [r for r in reached if r.after_incident_s == r.after_incident_s]
+        oracle = advance_oracle(percent)
+        target = max(OBSERVE_S, 3 * oracle)
+        name = f"A/A {percent:g}% step"
+        shown = [r.shown_s for r in clean]
+        rows.append(_row(f"{name}: shows non-inferiority", shown, len(clean), oracle, 3 * oracle))
+        rows.append(_row(f"{name}: advances", _advanced(clean), len(clean), oracle, target))
+        if hit:
+            after = _advanced(hit, after_incident=True)
+            rows.append(_row(f"{name}, incident: advances after", after, len(hit), oracle, target))
+    reached = [run[-1] for run in runs if len(run) == len(ROLLOUT)]
+    held = [r.seconds if r.verdict != "degraded" else float("inf") for r in reached]
+    rows.append(_row(f"A/A {ROLLOUT[-1]:g}% step: holds", held, len(reached), nan, OBSERVE_S))
+    return rows
+
+
+def _advanced(results: list[StepResult], after_incident: bool = False) -> list[float]:
+    """Seconds to advance (from the step's start, or from the incident's end); inf: never."""
+    return [
+        (r.after_incident_s if after_incident else r.seconds)
+        if r.verdict == "healthy"
+        else float("inf")
+        for r in results
+    ]
+
+
+def _fmt(value: float) -> str:
+    if value != value:
+        return "-"
+    return "inf" if value == float("inf") else f"{value:.1f}"
+
+
+def print_table(rows: list[Row], rollbacks: int, aa_runs: int) -> None:
+    head = (
+        f"{'scenario':<40} {'runs':>5} {'done':>5} {'median s':>9} {'p90 s':>7} "
+        f"{'oracle s':>9} {'ratio':>6} {'target s':>9}  met"
+    )
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(
+            f"{r.scenario:<40} {r.runs:>5} {r.done:>5.0%} {_fmt(r.median_s):>9} "
+            f"{_fmt(r.p90_s):>7} {_fmt(r.oracle_s):>9} {_fmt(r.ratio):>6} "
+            f"{_fmt(r.target_s):>9}  {'yes' if r.met else 'NO'}"
+        )
+    rate, bound = rollbacks / aa_runs, CONFIG.false_rollback_rate
+    verdict = "yes" if rate <= bound else "NO"
+    print(
+        f"A/A false rollbacks (60 s incident, both arms at {INCIDENT_RATE:.0%} errors): "
+        f"{rollbacks}/{aa_runs} = {rate:.2%}, bound {bound:.0%}: {verdict}"
+    )
+
+
+def _regression_job(job: tuple[int, int]) -> StepResult:
+    return regression_run(REGRESSIONS[job[0]], job[1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
+    parser.add_argument("--runs", type=int, default=100, help="runs per regression scenario")
+    parser.add_argument("--aa-runs", type=int, default=300, help="A/A rollouts")
+    parser.add_argument("--quick", action="store_true", help="a handful of runs (CI smoke)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--json", type=Path, help="write the rows here too")
+    args = parser.parse_args(argv)
+    runs, aa_runs = (5, 4) if args.quick else (args.runs, args.aa_runs)
+    jobs = [(i, seed) for i in range(len(REGRESSIONS)) for seed in range(runs)]
+    with ProcessPoolExecutor(max_workers=args.workers) as pool:
+        flat = list(pool.map(_regression_job, jobs, chunksize=4))
+        aa = list(pool.map(aa_run, range(10_000, 10_000 + aa_runs), chunksize=2))
+    rows = [regression_row(s, flat[i * runs : (i + 1) * runs]) for i, s in enumerate(REGRESSIONS)]
+    rows += aa_rows(aa)
+    rollbacks = sum(any(r.verdict == "degraded" for r in run) for run in aa)
+    rollout = " -> ".join(f"{p:g}%" for p in ROLLOUT)
+    print(
+        f"rollout {rollout} (observe {OBSERVE_S:g} s), {RATE:,} req/s, stable errors "
+        f"{STABLE_ERROR_RATE:.2%}, {runs} runs per regression, {aa_runs} A/A rollouts\n"
+    )
+    print_table(rows, rollbacks, aa_runs)
+    if args.quick:
+        print("(--quick: a smoke run; too few runs to judge the targets)")
+    if args.json:
+        payload = {"rows": [asdict(r) for r in rows], "aa_rollbacks": rollbacks, "aa_runs": aa_runs}
+        args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""The CLI side of the rollout API: `rollout-proxy status|promote|pause|resume|abort|restart`.
+
+Talks to a running proxy's admin listener over HTTP (stdlib only: the CLI must start fast and
+needs no event loop) and prints a readable table, or the API's JSON with `--json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+DEFAULT_ADMIN = "http://127.0.0.1:9090"
+DEFAULT_TOKEN_ENV = "ROLLOUT_ADMIN_TOKEN"
+MUTATIONS = ("promote", "pause", "resume", "abort", "restart")
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    status: int
+    body: Any
+
+
+class AdminUnreachable(Exception):
+    """The admin listener did not answer (wrong URL, proxy not running)."""
+
+
+def call(admin: str, method: str, path: str, token: str | None = None) -> Reply:
+    """One request to the admin API; HTTP errors are replies, not exceptions."""
+    request = urllib.request.Request(admin.rstrip("/") + path, method=method)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    if method == "POST":
+        request.data = b""
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return Reply(response.status, json.loads(response.read() or b"null"))
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+        try:
+            return Reply(exc.code, json.loads(body))
+        except ValueError:
+            return Reply(exc.code, {"error": body.decode("utf-8", "replace")})
+    except (urllib.error.URLError, OSError) as exc:
+        raise AdminUnreachable(f"cannot reach the admin listener at {admin}: {exc}") from exc
+
+
+def _percent(value: float) -> str:
+    return f"{value:g}%"
+
+
+def _verdict(status: Mapping[str, Any]) -> str:
+    verdict = status.get("verdict")
+    if not verdict:
+        return "-"
+    text = f"{verdict['verdict']}: {verdict['summary']}"
+    needed = status.get("requests_needed")
+    if verdict["verdict"] == "inconclusive" and needed and needed > 0:
+        text += f" ({needed} more canary requests needed)"
+    return text
+
+
+def _row(status: Mapping[str, Any]) -> list[str]:
+    step = status["step_definition"]
+    cohort = ", ".join(step["tiers"] + step["tenants"]) or "everyone"
+    baseline = step.get("baseline", False)
+    return [
+        status["service"],
+        status["status"],
+        "baseline" if baseline else f"{status['step'] + 1}/{status['steps']}",
+        "nothing (measuring)" if baseline else f"{_percent(step['percent'])} of {cohort}",
+        _percent(status["canary_percent"]),
+        f"{status['time_in_step_s']:.0f}s",
+        _verdict(status),
+    ]
+
+
+def render(statuses: Sequence[Mapping[str, Any]]) -> str:
+    """A plain-text table of rollout statuses."""
+    header = ["service", "status", "step", "step exposes", "canary", "in step", "verdict"]
+    rows = [header] + [_row(s) for s in statuses]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    lines = []
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        lines.append("  ".join([*cells, row[-1]]))
+    errors = {s["state_error"] for s in statuses if s.get("state_error")}
+    lines.extend(f"warning: {e}" for e in sorted(errors))
+    return "\n".join(lines)
+
+
+def run(command: str, service: str | None, admin: str, as_json: bool, token_env: str) -> int:
+    """Execute one rollout command; the exit status (0 ok, 1 refused or failed)."""
+    if command == "status":
+        path = f"/api/v1/services/{service}" if service else "/api/v1/services"
+        reply = call(admin, "GET", path)
+    else:
+        if not service:
+            print(f"rollout-proxy {command}: name the service (rollout-proxy status lists them)")
+            return 1
+        token = os.environ.get(token_env)
+        reply = call(admin, "POST", f"/api/v1/services/{service}/{command}", token)
+    if as_json:
+        print(json.dumps(reply.body, indent=2))
+    elif reply.status >= 400:
+        print(f"rollout-proxy {command}: {reply.status}: {reply.body.get('error', reply.body)}")
+    else:
+        body = reply.body
+        print(render(body.get("services", [body])))
+    return 0 if reply.status < 400 else 1

@@ -1,0 +1,346 @@
+"""Analysis: is the canary worse than its baseline? The evidence of one rollout step.
+
+Theory of operation
+-------------------
+*What is tested.* Each check compares a rate of "events" between the canary and its baseline as a
+ratio theta = canary rate / baseline rate, common to all tiers:
+- `errors`: the error rate (`classify_status`; proxy-generated 502/504 always count);
+- `route:<prefix>`: the same, for the requests under a configured path prefix only;
+- `latency`: the q-quantile. A baseline request slower than its tier's recent stable q-quantile
+  tau (a bounded streaming histogram, latency.py) is an event, and so is a canary request slower
+  than (1 + max_increase) * tau. The ratio of those rates is 1 exactly when the canary's quantile
+  is (1 + max_increase) times the baseline's, whatever the shape of the tail, so the tolerance
+  lives in the threshold and the check runs with tolerance 1 (a "slow event" count at tau alone
+  would turn +25% at p99 into anything from 1.5x to 3x more slow events, depending on the tail).
+The baseline of a tier is its stable traffic at the same moments. A tier with no stable traffic in
+the step (sent wholly to the canary) is compared with its pre-exposure baseline instead: its
+stable counts, outside incidents, from the last step that had some (`TierBaseline`, carried from
+step to step).
+
+*Sequential method* (evidence.py). Condition on the events. In a tier whose canary share of
+requests is s (estimated from the tier's recent requests before each one, once each arm has 25 of
+them: traffic.py), an event is the canary's with probability q = theta*s / (theta*s + 1 - s). The
+product over events of the binomial likelihood ratios of theta against 1 is a nonnegative
+martingale when theta = 1 and a supermartingale when theta < 1. Each event uses its own tier's
+share, so the test is stratified: a tier mix that differs between the arms cannot create evidence;
+and a shared incident (both arms failing alike) adds events in proportion to the shares, which
+lowers every ratio against 1 on average and never builds evidence. A pre-exposure tier adds the
+one-sample binomial likelihood of its canary requests against a bound on its baseline rate. Rolling
+back uses the mixture over theta = (1 + max_increase) * sqrt(2)**k, k = 0..8 (latency: from
+sqrt(2)), with 70% of the prior on the first octave (k = 0, 1) and the rest even: regressions near
+the tolerance need the most evidence and get the most weight, large ones cross fast whatever their
+weight, and with points sqrt(2) apart one is always near the true ratio (about 95% of the best
+growth rate). By Ville's inequality a test supermartingale ever reaches 1/alpha with probability at
+most alpha, however often it is looked at: the verdict can be read every interval, and the
+guardrail on every request.
+
+*The promise.* P(rolling back a canary no worse than its baseline, at any step of the rollout) <=
+false_rollback_rate, by a union bound. Step i of n (0-based) spends 1/2, 1/4, ... of it, halving
+per step, and the last step what is left: early steps see the least traffic and catch most bad
+releases; later steps see more traffic, which repays their smaller share many times. Within a
+step the checks share it with weight 3 for errors and 1 for latency and each route. Within a
+check, when the step has pre-exposure baselines, 10% goes to their bounds (equally per tier) and
+90% to the e-process. Defaults on the 4-step rollout of the simulation: errors get 0.0038 on the
+first step, 0.0017 on the second (which has baselines). The guardrail spends nothing: it also
+needs the errors e-process to have crossed.
+
+*Advancing* needs non-inferiority: the e-process of theta = tolerance (1 + max_increase; latency 1)
+against alternatives below it ({1, 1/sqrt 2, 1/2} for errors, {1/sqrt 2, 1/2, 1/4} for latency)
+reaching 1/alpha, which is the upper bound of the confidence sequence from the same likelihood
+falling below the tolerance. Each check is held to false_rollback_rate per step, not split: an
+advance needs every check at once (an intersection-union test), and a wrong advance is still
+watched by the next step. An advance also needs min_requests on each arm. Until then the verdict
+is INCONCLUSIVE, with `requests_needed` more canary requests estimated from the current rates. An
+e-process that crossed has rejected, so both verdicts latch for the step. A canary between 1 and
+the tolerance may take long either way: that is the indifference zone. Errors that arrive while
+the baseline itself is in an incident (its recent error rate 4 times its calm rate) count for
+rolling back but not for advancing: an outage common to both arms adds errors at a ratio near 1
+and would otherwise dilute a real regression into a false showing of non-inferiority. Nor does a
+step advance during such an incident: nothing can be judged then, and it keeps an incident from
+following the rollout into a step with no stable traffic to compare with.
+
+*Weight per id.* An id contributes at most 10 events per 10 s to the evidence (traffic.py); the
+rest count in the rates but not in the evidence, and the verdict says when one id holds half of
+the canary's recent events ("canary broke tenant X" is a finding too).
+
+*Guardrail.* On every failing canary request: if over the last 2 s at least guardrail_min_requests
+canary requests failed at guardrail_max_error_rate or more, and the errors e-process has crossed,
+`observe` returns DEGRADED at once, without waiting for an interval or for min_requests.
+
+*Assumptions.* Requests are independent given their tier and time, and both arms of a tier see the
+same event rate when the canary is no worse. The share is an estimate; its error is small next to
+that of the events (events are rare among requests), and the A/A simulation
+(loadtests/simulate.py) measures the resulting rate. Baseline bounds treat the previous step's
+counts as a fixed sample; that step ended on evidence comparing canary with stable, which favours
+moments where stable looked worse and so makes the rollback test more conservative. A pre-exposure
+baseline cannot see what changed since (time of day, a shared incident): a step with no stable
+traffic at all cannot tell a shared incident from a regression.
+
+API
+---
+`StepAnalysis(config, baselines=..., started=now, step=i, steps=n)`: one per rollout step.
+`observe(...)` per request (a few microseconds; returns the guardrail's DEGRADED assessment the
+first time it trips, else None); `assess(now)` per interval; `tier_baselines()` seeds the next
+step. `classify_status(status, error_statuses, proxy_generated=...)` says what is an error.
+Pure: no I/O, no clock (time is passed in as monotonic seconds).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from math import log
+from types import MappingProxyType
+
+from proxy.core.baseline import RateCount, TierBaseline
+from proxy.core.budget import (
+    ERRORS_WEIGHT,
+    Levels,
+    check_levels,
+    error_grid,
+    latency_grid,
+    step_share,
+)
+from proxy.core.checks import RatioCheck
+from proxy.core.latency import LatencyHistogram
+from proxy.core.outcome import status_class
+from proxy.core.summary import degraded, guardrail, healthy, inconclusive
+from proxy.core.traffic import IncidentWatch, RecentWindow, ShareEstimate
+from proxy.core.verdict import Assessment, CheckEvidence, Verdict
+
+__all__ = [
+    "AnalysisConfig",
+    "Assessment",
+    "CheckEvidence",
+    "RateCount",
+    "RouteCheck",
+    "StepAnalysis",
+    "TierBaseline",
+    "Verdict",
+    "classify_status",
+]
+
+_NO_BASELINES: Mapping[str, TierBaseline] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class RouteCheck:
+    """A change-specific check: the error rate of requests whose path starts with the prefix."""
+
+    path_prefix: str
+    error_max_increase: float = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class AnalysisConfig:
+    """`rollout.analysis`; see the module docstring for what each number means."""
+
+    interval_s: float = 1.0
+    min_requests: int = 100  # per arm, before any verdict but inconclusive
+    error_max_increase: float = 0.5
+    latency_quantile: float = 0.99
+    latency_max_increase: float = 0.25
+    guardrail_max_error_rate: float = 0.5
+    guardrail_min_requests: int = 10
+    routes: tuple[RouteCheck, ...] = ()
+    error_statuses: frozenset[str] = field(default_factory=lambda: frozenset({"5xx"}))
+    false_rollback_rate: float = 0.01
+
+
+def classify_status(
+    status: int, error_statuses: frozenset[str], *, proxy_generated: bool = False
+) -> bool:
+    """Is this response an error? `error_statuses` holds classes ("5xx") or codes ("429")."""
+    if proxy_generated and status in (502, 504):
+        return True
+    return status_class(status) in error_statuses or str(status) in error_statuses
+
+
+class _Tier:
+    """Per-tier state shared by the checks: shares, the stable latency histogram, threshold."""
+
+    __slots__ = ("baseline", "histogram", "route_shares", "share", "threshold")
+
+    def __init__(self, baseline: TierBaseline | None, routes: int, now: float) -> None:
+        self.baseline = baseline
+        self.share = ShareEstimate()
+        self.route_shares = [ShareEstimate() for _ in range(routes)]
+        self.histogram = LatencyHistogram(now)
+        self.threshold = baseline.latency_threshold_s if baseline else 0.0
+
+    def refresh(self, quantile: float, now: float) -> None:
+        self.histogram.rotate(now)
+        measured = self.histogram.threshold(quantile)
+        if measured is not None:
+            self.threshold = measured.edge_s
+
+
+class StepAnalysis:
+    """Evidence for one rollout step; a new one per step, seeded with the tiers' baselines."""
+
+    def __init__(
+        self,
+        config: AnalysisConfig,
+        *,
+        baselines: Mapping[str, TierBaseline] = _NO_BASELINES,
+        started: float,
+        step: int = 0,
+        steps: int = 1,
+    ) -> None:
+        share = step_share(step, steps)
+        self.config = config
+        self.started = started
+        self._baselines = dict(baselines)
+        self._tiers: dict[str, _Tier] = {}
+        self._slow_factor = 1.0 + config.latency_max_increase
+        n = len(self._baselines)
+        self.errors = RatioCheck(
+            "errors",
+            error_grid(config.error_max_increase),
+            self._levels(share, ERRORS_WEIGHT, n),
+            {t: b.errors for t, b in self._baselines.items()},
+            started,
+        )
+        self.latency = RatioCheck(
+            "latency",
+            latency_grid(),
+            self._levels(share, 1, n),
+            {t: b.slow for t, b in self._baselines.items()},
+            started,
+        )
+        self.routes = tuple(self._route_check(r, share, n) for r in config.routes)
+        self._prefixes = tuple(r.path_prefix for r in config.routes)
+        self._guard = RecentWindow()
+        self._incident = IncidentWatch()
+        self._tripped: Assessment | None = None
+
+    def _levels(self, share: float, weight: int, baselines: int) -> Levels:
+        total = ERRORS_WEIGHT + 1 + len(self.config.routes)
+        rate = self.config.false_rollback_rate
+        return check_levels(rate, share * weight / total, baselines)
+
+    def _route_check(self, route: RouteCheck, share: float, n: int) -> RatioCheck:
+        refs = {t: b.routes.get(route.path_prefix, RateCount()) for t, b in self._baselines.items()}
+        levels = self._levels(share, 1, n)
+        grid = error_grid(route.error_max_increase)
+        return RatioCheck(f"route:{route.path_prefix}", grid, levels, refs, self.started)
+
+    def _tier(self, tier: str, now: float) -> _Tier:
+        state = _Tier(self._baselines.get(tier), len(self._prefixes), now)
+        self._tiers[tier] = state
+        return state
+
+    def observe(
+        self,
+        *,
+        tier: str,
+        canary: bool,
+        error: bool,
+        latency_s: float,
+        path: str,
+        id_hash: int,
+        now: float,
+    ) -> Assessment | None:
+        """Record one finished request; the guardrail's DEGRADED assessment the first time."""
+        state = self._tiers.get(tier) or self._tier(tier, now)
+        share = state.share
+        calm = not self._incident.active
+        self.errors.record(tier, canary, error, share, id_hash, now, calm)
+        threshold = state.threshold
+        if threshold > 0.0:
+            slow = latency_s > (threshold * self._slow_factor if canary else threshold)
+            self.latency.record(tier, canary, slow, share, id_hash, now)
+        if not canary:
+            state.histogram.add(latency_s)
+        share.add(canary)
+        if self._prefixes:
+            self._observe_routes(state, tier, canary, error, path, id_hash, now, calm)
+        if not canary:
+            self._incident.add(error, now)
+            return None
+        self._guard.add(error, now)
+        return self._guardrail(now) if error else None
+
+    def _observe_routes(
+        self,
+        state: _Tier,
+        tier: str,
+        canary: bool,
+        error: bool,
+        path: str,
+        id_hash: int,
+        now: float,
+        calm: bool,
+    ) -> None:
+        for i, prefix in enumerate(self._prefixes):
+            if path.startswith(prefix):
+                route_share = state.route_shares[i]
+                self.routes[i].record(tier, canary, error, route_share, id_hash, now, calm)
+                route_share.add(canary)
+
+    def _guardrail(self, now: float) -> Assessment | None:
+        guard, config = self._guard, self.config
+        if self._tripped is not None or guard.requests < config.guardrail_min_requests:
+            return None
+        if guard.events < config.guardrail_max_error_rate * guard.requests:
+            return None
+        log_e = self.errors.rollback_log_e()
+        if log_e < log(1.0 / self.errors.levels.rollback):
+            return None
+        checks = self._all_checks()
+        recent = RateCount(guard.requests, guard.events)
+        self._tripped = guardrail(checks[0], recent, checks, now)
+        return self._tripped
+
+    def _all_checks(self) -> tuple[CheckEvidence, ...]:
+        errors = self.errors.evidence(1.0 + self.config.error_max_increase)
+        latency = self.latency.evidence(1.0)
+        routes = [
+            check.evidence(1.0 + route.error_max_increase)
+            for check, route in zip(self.routes, self.config.routes, strict=True)
+        ]
+        return (errors, latency, *routes)
+
+    def assess(self, now: float) -> Assessment:
+        """The interval verdict (see the module docstring)."""
+        if self._tripped is not None:
+            return self._tripped
+        for state in self._tiers.values():
+            state.refresh(self.config.latency_quantile, now)
+        checks = self._all_checks()
+        shortfall = self._shortfall()
+        crossed = [c for c in checks if c.crossed]
+        if crossed and not shortfall:
+            return degraded(max(crossed, key=lambda c: c.e_value / c.threshold), checks, now)
+        if not shortfall and all(c.non_inferior for c in checks) and not self._incident.active:
+            return healthy(checks, now)
+        return inconclusive(checks, shortfall, now, incident=self._incident.active)
+
+    def _shortfall(self) -> int:
+        """Requests still missing on the shorter arm before min_requests is met."""
+        canary = self.errors.canary_requests()
+        baseline = self.errors.baseline_requests()
+        return max(0, self.config.min_requests - min(canary, baseline))
+
+    def tier_baselines(self) -> Mapping[str, TierBaseline]:
+        """Each tier's baseline for the next step: this step's stable traffic where it had
+        some, else the baseline this step was given."""
+        result = dict(self._baselines)
+        for name, state in self._tiers.items():
+            errors = self.errors.concurrent(name)
+            if errors is not None:
+                result[name] = self._baseline_of(name, state, errors)
+        return MappingProxyType(result)
+
+    def _baseline_of(self, name: str, state: _Tier, errors: RateCount) -> TierBaseline:
+        routes = {
+            prefix: check.concurrent(name) or RateCount()
+            for prefix, check in zip(self._prefixes, self.routes, strict=True)
+        }
+        measured = state.histogram.threshold(self.config.latency_quantile)
+        if measured is None:
+            old = state.baseline
+            slow, edge = (old.slow, old.latency_threshold_s) if old else (RateCount(), 0.0)
+        else:
+            slow, edge = RateCount(measured.samples, measured.above), measured.edge_s
+        return TierBaseline(errors, slow, edge, MappingProxyType(routes))

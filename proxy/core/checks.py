@@ -1,0 +1,233 @@
+"""Checks: the running evidence of one check (errors, latency, or a route) within a step.
+
+A `RatioCheck` is fed every request of its population, already classified as an event or not,
+with the tier's canary share as it stood before the request. It keeps per-tier tallies, feeds
+events of tiers with both arms into its likelihood profile (conditional test), tallies canary
+requests of tiers with no stable traffic against their pre-exposure reference (one-sample
+test), and caps each id's events. `evidence()` reads the verdict-ready numbers. Pure; the
+thresholds it is held to come in as `Levels`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from math import ceil, exp, inf, log
+
+from proxy.core.baseline import RateCount, rate_lower, rate_upper
+from proxy.core.budget import Levels
+from proxy.core.evidence import (
+    Profile,
+    RatioGrid,
+    advance_log_e,
+    lower_bound,
+    rollback_log_e,
+    upper_bound,
+)
+from proxy.core.traffic import IdCap, ShareEstimate
+from proxy.core.verdict import CheckEvidence, Source, TierEvidence
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """A tier's pre-exposure rate as bounds: `high` guards rollback, `low` guards advancing."""
+
+    counts: RateCount
+    high: float
+    low: float
+
+    @classmethod
+    def of(cls, counts: RateCount, levels: Levels) -> Reference:
+        high = rate_upper(counts, levels.baseline_rollback)
+        return cls(counts, high, rate_lower(counts, levels.baseline_advance))
+
+
+class _Tally:
+    __slots__ = ("c_ev", "c_req", "calm_ev", "calm_req", "s_ev", "s_req", "share", "w_ev", "w_req")
+
+    def __init__(self, share: ShareEstimate) -> None:
+        self.c_req = self.c_ev = self.s_req = self.s_ev = 0
+        self.calm_req = self.calm_ev = 0  # stable requests / events outside incidents
+        self.w_req = self.w_ev = 0  # canary requests / events against the pre-exposure rate
+        self.share = share
+
+
+class RatioCheck:
+    """Evidence for one check over one step."""
+
+    __slots__ = (
+        "_cap",
+        "_crossed",
+        "_shown",
+        "_tallies",
+        "calm",
+        "grid",
+        "levels",
+        "name",
+        "profile",
+        "refs",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        grid: RatioGrid,
+        levels: Levels,
+        refs: Mapping[str, RateCount],
+        now: float,
+    ) -> None:
+        self.name = name
+        self.grid = grid
+        self.levels = levels
+        self.refs = {tier: Reference.of(c, levels) for tier, c in refs.items() if c.requests}
+        self.profile = Profile(grid)  # every event: the rollback test
+        self.calm = Profile(grid)  # events outside baseline incidents: the advance test
+        self._tallies: dict[str, _Tally] = {}
+        self._cap = IdCap(now)
+        self._crossed = self._shown = False  # latched: rolled back / shown non-inferior
+
+    def record(
+        self,
+        tier: str,
+        canary: bool,
+        event: bool,
+        share: ShareEstimate,
+        id_hash: int,
+        now: float,
+        calm: bool = True,
+    ) -> None:
+        """One request of the population; `share` is the tier's, before this request; `calm`:
+        the baseline is not in an incident."""
+        tally = self._tallies.get(tier)
+        if tally is None:
+            tally = self._tallies[tier] = _Tally(share)
+        if canary:
+            tally.c_req += 1
+            if event:
+                tally.c_ev += 1
+            if share.stable == 0:
+                self._record_alone(tally, tier, event, id_hash, now)
+                return
+        else:
+            tally.s_req += 1
+            if event:
+                tally.s_ev += 1
+            if calm:
+                tally.calm_req += 1
+                tally.calm_ev += event
+        if event and share.ready and self._cap.admit(id_hash, canary, now):
+            self.profile.add(canary, share.value)
+            if calm:
+                self.calm.add(canary, share.value)
+
+    def _record_alone(
+        self, tally: _Tally, tier: str, event: bool, id_hash: int, now: float
+    ) -> None:
+        """A canary request of a tier with no stable traffic: one-sample, if it has a baseline."""
+        if tier not in self.refs or (event and not self._cap.admit(id_hash, True, now)):
+            return
+        tally.w_req += 1
+        if event:
+            tally.w_ev += 1
+
+    def rollback_log_e(self) -> float:
+        return rollback_log_e(self.grid, self._loglik(high=True))
+
+    def _loglik(self, *, high: bool) -> list[float]:
+        """Rollback side (all events, baselines' upper bounds) or advance side (calm events,
+        lower bounds)."""
+        tallies = [
+            (t.w_req, t.w_ev, self.refs[tier].high if high else self.refs[tier].low)
+            for tier, t in self._tallies.items()
+            if t.w_req
+        ]
+        return (self.profile if high else self.calm).with_tally(tallies)
+
+    def canary_requests(self) -> int:
+        return sum(t.c_req for t in self._tallies.values())
+
+    def baseline_requests(self) -> int:
+        return sum(self._baseline(tier, t).requests for tier, t in self._tallies.items())
+
+    def concurrent(self, tier: str) -> RateCount | None:
+        """The tier's stable requests and events in this step outside baseline incidents
+        (None: it had none)."""
+        t = self._tallies.get(tier)
+        return RateCount(t.calm_req, t.calm_ev) if t is not None and t.calm_req else None
+
+    def _baseline(self, tier: str, t: _Tally) -> RateCount:
+        if t.s_req == 0 and tier in self.refs:
+            return self.refs[tier].counts
+        return RateCount(t.s_req, t.s_ev)
+
+    def _source(self, tier: str, t: _Tally) -> Source:
+        if t.s_req:
+            return Source.CONCURRENT
+        return Source.PRE_EXPOSURE if tier in self.refs else Source.NONE
+
+    def evidence(self, tolerance: float) -> CheckEvidence:
+        """The check's numbers now; `tolerance` is the ratio reported as tolerated."""
+        high, low = self._loglik(high=True), self._loglik(high=False)
+        log_roll, log_adv = log(1.0 / self.levels.rollback), log(1.0 / self.levels.advance)
+        advance, roll = advance_log_e(self.grid, low), rollback_log_e(self.grid, high)
+        self._crossed = self._crossed or roll >= log_roll
+        self._shown = self._shown or advance >= log_adv
+        tiers = tuple(self._tier_evidence(tier, t) for tier, t in sorted(self._tallies.items()))
+        return CheckEvidence(
+            check=self.name,
+            canary=sum((x.canary for x in tiers), RateCount()),
+            baseline=sum((x.baseline for x in tiers), RateCount()),
+            tiers=tiers,
+            e_value=_exp(roll),
+            threshold=1.0 / self.levels.rollback,
+            advance_e_value=_exp(advance),
+            advance_threshold=1.0 / self.levels.advance,
+            ratio_low=lower_bound(self.grid, high, log_roll),
+            ratio_high=upper_bound(self.grid, low, log_adv),
+            tolerance=tolerance,
+            concentration=self._cap.concentration(),
+            capped=self._cap.capped,
+            requests_needed=0 if self._shown else self._requests_needed(log_adv - advance),
+            crossed=self._crossed,
+            non_inferior=self._shown,
+        )
+
+    def _tier_evidence(self, tier: str, t: _Tally) -> TierEvidence:
+        canary = RateCount(t.c_req, t.c_ev)
+        baseline = self._baseline(tier, t)
+        return TierEvidence(tier, canary, baseline, t.share.value, self._source(tier, t))
+
+    def _requests_needed(self, nats: float) -> int:
+        """More canary requests until non-inferiority, if the canary keeps a healthy ratio."""
+        if nats <= 0.0:
+            return 0
+        drift = self._drift_per_request()
+        return ceil(nats / drift) if drift > 0.0 else -1
+
+    def _drift_per_request(self) -> float:
+        """Expected growth of the advance log e-value per canary request (nats)."""
+        g = self.grid
+        theta, null = g.points[max(g.down, key=lambda d: d[1])[0]], g.points[g.tolerance]
+        c = sum(t.c_req for t in self._tallies.values())
+        s_req = sum(t.s_req for t in self._tallies.values())
+        s_ev = sum(t.s_ev for t in self._tallies.values())
+        if c and s_req and s_ev:
+            share, rate = c / (c + s_req), s_ev / s_req
+            per_event = _kl(_q(theta, share), _q(null, share))
+            return rate * (theta + (1.0 - share) / share) * per_event
+        alone = [self.refs[tier].low for tier, t in self._tallies.items() if t.w_req]
+        if alone and alone[0] > 0.0:
+            return _kl(min(theta * alone[0], 0.5), min(null * alone[0], 0.5))
+        return 0.0
+
+
+def _q(theta: float, share: float) -> float:
+    return theta * share / (theta * share + 1.0 - share)
+
+
+def _kl(p: float, q: float) -> float:
+    return p * log(p / q) + (1.0 - p) * log((1.0 - p) / (1.0 - q))
+
+
+def _exp(x: float) -> float:
+    return exp(x) if x < 700.0 else inf

@@ -1,0 +1,241 @@
+"""One downstream connection's lifecycle: its exchanges in order, its deadlines, its socket.
+
+`ClientConnection` admits the connection, runs the exchanges of its requests one at a time in
+arrival order (pipelined ones wait in a bounded queue), answers a refused request in its turn and
+then closes, and enforces the deadline of the phase the connection is in (idle, reading a head,
+reading a body) when the engine's sweeper asks. It owns the socket as the data plane uses it:
+writes that stop once closing, reading paused while any owner asks for it, a lingering close,
+and a reset when a response must be seen cut. Reading requests off the socket is its subclass's
+business (`DownstreamProtocol`); a request costs no timer here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+from collections import deque
+from typing import TYPE_CHECKING, cast
+
+from proxy.errors import BadRequest, HttpError, Overloaded
+from proxy.http import framing
+
+if TYPE_CHECKING:
+    from proxy.config import Limits
+    from proxy.http.exchange import Exchange
+    from proxy.http.server import Engine
+
+IDLE, HEAD, BODY, WAIT = range(4)
+_LINGER_S = 2.0
+_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset
+QUEUE_FULL = object()  # owner of the read pause while the pipelined queue is full
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client connection: exchanges in order, deadlines, writes, pauses, closing."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.loop = engine.loop
+        self.limits: Limits = engine.limits
+        self.transport: asyncio.Transport | None = None
+        self.peer_ip = ""
+        self.trusted = False
+        self.draining = False
+        self.in_feed = False  # a read is being parsed
+        self.reading = False  # a request is being read (between its first byte and its end)
+        self.phase = IDLE
+        self.deadline = 0.0
+        self.current: Exchange | None = None
+        self._parsing: Exchange | None = None  # the exchange whose request is being read
+        self._unstarted: Exchange | None = None  # begun during a read: started after it
+        self._queue: deque[Exchange] = deque()
+        self._fatal: HttpError | None = None
+        self.closing = False
+        self.truncated = False  # the response is cut and delimited by the close: reset instead
+        self._pausers: set[object] = set()
+        self._linger_until = 0.0
+
+    # --- asyncio callbacks --------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        engine = self.engine
+        if len(engine.connections) >= self.limits.max_connections:
+            self.transport.abort()
+            return
+        engine.connections.add(self)
+        peer = transport.get_extra_info("peername")
+        self.peer_ip = peer[0] if isinstance(peer, tuple) else ""
+        self.trusted = engine.is_trusted(self.peer_ip)
+        self.draining = engine.draining
+        self.deadline = self.loop.time() + self.limits.idle_timeout_s
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.engine.forget(self)
+        for exchange in (self.current, *self._queue):
+            if exchange is not None:
+                exchange.client_gone()
+        self.current = None
+        self._queue.clear()
+
+    def pause_writing(self) -> None:
+        conn = self.current.conn if self.current is not None else None
+        if conn is not None:
+            conn.pause_reading()
+
+    def resume_writing(self) -> None:
+        conn = self.current.conn if self.current is not None else None
+        if conn is not None:
+            conn.resume_reading()
+
+    # --- exchanges, in order ------------------------------------------------------------
+
+    def _begin(self, exchange: Exchange) -> None:
+        self.current = exchange
+        if exchange is not self._parsing and not self.reading:
+            self.phase = WAIT
+        if self.in_feed:
+            # Started once this read is parsed: a request refused within the same read (a bad
+            # chunk, a bad pipelined successor) then never costs an upstream connection.
+            self._unstarted = exchange
+            return
+        self._start(exchange)
+
+    def _start(self, exchange: Exchange) -> None:
+        try:
+            exchange.start(self.loop.time())
+        except Overloaded as exc:
+            exchange.respond_error(exc)
+
+    def exchange_done(self, exchange: Exchange) -> None:
+        """Called by the exchange when it has finished (its response is written)."""
+        if exchange is not self.current:
+            return
+        self.current = None
+        if exchange.close_after or self.draining:
+            self.close()
+            return
+        if self._queue:
+            self.resume_reading_for(QUEUE_FULL)
+            self._begin(self._queue.popleft())
+        elif self._fatal is not None:
+            self._reply_and_close(self._fatal)
+        elif self._parsing is None and not self.reading:
+            self.phase = IDLE
+            self.deadline = self.loop.time() + self.limits.idle_timeout_s
+
+    def _failed(self) -> bool:
+        return self.closing or self._fatal is not None
+
+    def _fail(self, error: HttpError) -> None:
+        """A request could not be accepted: answer in order, then close the connection."""
+        if self._parsing is not None and self._parsing is self.current:
+            self._parsing.refused()
+            self.current = None
+        self._parsing = None
+        if self.current is None:
+            self._reply_and_close(error)
+        else:
+            self._fatal = error
+            self.pause_reading_for(self)
+
+    def _reply_and_close(self, error: HttpError) -> None:
+        self.engine.rejected(error)
+        self.write(framing.error_response(error.status, error.reason, close=True))
+        self.close()
+
+    # --- deadlines and draining ---------------------------------------------------------
+
+    def check_deadline(self, now: float) -> None:
+        """Called by the engine's sweeper about every `sweep` seconds."""
+        current = self.current
+        if current is not None:
+            current.check_deadline(now)
+        if self.closing:
+            if self._linger_until and now >= self._linger_until and self.transport is not None:
+                self.transport.abort()
+            return
+        if not self.deadline or now < self.deadline:
+            return
+        phase = self.phase
+        if phase == IDLE:
+            self.close()
+        elif phase == HEAD and self.current is None:
+            self._reply_and_close(BadRequest("request head not received in time", 408))
+        elif phase == BODY and self._parsing is not None and self._parsing in self._pausers:
+            return  # the body waits for its upstream, which the exchange times itself
+        elif phase == BODY and self._parsing is not None:
+            self._parsing.refused()
+            if self.current is self._parsing:
+                self.current = None
+            self._parsing = None
+            self._reply_and_close(BadRequest("request body not received in time", 408))
+        elif phase in (HEAD, BODY):
+            self.close()
+
+    def drain(self) -> None:
+        """Stop keeping the connection alive; close it now if it is idle."""
+        self.draining = True
+        if self.current is None and self.phase == IDLE:
+            self.close()
+
+    # --- the socket -----------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is not None and not self.closing:
+            transport.write(data)
+
+    def pause_reading_for(self, owner: object) -> None:
+        if not self._pausers and self.transport is not None and not self.closing:
+            self.transport.pause_reading()
+        self._pausers.add(owner)
+
+    def resume_reading_for(self, owner: object) -> None:
+        self._pausers.discard(owner)
+        if not self._pausers and self.transport is not None and not self.closing:
+            self.transport.resume_reading()
+
+    def abort_after_flush(self, *, reset: bool) -> None:
+        """The response cannot be completed: end the connection once the exchange is done.
+        A response whose length or chunking tells the client it is cut ends with a close; one
+        delimited by the close itself (HTTP/1.0) ends with a reset, so that the client cannot
+        take the truncated message for a complete one."""
+        self.draining = True
+        self.truncated = reset
+
+    def abort(self) -> None:
+        """Reset the connection now (RST, not FIN), discarding what is not sent."""
+        self.closing = True
+        transport = self.transport
+        if transport is None:
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        transport.abort()
+
+    def close(self) -> None:
+        """Close after what was written, lingering: the write side is shut first and what
+        the client still sends is read and dropped for a moment, because closing a socket with
+        unread input makes the kernel send a reset that can destroy the response in flight
+        (a client still uploading a body the upstream already answered)."""
+        transport = self.transport
+        if transport is None or self.closing:
+            return
+        if self.truncated:
+            self.abort()
+            return
+        self.closing = True
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        self._linger_until = self.loop.time() + min(_LINGER_S, self.limits.body_timeout_s)
+        self._pausers.clear()
+        transport.resume_reading()

@@ -1,0 +1,202 @@
+"""The bytes of one exchange, both ways: the request body up, the response down.
+
+`Relay` is the streaming half of an `Exchange`: it holds the request body until an upstream
+connection is attached (pausing the client past a limit), encodes it for the upstream, turns the
+upstream's response callbacks into the client's re-framed bytes (`response.py` decides the
+framing) or answers in the upstream's place, and applies back-pressure both ways. It never
+decides how the exchange starts or ends: admission, retries, failures and `finish` belong to
+the `Exchange` subclass.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from proxy.errors import HttpError, UpstreamError
+from proxy.http import framing
+from proxy.http.framing import LAST_CHUNK, encode_chunk
+from proxy.http.response import CHUNKED, NO_BODY, response_head, switching_head
+
+if TYPE_CHECKING:
+    from proxy.http.downstream import DownstreamProtocol
+    from proxy.http.request import Request
+    from proxy.http.upstream import UpstreamConnection
+
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+PENDING_LIMIT = 256 * 1024  # request body held before an upstream is attached
+
+
+class Relay:
+    """Moves one request up and its response down, with back-pressure both ways."""
+
+    __slots__ = (
+        "_deadline",
+        "_eof_ends",
+        "_framing",
+        "_upgrade",
+        "client",
+        "close_after",
+        "conn",
+        "finished",
+        "generated",
+        "informational",
+        "out",
+        "pending",
+        "pending_size",
+        "request",
+        "request_done",
+        "response_started",
+        "status",
+        "tunnel",
+        "up_out",
+        "upstream_keep_alive",
+    )
+
+    def __init__(self, client: DownstreamProtocol, request: Request) -> None:
+        self.client = client
+        self.request = request
+        self.conn: UpstreamConnection | None = None
+        self.pending: list[bytes] = []
+        self.pending_size = 0
+        self.up_out: list[bytes] = []
+        self.out: list[bytes] = []
+        self.request_done = not request.has_body
+        self.response_started = False
+        self.informational = False
+        self.status = 0
+        self.close_after = False
+        self.upstream_keep_alive = False
+        self.finished = False
+        self.generated = False  # the status was produced by the proxy, not the upstream
+        self.tunnel = False
+        self._framing = NO_BODY
+        self._eof_ends = False  # the upstream delimits the response body by closing
+        self._deadline = 0.0
+        self._upgrade = b""
+
+    def finish(self, status: int | None = None) -> None:
+        """The response is complete (or can go no further): end the exchange."""
+        raise NotImplementedError
+
+    # --- request body (from the client) -------------------------------------------------
+
+    def request_body(self, chunk: bytes) -> None:
+        data = encode_chunk(chunk) if self.request.chunked else chunk
+        if self.conn is not None:
+            self.up_out.append(data)
+            return
+        if self.finished:
+            return
+        self.pending.append(data)
+        self.pending_size += len(data)
+        if self.pending_size > PENDING_LIMIT and self.pending_size - len(data) <= PENDING_LIMIT:
+            self.client.pause_reading_for(self)
+
+    def request_complete(self) -> None:
+        self.request_done = True
+        if self.request.chunked:
+            self.request_body_end()
+        if self.conn is not None and not self.response_started:
+            self._arm(self.client.limits.response_timeout_s)
+
+    def request_body_end(self) -> None:
+        if self.conn is not None:
+            self.up_out.append(LAST_CHUNK)
+        elif not self.finished:
+            self.pending.append(LAST_CHUNK)
+
+    def flush_upstream(self) -> None:
+        if self.up_out and self.conn is not None:
+            data = self.up_out[0] if len(self.up_out) == 1 else b"".join(self.up_out)
+            self.up_out.clear()
+            self.conn.write(data)
+
+    def tunnel_up(self, data: bytes) -> None:
+        if self.conn is not None:
+            self.conn.write(data)
+
+    # --- response (from the upstream) ---------------------------------------------------
+
+    def response_head(
+        self, status: int, headers: list[tuple[bytes, bytes]], keep_alive: bool
+    ) -> None:
+        if status < 200:
+            self.informational = True
+            if status == 100 and self.request.expect_continue and not self.request_done:
+                self.out.append(_CONTINUE)
+            elif status == 101:
+                if not self.request.websocket:
+                    raise UpstreamError("protocol", "101 to a request that asked for no upgrade")
+                self._upgrade = switching_head(headers)
+            self.status = status
+            return
+        self.status = status
+        self.upstream_keep_alive = keep_alive
+        self.response_started = True
+        self._arm(self.client.limits.body_timeout_s)
+        close = self.close_after or self._must_close()
+        head, self._framing, self._eof_ends, self.close_after = response_head(
+            status, headers, self.request, close
+        )
+        self.out.append(head)
+        if self._framing == NO_BODY and self.request.method == b"HEAD":
+            # llhttp cannot be told the request was HEAD: it would wait for a body. The response
+            # ends here; the connection is closed rather than pooled.
+            self.upstream_keep_alive = False
+            self.finish()
+
+    def _must_close(self) -> bool:
+        client = self.client
+        return not self.request.keep_alive or not self.request_done or client.draining
+
+    def response_body(self, body: bytes) -> None:
+        if self.informational or self.finished:
+            return
+        self._deadline = self.client.loop.time() + self.client.limits.body_timeout_s
+        self.out.append(encode_chunk(body) if self._framing == CHUNKED else body)
+
+    def response_complete(self) -> None:
+        if self.informational:
+            self.informational = False
+            return
+        if self.finished:
+            return
+        if self._framing == CHUNKED:
+            self.out.append(LAST_CHUNK)
+        self.finish()
+
+    def respond_error(self, error: HttpError) -> None:
+        """The proxy answers in the upstream's place (before any response head was sent)."""
+        self.status = error.status
+        self.generated = True
+        self.close_after = self.close_after or not self.request_done or self.client.draining
+        self.out.append(framing.error_response(error.status, error.reason, close=self.close_after))
+        self.finish()
+
+    def flush_client(self) -> None:
+        if self.out:
+            self.client.write(self.out[0] if len(self.out) == 1 else b"".join(self.out))
+            self.out.clear()
+
+    def client_write(self, data: bytes) -> None:
+        self.client.write(data)
+
+    # --- timers and back-pressure -------------------------------------------------------
+
+    def _arm(self, timeout: float) -> None:
+        self._deadline = self.client.loop.time() + timeout
+
+    def _cancel_timer(self) -> None:
+        self._deadline = 0.0
+
+    def client_pause_reading(self) -> None:
+        """The upstream does not take what is written to it: stop reading the client."""
+        self.client.pause_reading_for(self)
+        if not self.request_done and not self.response_started and not self.tunnel:
+            # An upstream that stops taking the request body is timed like a silent one.
+            self._arm(self.client.limits.body_timeout_s)
+
+    def client_resume_reading(self) -> None:
+        self.client.resume_reading_for(self)
+        if not self.request_done and not self.response_started and not self.tunnel:
+            self._cancel_timer()

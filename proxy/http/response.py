@@ -1,0 +1,94 @@
+"""The head of a response as the proxy relays it to its client: pure, no I/O.
+
+An upstream's framing and hop-by-hop fields never cross the proxy (RFC 9110 7.6.1, RFC 9112 6):
+`response_head` drops them, with any field the upstream's Connection header names, and writes
+the proxy's own framing for the client's HTTP version: `Content-Length` when the length is
+known, `Transfer-Encoding: chunked` to an HTTP/1.1 client otherwise, and a closed connection
+for an HTTP/1.0 client. It also says how the body that follows must be delimited; moving that
+body is the exchange's business.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from proxy.http.framing import CRLF, HOP_BY_HOP, STANDARD_OPTIONS, connection_tokens, status_line
+
+if TYPE_CHECKING:
+    from proxy.http.request import Request
+
+# How the response body is delimited towards the client.
+NO_BODY, LENGTH, CHUNKED, CLOSE = 0, 1, 2, 3
+
+_UPGRADED = b"Connection: upgrade\r\nUpgrade: websocket\r\n\r\n"
+
+
+def response_head(
+    status: int, headers: list[tuple[bytes, bytes]], request: Request, close: bool
+) -> tuple[bytes, int, bool, bool]:
+    """The final response head for the client of `request`; `close`: the connection must end.
+
+    Returns (head, framing, eof_ends, close): `framing` is one of NO_BODY, LENGTH, CHUNKED and
+    CLOSE; `eof_ends` is true when the upstream delimits the body by closing (RFC 9112 6.3
+    rule 8); `close` is true when the connection ends after this response (asked by the
+    caller, or because the body is delimited by the close).
+    """
+    length: bytes | None = None
+    chunked = False
+    drop = HOP_BY_HOP
+    parts = [status_line(status)]
+    for name, value in headers:
+        lower = name.lower()
+        if lower in drop:
+            if lower == b"content-length":
+                length = value.strip()
+            elif lower == b"transfer-encoding":
+                chunked = True
+            elif lower == b"connection":
+                named = connection_tokens([value]) - STANDARD_OPTIONS
+                if named:
+                    drop = drop | named
+            continue
+        parts += (name, b": ", value, CRLF)
+    if drop is not HOP_BY_HOP:
+        parts = [parts[0], *_without(parts[1:], drop)]
+    framing = _framing(status, length, chunked, request)
+    if framing == LENGTH or (framing == NO_BODY and length and status != 204):
+        parts.append(b"Content-Length: %s\r\n" % length)
+    elif framing == CHUNKED:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    close = close or framing == CLOSE
+    if close:
+        parts.append(b"Connection: close\r\n")
+    elif request.version == b"1.0":
+        parts.append(b"Connection: keep-alive\r\n")
+    parts.append(CRLF)
+    eof_ends = framing != NO_BODY and length is None and not chunked
+    return b"".join(parts), framing, eof_ends, close
+
+
+def _framing(status: int, length: bytes | None, chunked: bool, request: Request) -> int:
+    if request.method == b"HEAD" or status in (204, 304):
+        return NO_BODY
+    if length is not None and not chunked:
+        return LENGTH
+    return CHUNKED if request.version == b"1.1" else CLOSE
+
+
+def switching_head(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """The head of an upstream's 101 to a WebSocket upgrade, as relayed to the client."""
+    parts = [status_line(101)]
+    for name, value in headers:
+        if name.lower() not in HOP_BY_HOP:
+            parts += (name, b": ", value, CRLF)
+    parts.append(_UPGRADED)
+    return b"".join(parts)
+
+
+def _without(parts: list[bytes], drop: frozenset[bytes]) -> list[bytes]:
+    """Remove (name, ": ", value, CRLF) quadruples whose name is in `drop`."""
+    kept: list[bytes] = []
+    for i in range(0, len(parts) - 3, 4):
+        if parts[i].lower() not in drop:
+            kept += parts[i : i + 4]
+    return kept

@@ -1,0 +1,411 @@
+"""Analysis: known values through StepAnalysis, the guardrail, stratification and shared
+incidents as properties, pre-exposure baselines, the per-id cap, and simulated A/A and
+regression streams."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from math import exp, log
+from statistics import NormalDist
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from proxy.core.analysis import (
+    AnalysisConfig,
+    Assessment,
+    RateCount,
+    StepAnalysis,
+    TierBaseline,
+    Verdict,
+    classify_status,
+)
+from proxy.core.budget import check_levels, error_grid, step_share
+from proxy.core.verdict import Source
+
+NORMAL = NormalDist()
+
+
+@dataclass
+class Feed:
+    """Feeds requests one millisecond apart, each with its own id and a log-normal latency
+    unless told otherwise."""
+
+    analysis: StepAnalysis
+    now: float = 0.0
+    next_id: int = 0
+    tripped: list[Assessment] = field(default_factory=list)
+
+    def __call__(
+        self,
+        tier: str,
+        canary: bool,
+        error: bool = False,
+        latency: float | None = None,
+        path: str = "/",
+        id_hash: int | None = None,
+    ) -> None:
+        self.next_id += 1
+        if latency is None:  # log-normal: median 50 ms, sigma 0.5, p99 ~ 160 ms
+            latency = 0.05 * exp(0.5 * NORMAL.inv_cdf((self.next_id * 7919 % 1000 + 0.5) / 1000))
+        result = self.analysis.observe(
+            tier=tier,
+            canary=canary,
+            error=error,
+            latency_s=latency,
+            path=path,
+            id_hash=self.next_id if id_hash is None else id_hash,
+            now=self.now,
+        )
+        if result is not None:
+            self.tripped.append(result)
+        self.now += 0.001
+
+    def block(self, tier: str, k: int, *, event: str = "", fail: bool = False) -> None:
+        """k requests, one canary: the tier's share stays exactly 1/k at block starts.
+        event "canary" / "stable": the block's first request is that arm's error."""
+        first_canary = event != "stable"
+        self(tier, first_canary, error=fail or bool(event))
+        for i in range(1, k):
+            canary = not first_canary and i == 1
+            self(tier, canary, error=fail)
+
+
+def q(theta: float, share: float) -> float:
+    return theta * share / (theta * share + 1 - share)
+
+
+# -- classify_status and the budget ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "statuses", "generated", "error"),
+    [
+        (500, {"5xx"}, False, True),
+        (503, {"5xx"}, False, True),
+        (404, {"5xx"}, False, False),
+        (429, {"5xx", "429"}, False, True),
+        (502, frozenset(), True, True),  # the proxy's own 502/504 always count
+        (504, frozenset(), True, True),
+        (502, frozenset(), False, False),
+        (200, {"5xx"}, True, False),
+    ],
+)
+def test_classify_status(status: int, statuses: set[str], generated: bool, error: bool) -> None:
+    assert classify_status(status, frozenset(statuses), proxy_generated=generated) is error
+
+
+@pytest.mark.parametrize("steps", range(1, 9))
+def test_step_shares_spend_the_whole_rate_once(steps: int) -> None:
+    shares = [step_share(i, steps) for i in range(steps)]
+    assert sum(shares) == pytest.approx(1.0)
+    assert shares == sorted(shares, reverse=True)
+
+
+def test_step_share_refuses_a_step_outside_the_rollout() -> None:
+    with pytest.raises(ValueError, match="outside"):
+        step_share(4, 4)
+
+
+def test_levels_split_between_e_process_and_baselines() -> None:
+    plain, seeded = check_levels(0.01, 0.25, 0), check_levels(0.01, 0.25, 4)
+    assert plain.rollback == pytest.approx(0.0025)
+    assert plain.advance == pytest.approx(0.01)
+    assert seeded.rollback + 4 * seeded.baseline_rollback == pytest.approx(0.0025)
+    assert seeded.advance + 4 * seeded.baseline_advance == pytest.approx(0.01)
+
+
+# -- known values ------------------------------------------------------------------------
+
+
+def test_the_e_value_after_a_known_sequence_equals_the_formula() -> None:
+    """Tier share exactly 1/4; then 3 canary errors and 1 stable error."""
+    config = AnalysisConfig(min_requests=10)
+    feed = Feed(StepAnalysis(config, started=0.0))
+    for _ in range(60):
+        feed.block("t", 4)
+    for _ in range(3):
+        feed.block("t", 4, event="canary")
+    feed.block("t", 4, event="stable")
+    grid = error_grid(0.5)
+    expected = sum(
+        exp(w) * (q(t, 0.25) / 0.25) ** 3 * (1 - q(t, 0.25)) / 0.75
+        for t, w in ((grid.points[i], w) for i, w in grid.up)
+    )
+    assessment = feed.analysis.assess(feed.now)
+    errors = assessment.checks[0]
+    assert errors.check == "errors"
+    assert errors.e_value == pytest.approx(expected, rel=1e-9)
+    assert errors.threshold == pytest.approx(1 / (0.01 * 3 / 4))
+    assert errors.canary == RateCount(64, 3)
+    assert errors.baseline == RateCount(192, 1)
+    assert [t.share for t in errors.tiers] == pytest.approx([0.25])
+    assert assessment.verdict is Verdict.INCONCLUSIVE
+
+
+def test_min_requests_hold_back_a_verdict() -> None:
+    feed = Feed(StepAnalysis(AnalysisConfig(min_requests=500), started=0.0))
+    for _ in range(60):
+        feed.block("t", 2)
+    for b in range(150):  # overwhelming evidence (40% canary errors), too few requests
+        feed.block("t", 2, event="canary" if b % 5 < 2 else "")
+    early = feed.analysis.assess(feed.now)
+    assert early.checks[0].crossed
+    assert early.verdict is Verdict.INCONCLUSIVE
+    assert "min_requests not met" in early.summary
+    for _ in range(400):
+        feed.block("t", 2)
+    late = feed.analysis.assess(feed.now)
+    assert late.verdict is Verdict.DEGRADED
+    assert late.check == "errors"
+    assert late.statistic >= late.bound
+    assert "errors vs" in late.summary
+
+
+# -- guardrail ---------------------------------------------------------------------------
+
+
+def test_guardrail_trips_on_the_tenth_failing_canary_request() -> None:
+    feed = Feed(StepAnalysis(AnalysisConfig(), started=0.0))
+    for _ in range(50):
+        feed.block("t", 20)  # share 5%, no errors
+    feed.now = 10.0  # the guardrail's window has emptied
+    for n in range(1, 11):
+        feed.block("t", 20, event="canary")
+        assert bool(feed.tripped) is (n == 10)
+    tripped = feed.tripped[0]
+    assert tripped.verdict is Verdict.DEGRADED
+    assert tripped.check == "guardrail"
+    assert "10 of 10 recent canary requests failed" in tripped.summary
+    feed.block("t", 20, event="canary")
+    assert len(feed.tripped) == 1  # returned once ...
+    assert feed.analysis.assess(feed.now) is tripped  # ... and held by assess
+
+
+def test_a_shared_outage_does_not_trip_the_guardrail() -> None:
+    feed = Feed(StepAnalysis(AnalysisConfig(), started=0.0))
+    for _ in range(50):
+        feed.block("t", 20)
+    for _ in range(100):
+        feed.block("t", 20, fail=True)  # both arms fail every request
+    assert feed.tripped == []
+    assert feed.analysis.assess(feed.now).verdict is not Verdict.DEGRADED
+
+
+# -- stratification and shared incidents (properties) ------------------------------------
+
+TIER = st.tuples(st.integers(min_value=2, max_value=12), st.integers(min_value=1, max_value=6))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(TIER, min_size=1, max_size=3), st.integers(min_value=40, max_value=120))
+def test_a_tier_mix_that_differs_between_arms_creates_no_evidence(
+    tiers: list[tuple[int, int]], blocks: int
+) -> None:
+    """Each tier t has canary share 1/k_t and fails every request of one block in m_t: the
+    canary's pooled error rate can differ wildly from stable's, but within each tier the errors
+    fall in proportion to the share, so no evidence may build."""
+    feed = Feed(StepAnalysis(AnalysisConfig(min_requests=10), started=0.0))
+    for name, (k, _) in enumerate(tiers):
+        for _ in range(max(50, 100 // k)):
+            feed.block(str(name), k)  # warm-up: the shares are measured
+    for b in range(blocks):
+        for name, (k, m) in enumerate(tiers):
+            feed.block(str(name), k, fail=b % m == 0)
+    errors = feed.analysis.assess(feed.now).checks[0]
+    assert errors.e_value <= 1.0 + 1e-6
+    assert not errors.crossed
+
+
+def test_stratification_example_pooled_rates_differ_but_no_evidence() -> None:
+    feed = Feed(StepAnalysis(AnalysisConfig(min_requests=10), started=0.0))
+    for b in range(600):
+        feed.block("busy", 2, fail=b % 2 == 0)  # half canary, 50% errors on both arms
+        feed.block("calm", 10)  # one in ten canary, no errors
+    errors = feed.analysis.assess(feed.now).checks[0]
+    assert errors.canary.rate > 2.5 * errors.baseline.rate  # pooled: looks like a regression
+    assert errors.e_value <= 1.0 + 1e-6
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(min_value=2, max_value=20), st.integers(min_value=10, max_value=200))
+def test_a_shared_incident_does_not_move_the_evidence_towards_rollback(k: int, length: int) -> None:
+    feed = Feed(StepAnalysis(AnalysisConfig(min_requests=10), started=0.0))
+    for _ in range(max(50, 100 // k)):
+        feed.block("t", k)
+    for _ in range(5):
+        feed.block("t", k, event="canary")  # some evidence against the canary first
+    before = feed.analysis.assess(feed.now).checks[0].e_value
+    for _ in range(length):
+        feed.block("t", k, fail=True)
+    assert feed.analysis.assess(feed.now).checks[0].e_value <= before * (1 + 1e-6)
+
+
+# -- pre-exposure baselines --------------------------------------------------------------
+
+
+def first_step(seed: int) -> StepAnalysis:
+    """Two tiers at half canary, 2% errors on both arms."""
+    rng = random.Random(seed)
+    analysis = StepAnalysis(AnalysisConfig(), started=0.0, step=0, steps=2)
+    feed = Feed(analysis)
+    for _ in range(40_000):
+        feed(rng.choice("ab"), rng.random() < 0.5, error=rng.random() < 0.02)
+    return analysis
+
+
+def second_step(baselines: TierBaseline | dict[str, TierBaseline], rate: float) -> Assessment:
+    """Tier a wholly on the canary at `rate` errors, tier b still half and healthy."""
+    rng = random.Random(3)
+    assert isinstance(baselines, dict)
+    analysis = StepAnalysis(AnalysisConfig(), baselines=baselines, started=0.0, step=1, steps=2)
+    feed = Feed(analysis)
+    for n in range(20_000):
+        if rng.random() < 0.5:
+            feed("a", True, error=rng.random() < rate)
+        else:
+            feed("b", rng.random() < 0.5, error=rng.random() < 0.02)
+        if n % 1000 == 999:
+            result = analysis.assess(feed.now)
+            if result.verdict is Verdict.DEGRADED:
+                return result
+    return analysis.assess(feed.now)
+
+
+def test_tier_baselines_carry_stable_counts_forward() -> None:
+    baselines = first_step(1).tier_baselines()
+    assert set(baselines) == {"a", "b"}
+    a = baselines["a"]
+    assert 9_000 < a.errors.requests < 11_000
+    assert 0.015 < a.errors.rate < 0.025
+    assert 0.14 < a.latency_threshold_s < 0.19  # the p99
+    assert a.slow.requests > 0
+
+
+def test_a_wholly_exposed_tier_is_judged_against_its_pre_exposure_baseline() -> None:
+    baselines = dict(first_step(1).tier_baselines())
+    healthy = second_step(baselines, 0.02)
+    assert healthy.verdict is not Verdict.DEGRADED
+    tier_a = next(t for t in healthy.checks[0].tiers if t.tier == "a")
+    assert tier_a.source is Source.PRE_EXPOSURE
+    assert tier_a.baseline == baselines["a"].errors
+    bad = second_step(baselines, 0.10)
+    assert bad.verdict is Verdict.DEGRADED
+    assert bad.check == "errors"
+
+
+# -- per-id cap --------------------------------------------------------------------------
+
+
+def test_one_id_cannot_carry_the_evidence_alone_and_is_reported() -> None:
+    feed = Feed(StepAnalysis(AnalysisConfig(min_requests=10), started=0.0))
+    for _ in range(60):
+        feed.block("t", 4)
+    for _ in range(400):
+        feed("t", True, error=True, id_hash=7)  # one broken tenant on the canary
+        for i in range(8):
+            feed("t", i < 2)
+    errors = feed.analysis.assess(feed.now).checks[0]
+    assert errors.capped == 400 - 10
+    assert errors.concentration.top_share == 1.0
+    assert errors.concentration.events == 400
+    assert errors.canary.events == 400  # still in the rates
+
+
+# -- requests needed ---------------------------------------------------------------------
+
+
+def test_inconclusive_says_how_many_more_requests() -> None:
+    feed = Feed(StepAnalysis(AnalysisConfig(min_requests=10), started=0.0))
+    for _ in range(300):
+        feed.block("t", 4)
+    nothing = feed.analysis.assess(feed.now)
+    assert nothing.verdict is Verdict.INCONCLUSIVE
+    assert nothing.requests_needed == -1  # no events yet to size it
+    for _ in range(400):
+        feed.block("t", 4)
+    feed.analysis.assess(feed.now)  # the latency threshold is measured by now
+    for b in range(400):
+        feed.block("t", 4, event="stable" if b % 20 == 0 else "")
+    some = feed.analysis.assess(feed.now)
+    assert some.verdict is Verdict.INCONCLUSIVE
+    assert some.requests_needed > 0
+
+
+# -- simulated streams -------------------------------------------------------------------
+
+
+def stream(seed: int, *, factor: float, slower: float = 1.0, incident: bool = False) -> Verdict:
+    """Two tiers (shares 0.3 and 0.1, error rates 4% and 1%), 8,000 requests, a verdict
+    every 200; an incident fails both arms at 30% for a quarter of the run."""
+    rng = random.Random(seed)
+    config = AnalysisConfig(false_rollback_rate=0.1, min_requests=50)
+    analysis = StepAnalysis(config, started=0.0)
+    feed = Feed(analysis)
+    for n in range(8_000):
+        tier = "a" if rng.random() < 0.6 else "b"
+        canary = rng.random() < (0.3 if tier == "a" else 0.1)
+        rate = 0.04 if tier == "a" else 0.01
+        if incident and 4_000 <= n < 6_000:
+            rate = 0.3
+        elif canary:
+            rate *= factor
+        latency = 0.05 * exp(0.5 * rng.gauss(0.0, 1.0)) * (slower if canary else 1.0)
+        feed(tier, canary, error=rng.random() < rate, latency=latency, id_hash=rng.randrange(10**6))
+        if feed.tripped:
+            return Verdict.DEGRADED
+        if n % 200 == 199 and analysis.assess(feed.now).verdict is Verdict.DEGRADED:
+            return Verdict.DEGRADED
+    return Verdict.INCONCLUSIVE
+
+
+def test_a_a_streams_roll_back_well_under_the_bound() -> None:
+    runs = [stream(seed, factor=1.0, incident=seed % 2 == 0) for seed in range(200)]
+    rollbacks = runs.count(Verdict.DEGRADED)
+    assert rollbacks <= 0.1 * 200 / 2  # bound 10%, with a margin of two
+
+
+def test_a_clear_error_regression_is_detected() -> None:
+    assert all(stream(seed, factor=3.0) is Verdict.DEGRADED for seed in range(20))
+
+
+def test_a_clear_latency_regression_is_detected() -> None:
+    assert all(stream(seed, factor=1.0, slower=2.0) is Verdict.DEGRADED for seed in range(20))
+
+
+def test_advance_needs_non_inferiority_on_every_check() -> None:
+    rng = random.Random(5)
+    config = AnalysisConfig(min_requests=100)
+    analysis = StepAnalysis(config, started=0.0)
+    feed = Feed(analysis)
+    verdicts = []
+    for n in range(120_000):
+        canary = rng.random() < 0.5
+        latency = 0.05 * exp(0.5 * rng.gauss(0.0, 1.0))
+        feed("t", canary, error=rng.random() < 0.02, latency=latency)
+        if n % 5_000 == 4_999:
+            verdicts.append(analysis.assess(feed.now))
+    assert verdicts[0].verdict is Verdict.INCONCLUSIVE
+    final = verdicts[-1]
+    assert final.verdict is Verdict.HEALTHY
+    assert all(c.non_inferior for c in final.checks)
+    assert all(c.ratio_high <= c.tolerance for c in final.checks)
+    assert "within tolerance" in final.summary
+    assert log(final.statistic) >= log(final.bound)
+
+
+def test_a_shared_incident_neither_shows_non_inferiority_nor_lets_a_step_advance() -> None:
+    rng = random.Random(9)
+    analysis = StepAnalysis(AnalysisConfig(min_requests=100), started=0.0)
+    feed = Feed(analysis)
+    for _ in range(3_000):  # calm: 1% errors on both arms
+        feed("t", rng.random() < 0.5, error=rng.random() < 0.01)
+    for _ in range(20_000):  # 20 s of a shared outage: thousands of errors at ratio 1
+        feed("t", rng.random() < 0.5, error=rng.random() < 0.3)
+    during = analysis.assess(feed.now)
+    assert during.verdict is Verdict.INCONCLUSIVE
+    assert "holding: the baseline itself is failing" in during.summary
+    assert not during.checks[0].non_inferior  # incident errors do not count for advancing
+    assert not during.checks[0].crossed  # nor against the canary

@@ -1,0 +1,78 @@
+"""The proxy as a separate process, the way users run it (`python -m proxy run -c FILE`)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+_READY = re.compile(r"data plane on (http://\S+), admin on (http://\S+)")
+
+
+class ProxyProcess:
+    """A started `rollout-proxy run`; `data_url` and `admin_url` once it is serving."""
+
+    def __init__(self, config: Mapping[str, Any], workdir: Path, env: Mapping[str, str]) -> None:
+        self.path = workdir / "proxy.yaml"
+        self.path.write_text(yaml.safe_dump(dict(config)))
+        self.env = {**os.environ, **env}
+        self.proc: asyncio.subprocess.Process | None = None
+        self.data_url = ""
+        self.admin_url = ""
+
+    async def start(self) -> ProxyProcess:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "proxy",
+            "run",
+            "-c",
+            str(self.path),
+            stderr=asyncio.subprocess.PIPE,
+            env=self.env,
+            cwd=ROOT,
+        )
+        assert self.proc.stderr is not None
+        async with asyncio.timeout(15):
+            line = (await self.proc.stderr.readline()).decode()
+        match = _READY.search(line)
+        if match is None:
+            rest = (await self.proc.stderr.read()).decode()
+            raise AssertionError(f"proxy did not start: {line}{rest}")
+        self.data_url, self.admin_url = match.group(1), match.group(2)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    async def kill(self) -> None:
+        """SIGKILL: no drain, no cleanup, as a crash."""
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+
+    async def cli(self, *args: str) -> tuple[int, str]:
+        """Run `rollout-proxy ARGS --admin <this proxy>`; (exit status, stdout + stderr)."""
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "proxy",
+            *args,
+            "--admin",
+            self.admin_url,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=self.env,
+            cwd=ROOT,
+        )
+        out, _ = await proc.communicate()
+        return proc.returncode or 0, out.decode()

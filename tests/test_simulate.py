@@ -1,0 +1,52 @@
+"""loadtests/simulate.py: the oracle matches the issue's numbers, runs are deterministic, and the
+table prints."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "loadtests" / "simulate.py"
+
+
+@pytest.fixture(scope="module")
+def simulate() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("simulate", SCRIPT)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["simulate"] = module  # dataclasses resolve their module by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_oracle_matches_the_issue(simulate: ModuleType) -> None:
+    """Issue 3: 1.0% vs 0.5% errors needs ~6 s on a 25% step and ~23 s on a 5% step."""
+    assert simulate.oracle_s(0.005, 0.01, 25.0) == pytest.approx(5.8, abs=0.1)
+    assert simulate.oracle_s(0.005, 0.01, 5.0) == pytest.approx(22.8, abs=0.1)
+
+
+def test_a_regression_run_is_deterministic_and_rolls_back(simulate: ModuleType) -> None:
+    scenario = simulate.REGRESSIONS[0]  # 5% errors on a 5% step
+    first = simulate.regression_run(scenario, 3)
+    assert first == simulate.regression_run(scenario, 3)
+    assert first.verdict == "degraded"
+    assert first.seconds <= 30
+
+
+def test_table_prints_every_scenario(
+    simulate: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runs = [simulate.regression_run(s, 0) for s in simulate.REGRESSIONS]
+    rows = [
+        simulate.regression_row(s, [r]) for s, r in zip(simulate.REGRESSIONS, runs, strict=True)
+    ]
+    simulate.print_table(rows, 0, 1)
+    out = capsys.readouterr().out
+    for scenario in simulate.REGRESSIONS:
+        assert scenario.name in out
+    assert "A/A false rollbacks" in out
