@@ -42,7 +42,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if config is None:
         print("rollout-proxy: not started; fix the config and try again", file=sys.stderr)
         return EXIT_CONFIG
-    return run_loop(serve(config))
+    try:
+        return run_loop(serve(config))
+    except ConfigError as exc:
+        print(f"rollout-proxy: not started: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -10,8 +10,6 @@ import sys
 import urllib.request
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 JWT_KEY = "k" * 40
 COMMAND = [sys.executable, "-m", "proxy"]
