@@ -14,7 +14,8 @@ loop) and scrapes run on the same loop, so no locks are needed; a histogram's `_
 from its buckets, so a scrape always sees a self-consistent histogram.
 
 Labels stay bounded: `service` and `tier` come from the configuration, `variant` and `reason`
-are checked against closed sets when a series is first created, status codes become classes.
+are checked against closed sets when a series is first created, status codes become classes
+(a refusal keeps its code when it is one of the few the proxy answers with).
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ class _Latency:
 
 
 ROLLOUT_STATUSES = frozenset({"progressing", "paused", "completed", "rolled_back"})
+# The statuses of the refusals the proxy raises (BadRequest and NoRoute, proxy/errors.py).
+REJECT_STATUSES: Final = frozenset({400, 404, 405, 408, 413, 414, 417, 431, 501, 505})
 
 
 def _check(name: str, value: str, allowed: frozenset[str]) -> None:
@@ -92,6 +95,7 @@ class Metrics(Collector):
         self._steps: dict[str, tuple[int, float]] = {}
         self._status: dict[str, str] = {}
         self._decisions: dict[tuple[str, str], int] = {}
+        self._rejected: dict[str, int] = {}
         registry.register(self)
 
     def requests(self, service: str, variant: str, tier: str, status_class: str) -> RequestCounter:
@@ -139,6 +143,13 @@ class Metrics(Collector):
             _check("variant", variant, VARIANTS)
             self._aborts[key] = 0
         self._aborts[key] += 1
+
+    def rejected(self, status: int) -> None:
+        """The proxy refused a request itself (malformed, too large, too slow, no route) and
+        answers `status`. Such a request reaches no service, so it has no service label; a
+        status outside REJECT_STATUSES is counted under its class (`4xx`), never raised on."""
+        label = str(status) if status in REJECT_STATUSES else status_class(status)
+        self._rejected[label] = self._rejected.get(label, 0) + 1
 
     def set_step(self, service: str, step: int, canary_percent: float) -> None:
         """The rollout step now served (-1: nothing exposed) and its share of everyone."""
@@ -198,6 +209,15 @@ class Metrics(Collector):
         for pair, count in self._aborts.items():
             aborts.add_metric(pair, count)
         yield aborts
+        rejected = CounterMetricFamily(
+            "rollout_rejected_requests",
+            "Requests the proxy refused itself (malformed, too large, too slow, no route), "
+            "by the status it answers them with.",
+            labels=("status",),
+        )
+        for label, count in self._rejected.items():
+            rejected.add_metric((label,), count)
+        yield rejected
         step = GaugeMetricFamily(
             "rollout_step", "Rollout step served (-1: nothing exposed).", labels=("service",)
         )

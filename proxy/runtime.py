@@ -79,6 +79,7 @@ class Runtime:
             loop,
             identity_headers=header_rule_names(config),
             relevant_headers=relevant_headers(config),
+            on_reject=lambda error: self.metrics.rejected(error.status),
         )
         self.data_address = await self._engine.start(config.listen.host, config.listen.port)
         app = build_admin_app(self.registry, self.readiness)

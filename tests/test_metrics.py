@@ -132,6 +132,19 @@ def test_failures_aborts_and_step(registry: CollectorRegistry, metrics: Metrics)
     assert value("rollout_canary_percent", {"service": "checkout"}) == 25.0
 
 
+def test_rejected_counts_refusals_by_status(registry: CollectorRegistry, metrics: Metrics) -> None:
+    for status in (400, 400, 408, 431, 418, 599):
+        metrics.rejected(status)
+    value = registry.get_sample_value
+    assert value("rollout_rejected_requests_total", {"status": "400"}) == 2
+    assert value("rollout_rejected_requests_total", {"status": "408"}) == 1
+    assert value("rollout_rejected_requests_total", {"status": "431"}) == 1
+    # A status the proxy does not refuse with is counted under its class: the label stays bounded.
+    assert value("rollout_rejected_requests_total", {"status": "418"}) is None
+    assert value("rollout_rejected_requests_total", {"status": "4xx"}) == 1
+    assert value("rollout_rejected_requests_total", {"status": "5xx"}) == 1
+
+
 def test_labels_stay_bounded(registry: CollectorRegistry, metrics: Metrics) -> None:
     with pytest.raises(ValueError, match="variant"):
         metrics.observe("checkout", "tenant-42", "free", 200, 0.1)

@@ -3,7 +3,8 @@
 `ClientConnection` admits the connection, runs the exchanges of its requests one at a time in
 arrival order (pipelined ones wait in a bounded queue), answers a refused request in its turn and
 then closes, and enforces the deadline of the phase the connection is in (idle, reading a head,
-reading a body) when the engine's sweeper asks. It owns the socket as the data plane uses it:
+reading a body; none while it only waits for its exchanges, or while the proxy itself holds the
+reading) when the engine's sweeper asks. It owns the socket as the data plane uses it:
 writes that stop once closing, reading paused while any owner asks for it, a lingering close,
 and a reset when a response must be seen cut. Reading requests off the socket is its subclass's
 business (`DownstreamProtocol`); a request costs no timer here.
@@ -132,19 +133,34 @@ class ClientConnection(asyncio.Protocol):
         return self.closing or self._fatal is not None
 
     def _fail(self, error: HttpError) -> None:
-        """A request could not be accepted: answer in order, then close the connection."""
-        if self._parsing is not None and self._parsing is self.current:
-            self._parsing.refused()
-            self.current = None
+        """A request could not be accepted: answer in order, then close the connection.
+
+        The refused request's exchange, if its head was read, is dropped: a running one is cut
+        from its upstream, a waiting one is taken out of the queue and never started, so none of
+        its bytes reach an upstream. The requests before it are served first; meanwhile the
+        connection reads nothing more and only waits, so no header or body deadline can cut
+        their responses. The refusal is reported to the engine once, when it is decided."""
+        if self._failed():
+            return
+        self.engine.rejected(error)
+        refused = self._parsing
         self._parsing = None
+        self.reading = False
+        if refused is not None:
+            refused.refused()
+            if refused is self.current:
+                self.current = None
+            elif refused in self._queue:
+                self._queue.remove(refused)
         if self.current is None:
             self._reply_and_close(error)
-        else:
-            self._fatal = error
-            self.pause_reading_for(self)
+            return
+        self._fatal = error
+        self.phase = WAIT
+        self.deadline = 0.0
+        self.pause_reading_for(self)
 
     def _reply_and_close(self, error: HttpError) -> None:
-        self.engine.rejected(error)
         self.write(framing.error_response(error.status, error.reason, close=True))
         self.close()
 
@@ -164,18 +180,14 @@ class ClientConnection(asyncio.Protocol):
         phase = self.phase
         if phase == IDLE:
             self.close()
-        elif phase == HEAD and self.current is None:
-            self._reply_and_close(BadRequest("request head not received in time", 408))
-        elif phase == BODY and self._parsing is not None and self._parsing in self._pausers:
-            return  # the body waits for its upstream, which the exchange times itself
-        elif phase == BODY and self._parsing is not None:
-            self._parsing.refused()
-            if self.current is self._parsing:
-                self.current = None
-            self._parsing = None
-            self._reply_and_close(BadRequest("request body not received in time", 408))
-        elif phase in (HEAD, BODY):
-            self.close()
+        elif phase not in (HEAD, BODY) or self._pausers:
+            # Waiting for the exchanges, which time themselves; or the proxy, not the client,
+            # holds the request up (its upstream, or a full pipelined queue).
+            return
+        elif phase == HEAD:
+            self._fail(BadRequest("request head not received in time", 408))
+        else:
+            self._fail(BadRequest("request body not received in time", 408))
 
     def drain(self) -> None:
         """Stop keeping the connection alive; close it now if it is idle."""
@@ -196,9 +208,15 @@ class ClientConnection(asyncio.Protocol):
         self._pausers.add(owner)
 
     def resume_reading_for(self, owner: object) -> None:
+        held = owner in self._pausers
         self._pausers.discard(owner)
         if not self._pausers and self.transport is not None and not self.closing:
             self.transport.resume_reading()
+            if held and self.phase in (HEAD, BODY):
+                # The request was held up by the proxy: the client's time starts again.
+                limits = self.limits
+                timeout = limits.header_timeout_s if self.phase == HEAD else limits.body_timeout_s
+                self.deadline = self.loop.time() + timeout
 
     def abort_after_flush(self, *, reset: bool) -> None:
         """The response cannot be completed: end the connection once the exchange is done.
