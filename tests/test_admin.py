@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import shutil
 from collections.abc import AsyncIterator
 
 import pytest
@@ -13,22 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter
 
 from proxy.admin import READINESS, Readiness, add_routes, build_admin_app
 from proxy.metrics import Metrics
-
-
-async def promtool_check(exposition: bytes) -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.fail("promtool not found on PATH; install it with `apt-get install prometheus`")
-    proc = await asyncio.create_subprocess_exec(
-        promtool,
-        "check",
-        "metrics",
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    output, _ = await proc.communicate(exposition)
-    assert proc.returncode == 0, output.decode()
+from tests.support.promtool import promtool_check
 
 
 @pytest.fixture

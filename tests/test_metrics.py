@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import shutil
-
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
@@ -13,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from proxy.admin import Readiness, build_admin_app
 from proxy.core.outcome import status_class
 from proxy.metrics import DURATION_BUCKETS, Metrics
+from tests.support.promtool import promtool_check
 
 LABELS = {"service": "checkout", "variant": "canary", "tier": "free"}
 
@@ -25,22 +23,6 @@ def registry() -> CollectorRegistry:
 @pytest.fixture
 def metrics(registry: CollectorRegistry) -> Metrics:
     return Metrics(registry)
-
-
-async def promtool_check(exposition: bytes) -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.fail("promtool not found on PATH; install it with `apt-get install prometheus`")
-    proc = await asyncio.create_subprocess_exec(
-        promtool,
-        "check",
-        "metrics",
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    output, _ = await proc.communicate(exposition)
-    assert proc.returncode == 0, output.decode()
 
 
 async def scrape(registry: CollectorRegistry) -> bytes:

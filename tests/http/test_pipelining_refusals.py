@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from proxy.runtime import Runtime
-from tests.http.test_upstream_failures import metrics_text, promtool_check
 from tests.support.client import scrape, series, value
+from tests.support.promtool import metrics_text, promtool_check
 from tests.support.proxy import config_dict, running_proxy, service
 from tests.support.rawhttp import UNTRUSTED, Outcome, exchange, h11_oracle
 from tests.support.upstream import Received, RecordingUpstream, Reply

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import aiohttp
 import h11
 import pytest
 
@@ -28,6 +26,7 @@ from tests.support.client import (
     series,
     value,
 )
+from tests.support.promtool import metrics_text, promtool_check
 from tests.support.proxy import config_dict, running_proxy, service
 from tests.support.servers import ScriptedUpstream, content_length, read_head, reset, target_of
 from tests.support.upstream import Received, RecordingUpstream, Reply
@@ -428,27 +427,6 @@ async def test_metric_values_equal_what_was_sent() -> None:
     assert value(samples, "rollout_canary_percent", service="svc") == 0
     assert not any("acme" in dict(labels).values() for (_, labels) in samples), "raw id as label"
     await promtool_check(text)
-
-
-async def metrics_text(runtime: Runtime) -> bytes:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(runtime.admin_url + "/metrics") as reply,
-    ):
-        return await reply.read()
-
-
-async def promtool_check(exposition: bytes) -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.fail("promtool not found on PATH; install it with `apt-get install prometheus`")
-    process = await asyncio.create_subprocess_exec(
-        promtool, "check", "metrics",
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    out, _ = await process.communicate(exposition)
-    assert process.returncode == 0, out.decode()
 
 
 @contextlib.contextmanager

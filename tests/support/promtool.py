@@ -1,0 +1,37 @@
+"""`promtool check metrics` on real exposition output (Debian package `prometheus`)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+
+import aiohttp
+import pytest
+
+from proxy.runtime import Runtime
+
+
+async def metrics_text(runtime: Runtime) -> bytes:
+    """The admin listener's /metrics, as served."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(runtime.admin_url + "/metrics") as reply,
+    ):
+        return await reply.read()
+
+
+async def promtool_check(exposition: bytes) -> None:
+    """Fail unless promtool accepts `exposition` (and fail, not skip, without promtool)."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool not found on PATH; install it with `apt-get install prometheus`")
+    process = await asyncio.create_subprocess_exec(
+        promtool,
+        "check",
+        "metrics",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await process.communicate(exposition)
+    assert process.returncode == 0, out.decode()
