@@ -1,9 +1,10 @@
 """Per request: identify -> decide -> pick the pool; per outcome: record.
 
 The `Router` holds, per service, an immutable `ServiceRoutes` snapshot: the routing plan of the
-current step and one prebuilt `Route` per (variant, tier), so routing a request allocates
-nothing but the subject. A new step (from the controller) is a new snapshot swapped in whole,
-never a mutation of the one requests are reading.
+current step, one prebuilt `Route` per (variant, tier), and the routes already decided for the
+subjects it has seen, so routing a request known before allocates nothing but its view and its
+subject. A new step (from the controller) is a new snapshot swapped in whole, never a change of
+the plan requests are reading.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 from proxy.config import Config, ServiceConfig
 from proxy.core.bucketing import bucket_for
 from proxy.core.identity import RequestView, subject_for
-from proxy.core.routing import RoutingPlan, Variant, decide
+from proxy.core.routing import RoutingPlan, Subject, Variant, decide
 from proxy.errors import NoRoute
 from proxy.http.pool import UpstreamPool
 from proxy.metrics import Metrics
@@ -23,6 +24,10 @@ from proxy.metrics import Metrics
 if TYPE_CHECKING:
     from proxy.http.downstream import DownstreamProtocol
     from proxy.http.request import Request
+
+
+_HOST_CACHE_SIZE = 1024
+_DECIDED_CACHE_SIZE = 16384
 
 
 class Evidence(Protocol):
@@ -105,7 +110,7 @@ class Route:
 class ServiceRoutes:
     """One service's routing snapshot: its plan and its prebuilt routes."""
 
-    __slots__ = ("config", "host", "path_prefix", "plan", "routes")
+    __slots__ = ("config", "decided", "host", "path_prefix", "plan", "routes")
 
     def __init__(
         self,
@@ -123,6 +128,20 @@ class ServiceRoutes:
             for variant, pool in pools.items()
             for tier in config.tiers.names
         }
+        # Subject -> (its route, its decision's bucket) under this plan: routing is pure, and
+        # the same ids come back request after request. Bounded; emptied when full.
+        self.decided: dict[Subject, tuple[Route, int]] = {}
+
+    def resolve(self, subject: Subject) -> tuple[Route, int]:
+        """The route of `subject` under this plan, and its bucket (-1: not hashed)."""
+        found = self.decided.get(subject)
+        if found is None:
+            decision = decide(self.plan, subject)
+            found = (self.routes[(decision.variant, subject.tier)], decision.bucket)
+            if len(self.decided) >= _DECIDED_CACHE_SIZE:
+                self.decided.clear()
+            self.decided[subject] = found
+        return found
 
     def matches(self, host: str, path: str) -> bool:
         if self.host is not None and self.host != host:
@@ -138,6 +157,7 @@ class Router:
         self.metrics = metrics
         self.pools: dict[str, dict[Variant, UpstreamPool]] = {}
         self.services: list[ServiceRoutes] = []
+        self._hosts: dict[bytes | None, str] = {}  # Host value -> _bare_host(value)
         for service in config.services:
             upstreams = service.upstreams
             pools = {Variant.STABLE: UpstreamPool(upstreams.stable, config.limits, loop)}
@@ -161,7 +181,12 @@ class Router:
         self.services = services
 
     def route(self, request: Request, client: DownstreamProtocol) -> Route:
-        host = _bare_host(request.host)
+        hosts = self._hosts
+        host = hosts.get(request.host)
+        if host is None:
+            if len(hosts) >= _HOST_CACHE_SIZE:
+                hosts.clear()
+            host = hosts[request.host] = _bare_host(request.host)
         path = request.path
         for service in self.services:
             if service.matches(host, path):
@@ -178,15 +203,15 @@ class Router:
             peer_trusted=client.trusted,
         )
         subject = subject_for(service.config, view)
-        plan = service.plan
-        decision = decide(plan, subject)
+        route, bucket = service.resolve(subject)
         # The analysis caps each id's weight by this number; pinned and unidentified requests
         # are not hashed for routing, so they get one here (the peer stands for no id).
-        bucket = decision.bucket
         request.bucket = (
-            bucket if bucket >= 0 else bucket_for(plan.salt_prefix, subject.key or client.peer_ip)
+            bucket
+            if bucket >= 0
+            else bucket_for(service.plan.salt_prefix, subject.key or client.peer_ip)
         )
-        return service.routes[(decision.variant, subject.tier)]
+        return route
 
     def close(self) -> None:
         for pools in self.pools.values():

@@ -28,7 +28,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import parse_qs, unquote
 
 import jwt
@@ -70,9 +70,9 @@ class Unidentified(StrEnum):
     CLIENT_IP = "client_ip"
 
 
-@dataclass(frozen=True, slots=True)
-class RequestView:
-    """The parts of a request identity extraction may look at."""
+class RequestView(NamedTuple):
+    """The parts of a request identity extraction may look at (one per request: a named
+    tuple, immutable and cheaper to build than a frozen dataclass)."""
 
     path: str  # raw path (no query), exactly as forwarded
     query: str  # raw query string without '?', may be ""

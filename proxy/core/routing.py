@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from proxy.core.bucketing import BUCKETS, bucket_for, salt_key
 
@@ -45,8 +45,9 @@ class Reason(StrEnum):
     INACTIVE = "inactive"
 
 
-@dataclass(frozen=True, slots=True)
-class Subject:
+# Subject and Decision are made once per request: immutable named tuples cost half as much
+# to build as frozen dataclasses.
+class Subject(NamedTuple):
     """What routing needs to know about a request."""
 
     key: str | None  # what is hashed: the identity, or the client address; None = no key
@@ -54,8 +55,7 @@ class Subject:
     tier: str
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     """The routing outcome; `bucket` is -1 when nothing was hashed."""
 
     variant: Variant

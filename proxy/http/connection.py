@@ -208,11 +208,12 @@ class ClientConnection(asyncio.Protocol):
         self._pausers.add(owner)
 
     def resume_reading_for(self, owner: object) -> None:
-        held = owner in self._pausers
+        if owner not in self._pausers:
+            return  # it held nothing (every exchange lets go of the reading when it ends)
         self._pausers.discard(owner)
         if not self._pausers and self.transport is not None and not self.closing:
             self.transport.resume_reading()
-            if held and self.phase in (HEAD, BODY):
+            if self.phase in (HEAD, BODY):
                 # The request was held up by the proxy: the client's time starts again.
                 limits = self.limits
                 timeout = limits.header_timeout_s if self.phase == HEAD else limits.body_timeout_s

@@ -64,8 +64,11 @@ class RequestHead:
         "connection_tokens",
         "count",
         "extra",
+        "host_checked",
         "kinds",
         "limits",
+        "max_header_bytes",
+        "max_headers",
         "parser",
         "request",
         "scan",
@@ -80,7 +83,10 @@ class RequestHead:
 
     def __init__(self, limits: Limits, kinds: dict[bytes, int]) -> None:
         self.limits = limits
+        self.max_headers = limits.max_headers
+        self.max_header_bytes = limits.max_header_bytes
         self.kinds = kinds
+        self.host_checked: bytes | None = None  # the last Host value that passed `check_host`
         self.trusted = False
         self.request: Request | None = None  # the head being parsed (None once complete)
         self.url = b""
@@ -133,7 +139,7 @@ class RequestHead:
     def on_header(self, name: bytes, value: bytes) -> None:
         self.count += 1
         self.size += len(name) + len(value) + 4
-        if self.count > self.limits.max_headers or self.size > self.limits.max_header_bytes:
+        if self.count > self.max_headers or self.size > self.max_header_bytes:
             raise BadRequest("request header fields too large", 431)
         if b"_" in name:
             raise BadRequest("underscore in a header field name")
@@ -155,11 +161,18 @@ class RequestHead:
         if kind == H_HOST:
             if request.host is not None:
                 raise BadRequest("duplicate Host header")
-            request.host = check_host(value)
+            # A keep-alive client sends the same Host on every request: checked once.
+            if value != self.host_checked:
+                self.host_checked = check_host(value)
+            request.host = value
+        elif kind in (H_TRUSTED_ONLY, H_RELEVANT):
+            self._relevant(request, kind, lower, name, value)
         elif kind == H_LENGTH:
             request.content_length = int(value)
         elif kind == H_TE:
             request.chunked = True
+            http10 = self.parser.get_http_version() == "1.0"
+            check_transfer_encoding(value, b"1.0" if http10 else b"1.1")
         elif kind == H_EXPECT:
             if value.strip().lower() != b"100-continue":
                 raise BadRequest("unsupported expectation", 417)
@@ -167,17 +180,12 @@ class RequestHead:
         elif kind in (H_XFF, H_XFP, H_XFH):
             if self.trusted:
                 forwarded(request, kind, value)
-        elif kind in (H_TRUSTED_ONLY, H_RELEVANT):
-            self._relevant(request, kind, lower, name, value)
         elif kind == H_UPGRADE:
             request.websocket = value.strip().lower() == b"websocket"
         elif kind == H_CONNECTION:
             self.connection_tokens.append(value)
         elif kind == H_DROP_UNTRUSTED and self.trusted:
             request.headers.append((name, value))
-        if kind == H_TE:
-            http10 = self.parser.get_http_version() == "1.0"
-            check_transfer_encoding(value, b"1.0" if http10 else b"1.1")
 
     def _relevant(
         self, request: Request, kind: int, lower: bytes, name: bytes, value: bytes

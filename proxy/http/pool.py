@@ -134,6 +134,8 @@ class UpstreamPool:
     def _pick(self) -> Endpoint:
         endpoints = self.endpoints
         count = len(endpoints)
+        if count == 1:
+            return endpoints[0]  # ejected or not, it is the only one (panic mode)
         now = self._loop.time()
         for _ in range(count):
             endpoint = endpoints[self._next % count]

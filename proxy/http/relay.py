@@ -133,21 +133,21 @@ class Relay:
         self.status = status
         self.upstream_keep_alive = keep_alive
         self.response_started = True
-        self._arm(self.client.limits.body_timeout_s)
-        close = self.close_after or self._must_close()
+        client = self.client
+        self._deadline = client.loop.time() + client.limits.body_timeout_s
+        request = self.request
+        close = (
+            self.close_after or not request.keep_alive or not self.request_done or client.draining
+        )
         head, self._framing, self._eof_ends, self.close_after = response_head(
-            status, headers, self.request, close
+            status, headers, request, close
         )
         self.out.append(head)
-        if self._framing == NO_BODY and self.request.method == b"HEAD":
+        if self._framing == NO_BODY and request.method == b"HEAD":
             # llhttp cannot be told the request was HEAD: it would wait for a body. The response
             # ends here; the connection is closed rather than pooled.
             self.upstream_keep_alive = False
             self.finish()
-
-    def _must_close(self) -> bool:
-        client = self.client
-        return not self.request.keep_alive or not self.request_done or client.draining
 
     def response_body(self, body: bytes) -> None:
         if self.informational or self.finished:

@@ -37,6 +37,7 @@ def response_head(
     chunked = False
     drop = HOP_BY_HOP
     parts = [status_line(status)]
+    append = parts.append
     for name, value in headers:
         lower = name.lower()
         if lower in drop:
@@ -44,14 +45,14 @@ def response_head(
                 length = value.strip()
             elif lower == b"transfer-encoding":
                 chunked = True
-            elif lower == b"connection":
+            elif lower == b"connection" and value.strip().lower() not in STANDARD_OPTIONS:
                 named = connection_tokens([value]) - STANDARD_OPTIONS
                 if named:
                     drop = drop | named
             continue
-        parts += (name, b": ", value, CRLF)
+        append(b"%s: %s\r\n" % (name, value))
     if drop is not HOP_BY_HOP:
-        parts = [parts[0], *_without(parts[1:], drop)]
+        parts = [parts[0], *_without(headers, drop)]
     framing = _framing(status, length, chunked, request)
     if framing == LENGTH or (framing == NO_BODY and length and status != 204):
         parts.append(b"Content-Length: %s\r\n" % length)
@@ -85,10 +86,6 @@ def switching_head(headers: list[tuple[bytes, bytes]]) -> bytes:
     return b"".join(parts)
 
 
-def _without(parts: list[bytes], drop: frozenset[bytes]) -> list[bytes]:
-    """Remove (name, ": ", value, CRLF) quadruples whose name is in `drop`."""
-    kept: list[bytes] = []
-    for i in range(0, len(parts) - 3, 4):
-        if parts[i].lower() not in drop:
-            kept += parts[i : i + 4]
-    return kept
+def _without(headers: list[tuple[bytes, bytes]], drop: frozenset[bytes]) -> list[bytes]:
+    """The field lines of `headers` whose name is not in `drop`."""
+    return [b"%s: %s\r\n" % (name, value) for name, value in headers if name.lower() not in drop]
