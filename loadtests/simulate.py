@@ -1,8 +1,13 @@
 """Simulate the controller's statistics in virtual time and print the targets table of issue 3.
 
-    python loadtests/simulate.py                  # default runs (a few minutes on 2 cores)
+    python loadtests/simulate.py                  # 100 runs per regression, 50 A/A (< 3 min)
+    python loadtests/simulate.py --full           # 100 and 300 A/A: the false-rollback line
     python loadtests/simulate.py --quick          # a handful of runs, for CI (< 30 s)
     python loadtests/simulate.py --runs 200 --aa-runs 500 --json out.json
+
+Times are on 2 idle cores; an A/A rollout costs about 4 s of CPU, so --full takes about 10
+minutes. The false-rollback bound (1%) can only be checked on at least 300 A/A rollouts: use
+--full (or --aa-runs 300 or more) for that line.
 
 Every simulated request goes through `StepAnalysis.observe`, and `assess` is called once per
 virtual second, as the controller does. Traffic: 1,000 requests/s from 20,000 users over four
@@ -209,8 +214,22 @@ def regression_run(scenario: Scenario, seed: int) -> StepResult:
     world = World.seeded(seed, scenario.error_factor, scenario.latency_factor)
     step = ROLLOUT.index(scenario.percent)
     baselines = healthy_baselines(ROLLOUT[step - 1]) if step else {}
-    analysis = StepAnalysis(CONFIG, baselines=baselines, started=0.0, step=step, steps=len(ROLLOUT))
+    analysis = step_analysis(baselines, 0.0, step)
     return run_step(world, analysis, scenario.percent, 0.0, lambda v, s: False)
+
+
+def step_analysis(baselines: dict[str, TierBaseline], started: float, step: int) -> StepAnalysis:
+    """The analysis of ROLLOUT's step, told the plan's share of every tier (as the controller
+    does)."""
+    shares = {t.name: ROLLOUT[step] / 100 for t in TIERS}
+    return StepAnalysis(
+        CONFIG,
+        baselines=baselines,
+        started=started,
+        step=step,
+        steps=len(ROLLOUT),
+        expected_shares=shares,
+    )
 
 
 def aa_run(seed: int) -> list[StepResult]:
@@ -228,9 +247,7 @@ def aa_run(seed: int) -> list[StepResult]:
         if index == seed % 2:
             begin = t + world.rng.uniform(0.0, 30.0)
             world.incident = (begin, begin + INCIDENT_S)
-        analysis = StepAnalysis(
-            CONFIG, baselines=baselines, started=t, step=index, steps=len(ROLLOUT)
-        )
+        analysis = step_analysis(baselines, t, index)
         last = index == len(ROLLOUT) - 1
         result = run_step(world, analysis, percent, t, _advance_rule(last))
         end = world.incident[1]
@@ -369,15 +386,46 @@ def _regression_job(job: tuple[int, int]) -> StepResult:
     return regression_run(REGRESSIONS[job[0]], job[1])
 
 
-def main(argv: list[str] | None = None) -> int:
+RUNS, AA_RUNS = 100, 50  # the default run: under 3 minutes on 2 cores
+FULL_AA_RUNS = 300  # enough A/A rollouts to check the false-rollback bound
+QUICK = (5, 4)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
-    parser.add_argument("--runs", type=int, default=100, help="runs per regression scenario")
-    parser.add_argument("--aa-runs", type=int, default=300, help="A/A rollouts")
-    parser.add_argument("--quick", action="store_true", help="a handful of runs (CI smoke)")
+    parser.add_argument(
+        "--runs", type=int, default=RUNS, help=f"runs per regression scenario ({RUNS})"
+    )
+    parser.add_argument(
+        "--aa-runs",
+        type=int,
+        default=None,
+        help=f"A/A rollouts ({AA_RUNS}; --full: {FULL_AA_RUNS}, the fewest that can check the "
+        "1%% false-rollback bound)",
+    )
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help=f"{FULL_AA_RUNS} A/A rollouts, for the false-rollback line (about 10 min on 2 cores)",
+    )
+    parser.add_argument("--quick", action="store_true", help="a handful of runs (CI smoke, < 30 s)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--json", type=Path, help="write the rows here too")
-    args = parser.parse_args(argv)
-    runs, aa_runs = (5, 4) if args.quick else (args.runs, args.aa_runs)
+    return parser.parse_args(argv)
+
+
+def run_counts(args: argparse.Namespace) -> tuple[int, int]:
+    """(runs per regression, A/A rollouts) the arguments ask for."""
+    if args.quick:
+        return QUICK
+    if args.aa_runs is not None:
+        return args.runs, args.aa_runs
+    return args.runs, FULL_AA_RUNS if args.full else AA_RUNS
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    runs, aa_runs = run_counts(args)
     jobs = [(i, seed) for i in range(len(REGRESSIONS)) for seed in range(runs)]
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         flat = list(pool.map(_regression_job, jobs, chunksize=4))
@@ -393,6 +441,8 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows, rollbacks, aa_runs)
     if args.quick:
         print("(--quick: a smoke run; too few runs to judge the targets)")
+    elif aa_runs < FULL_AA_RUNS:
+        print(f"(under {FULL_AA_RUNS} A/A rollouts the false-rollback line is indicative: --full)")
     if args.json:
         payload = {"rows": [asdict(r) for r in rows], "aa_rollbacks": rollbacks, "aa_runs": aa_runs}
         args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")

@@ -28,6 +28,7 @@ import orjson
 
 from proxy.config import Config, ServiceConfig
 from proxy.core.analysis import Assessment, StepAnalysis, TierBaseline, Verdict, classify_status
+from proxy.core.bucketing import BUCKETS
 from proxy.core.machine import Event, RolloutState, Status, Transition, initial, step
 from proxy.core.routing import RoutingPlan
 from proxy.errors import StateError
@@ -97,12 +98,20 @@ class Rollout:
 
     def _analysis(self, now: float, baselines: Mapping[str, TierBaseline]) -> StepAnalysis:
         rollout = self.config.rollout
+        plan = self.plan()
+        # The share of each tier the plan exposes; pins and tenant cohorts make it approximate,
+        # so the analysis only uses it until it has measured the share.
+        expected = {
+            tier: max(plan.everyone, plan.by_tier.get(tier, 0)) / BUCKETS if plan.active else 0.0
+            for tier in self.config.tiers.names
+        }
         return StepAnalysis(
             rollout.analysis,
             baselines=baselines,
             started=now,
             step=self.state.step,
             steps=self.machine_steps,
+            expected_shares=expected,
         )
 
     def enter_step(self, now: float, wall: float, *, keep_baselines: bool) -> None:
@@ -133,16 +142,7 @@ class Rollout:
         return self.config.rollout.steps[self.step_index].observe_s or 0.0
 
     def record(self, wall: float) -> RolloutRecord:
-        state = self.state
-        return RolloutRecord(
-            service=self.config.name,
-            spec_hash=self.spec_hash,
-            status=state.status,
-            step=state.step,
-            version=state.version,
-            step_started=self.step_started_wall,
-            updated=wall,
-        )
+        return _record_after(self, self.state, self.step_started_wall, wall)
 
 
 class Controller:
@@ -278,7 +278,8 @@ class Controller:
             held = now - rollout.step_started >= rollout.observe_s()
             if rollout.in_baseline:
                 if held:  # the baseline only measures: nothing to judge yet
-                    await self.apply(name, Event.ADVANCE, "controller", verdict)
+                    why = _baseline_summary(rollout.analysis.tier_baselines())
+                    await self.apply(name, Event.ADVANCE, "controller", None, why)
             elif verdict.verdict is Verdict.DEGRADED:
                 await self.apply(name, Event.DEGRADED, "controller", verdict)
             elif verdict.verdict is Verdict.HEALTHY and held:
@@ -287,7 +288,12 @@ class Controller:
     # --- transitions --------------------------------------------------------------------------
 
     async def apply(
-        self, service: str, event: Event, actor: str, evidence: Assessment | None = None
+        self,
+        service: str,
+        event: Event,
+        actor: str,
+        evidence: Assessment | None = None,
+        reason: str = "",
     ) -> Transition:
         """Apply `event`: machine, then store (CAS), journal, routing. Raises StateError when
         the store refuses or cannot be written (nothing changes then)."""
@@ -305,7 +311,7 @@ class Controller:
             if not await self.store.cas(record, transition.before.version):
                 raise StateError(f"{service}: the rollout changed elsewhere; try again")
             rollout.state = transition.after
-            entry = self._entry(rollout, event.value, actor, evidence, "", transition)
+            entry = self._entry(rollout, event.value, actor, evidence, reason, transition)
             await self.store.journal(entry)
             if moved:
                 now = self.clock.monotonic()
@@ -365,6 +371,14 @@ def _record_after(
         step_started=step_started,
         updated=wall,
     )
+
+
+def _baseline_summary(baselines: Mapping[str, TierBaseline]) -> str:
+    measured = ", ".join(
+        f"{tier} {b.errors.requests:,} requests at {100 * b.errors.rate:.2f}% errors"
+        for tier, b in sorted(baselines.items())
+    )
+    return f"baseline period over: {measured or 'no traffic measured'}"
 
 
 def assessment_json(assessment: Assessment) -> dict[str, Any]:

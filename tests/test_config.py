@@ -555,3 +555,16 @@ def test_yaml_duplicate_keys_are_errors(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "nope.yaml", ENV)
+
+
+def test_the_error_floor_of_the_analysis() -> None:
+    data = example_data()
+    assert load_config_data(data).services[0].rollout.analysis.error_min_rate == 0.001
+    svc(data)["rollout"]["analysis"] = {"errors": {"max_increase": 0.2, "min_rate": 0}}
+    analysis = load_config_data(data).services[0].rollout.analysis
+    assert (analysis.error_max_increase, analysis.error_min_rate) == (0.2, 0.0)
+    svc(data)["rollout"]["analysis"] = {"errors": {"min_rate": 0.9}}
+    with pytest.raises(ConfigError) as err:
+        load_config_data(data)
+    assert err.value.path == "services[0].rollout.analysis.errors.min_rate"
+    assert "from 0 to 0.5" in err.value.reason

@@ -223,3 +223,35 @@ async def test_a_failing_canary_is_rolled_back_by_the_guardrail(
     assert (entry.action, entry.actor) == ("guardrail", "controller")
     assert entry.evidence["verdict"] == "degraded"
     assert not harness.plan().active
+
+
+async def test_each_step_tells_the_analysis_what_share_of_each_tier_it_exposes(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """Machine step 0 is the baseline period (the first step exposes a whole tier)."""
+    svc = service(
+        ["http://127.0.0.1:9"],
+        ["http://127.0.0.1:10"],
+        name="shop",
+        steps=[
+            {"tiers": ["internal"], "observe": "10s"},
+            {"percent": 25, "observe": "10s"},
+            {"percent": 100},
+        ],
+        tiers={"tenants": {"staff": "internal"}, "default": "free"},
+    )
+    data = config_dict(svc)
+    data["state"] = {"backend": "file", "path": str(tmp_path / "state.json")}
+    harness = await started(parse_config(data, {}), clock)
+    rollout = harness.controller.rollouts["shop"]
+    seen = [dict(rollout.analysis.expected_shares)]
+    for _ in range(3):
+        await harness.controller.apply("shop", Event.PROMOTE, "admin:x")
+        seen.append(dict(rollout.analysis.expected_shares))
+    assert seen == [
+        {"internal": 0.0, "free": 0.0},
+        {"internal": 1.0, "free": 0.0},
+        {"internal": 1.0, "free": 0.25},
+        {"internal": 1.0, "free": 1.0},
+    ]
+    await harness.controller.close()

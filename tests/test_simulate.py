@@ -50,3 +50,15 @@ def test_table_prints_every_scenario(
     for scenario in simulate.REGRESSIONS:
         assert scenario.name in out
     assert "A/A false rollbacks" in out
+
+
+def test_the_default_run_is_short_and_full_has_300_a_a_rollouts(
+    simulate: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert simulate.run_counts(simulate.parse_args([])) == (100, 50)
+    assert simulate.run_counts(simulate.parse_args(["--full"])) == (100, 300)
+    assert simulate.run_counts(simulate.parse_args(["--quick"])) == (5, 4)
+    assert simulate.run_counts(simulate.parse_args(["--aa-runs", "500"])) == (100, 500)
+    with pytest.raises(SystemExit):
+        simulate.parse_args(["--help"])
+    assert "--full" in capsys.readouterr().out

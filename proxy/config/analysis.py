@@ -25,7 +25,9 @@ _STATUS = re.compile(r"[1-5](?:xx|[0-9]{2})")
 def analysis(value: object, path: str) -> AnalysisConfig:
     data = read.mapping(value, path, _KEYS)
     default = AnalysisConfig()
-    errors = read.mapping(data.get("errors", {}), read.key(path, "errors"), ("max_increase",))
+    errors = read.mapping(
+        data.get("errors", {}), read.key(path, "errors"), ("max_increase", "min_rate")
+    )
     latency = read.mapping(
         data.get("latency", {}), read.key(path, "latency"), ("quantile", "max_increase")
     )
@@ -40,6 +42,12 @@ def analysis(value: object, path: str) -> AnalysisConfig:
             data.get("min_requests", default.min_requests), read.key(path, "min_requests"), 1
         ),
         error_max_increase=_increase(errors, read.key(path, "errors"), default.error_max_increase),
+        error_min_rate=read.number(
+            errors.get("min_rate", default.error_min_rate),
+            read.key(read.key(path, "errors"), "min_rate"),
+            0.0,
+            0.5,
+        ),
         latency_quantile=read.number(
             latency.get("quantile", default.latency_quantile),
             read.key(read.key(path, "latency"), "quantile"),

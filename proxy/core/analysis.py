@@ -12,10 +12,14 @@ ratio theta = canary rate / baseline rate, common to all tiers:
   is (1 + max_increase) times the baseline's, whatever the shape of the tail, so the tolerance
   lives in the threshold and the check runs with tolerance 1 (a "slow event" count at tau alone
   would turn +25% at p99 into anything from 1.5x to 3x more slow events, depending on the tail).
-The baseline of a tier is its stable traffic at the same moments. A tier with no stable traffic in
-the step (sent wholly to the canary) is compared with its pre-exposure baseline instead: its
-stable counts, outside incidents, from the last step that had some (`TierBaseline`, carried from
-step to step).
+The baseline of a tier is its stable traffic at the same moments. A tier wholly on the canary in
+the step is compared with its pre-exposure baseline instead: its stable counts, outside
+incidents, from the last step that had some (`TierBaseline`, carried from step to step). "Wholly"
+means no stable request at all, or a canary share of at least 98% (the stable arm is then too
+thin to compare with): measured once the tier has 25 canary requests, and before that taken from
+the routing plan's share when the controller passes it (`expected_shares`). So the few stable
+requests still in flight from the previous step do not count as a control, and the measurement
+corrects a plan that pins or tenant cohorts made inexact.
 
 *Sequential method* (evidence.py). Condition on the events. In a tier whose canary share of
 requests is s (estimated from the tier's recent requests before each one, once each arm has 25 of
@@ -31,65 +35,99 @@ sqrt(2)), with 70% of the prior on the first octave (k = 0, 1) and the rest even
 the tolerance need the most evidence and get the most weight, large ones cross fast whatever their
 weight, and with points sqrt(2) apart one is always near the true ratio (about 95% of the best
 growth rate). By Ville's inequality a test supermartingale ever reaches 1/alpha with probability at
-most alpha, however often it is looked at: the verdict can be read every interval, and the
-guardrail on every request.
+most alpha, however often it is looked at: the verdict can be read every interval.
 
 *The promise.* P(rolling back a canary no worse than its baseline, at any step of the rollout) <=
 false_rollback_rate, by a union bound. Step i of n (0-based) spends 1/2, 1/4, ... of it, halving
 per step, and the last step what is left: early steps see the least traffic and catch most bad
 releases; later steps see more traffic, which repays their smaller share many times. Within a
-step the checks share it with weight 3 for errors and 1 for latency and each route. Within a
-check, when the step has pre-exposure baselines, 10% goes to their bounds (equally per tier) and
-90% to the e-process. Defaults on the 4-step rollout of the simulation: errors get 0.0038 on the
-first step, 0.0017 on the second (which has baselines). The guardrail spends nothing: it also
-needs the errors e-process to have crossed.
+step the guardrail gets 1% and the checks share the rest with weight 3 for errors and 1 for
+latency and each route. Within a check, when the step has pre-exposure baselines, 10% goes to
+their bounds (equally per tier) and 90% to the e-process. Defaults on the 4-step rollout of the
+simulation: errors get 0.0037 on the first step, 0.0017 on the second (which has baselines); the
+guardrail 0.00005 and 0.000025.
 
-*Advancing* needs non-inferiority: the e-process of theta = tolerance (1 + max_increase; latency 1)
-against alternatives below it ({1, 1/sqrt 2, 1/2} for errors, {1/sqrt 2, 1/2, 1/4} for latency)
-reaching 1/alpha, which is the upper bound of the confidence sequence from the same likelihood
-falling below the tolerance. Each check is held to false_rollback_rate per step, not split: an
-advance needs every check at once (an intersection-union test), and a wrong advance is still
-watched by the next step. An advance also needs min_requests on each arm. Until then the verdict
-is INCONCLUSIVE, with `requests_needed` more canary requests estimated from the current rates. An
-e-process that crossed has rejected, so both verdicts latch for the step. A canary between 1 and
-the tolerance may take long either way: that is the indifference zone. Errors that arrive while
-the baseline itself is in an incident (its recent error rate 4 times its calm rate) count for
-rolling back but not for advancing: an outage common to both arms adds errors at a ratio near 1
-and would otherwise dilute a real regression into a false showing of non-inferiority. Nor does a
-step advance during such an incident: nothing can be judged then, and it keeps an incident from
-following the rollout into a step with no stable traffic to compare with.
+*Advancing* needs non-inferiority: evidence against "the canary is worse than tolerated", which
+is theta >= tolerance (1 + max_increase; latency 1) for the ratio and, for the canary's own event
+rate, >= an absolute floor f (errors and routes: `errors.min_rate`; latency: 1 - q). Two
+e-processes, each valid under that null: the ratio's (theta = tolerance against alternatives
+below it, {1, 1/sqrt 2, 1/2} for errors, {1/sqrt 2, 1/2, 1/4} for latency; reaching 1/alpha is the
+upper bound of the confidence sequence falling below the tolerance), and the floor's (the
+canary's events among its requests against the rate f, alternatives f/2 .. f/16: evidence.py).
+Their weighted average (3/4 ratio, 1/4 floor) is an e-value for the null, and the check is
+non-inferior when it reaches 1/alpha. The floor is what lets a service with few or no events
+advance at all: with no errors on either arm the ratio has nothing to condition on, while the
+floor test grows with every clean canary request (about 8 / f of them at the defaults). An error
+rate under f is tolerated whatever the baseline's (0.1% by default; 0 turns the floor off). For
+latency, 1 - q is the same claim read directly: a canary whose share of requests slower than
+(1 + max_increase) * tau is under 1 - q has its q-quantile under (1 + max_increase) * tau, which
+is what also makes tied latencies (no request above any threshold) advance. Each check is held
+to false_rollback_rate per step, not split: an advance needs every check at once (an
+intersection-union test), and a wrong advance is still watched by the next step. An advance also
+needs min_requests on each arm. Until then the verdict is INCONCLUSIVE, with `requests_needed`
+more canary requests estimated from the current rates (the nearer of the two tests). An
+e-process that crossed has rejected, so both verdicts latch for the step. A canary between 1
+and the tolerance may take long either way: that is the indifference zone. Errors that arrive
+while the baseline itself is in an incident (its recent error rate 4 times its calm rate) count
+for rolling back but not for advancing (neither do the canary's requests in the floor test): an
+outage common to both arms adds errors at a ratio near 1 and would otherwise dilute a real
+regression into a false showing of non-inferiority. Nor does a step advance during such an
+incident: nothing can be judged then, and it keeps an incident from following the rollout into a
+step with no stable traffic to compare with.
 
-*Weight per id.* An id contributes at most 10 events per 10 s to the evidence (traffic.py); the
-rest count in the rates but not in the evidence, and the verdict says when one id holds half of
-the canary's recent events ("canary broke tenant X" is a finding too).
+*Weight per id.* An id contributes at most 10 events per 10 s to the evidence (traffic.py), and
+the cap only ever removes evidence from the side it would help: the canary's events of an id over
+its cap do not count for rolling back (against a pre-exposure baseline, none of that id's
+requests do until its window turns, which keeps the rate unbiased), the baseline's do not count
+for advancing. The rest count in the rates, and the verdict says when one id holds half of the
+canary's recent events ("canary broke tenant X" is a finding too).
 
-*Guardrail.* On every failing canary request: if over the last 2 s at least guardrail_min_requests
-canary requests failed at guardrail_max_error_rate or more, and the errors e-process has crossed,
-`observe` returns DEGRADED at once, without waiting for an interval or for min_requests.
+*Guardrail* (guardrail.py). On every failing canary request, without waiting for an interval,
+for min_requests, or for the share estimate: over the last 2 s, pool the canary requests of the
+tiers that have a control (the tier's recent stable requests when there are at least
+guardrail_min_requests of them, else, outside incidents, its pre-exposure rate). It trips when
+at least guardrail_min_requests of them failed at guardrail_max_error_rate or more, and their
+failures are far too many for their controls: with u the requests-weighted mean of the
+controls' upper bounds, n * kl(failure rate, u) >= log(1 / level). The guardrail is a test of
+its own, with 1% of the step's rate (its evidence comes in large steps, about 3.5 nats per
+failure of a dead canary, so a small share costs it under one failure, while the checks lose
+almost nothing): look j (the step's j-th canary request) gets that rate / (j * (j + 1)), half
+for the canary's Chernoff tail, half for the controls' bounds, so all looks together spend at
+most the guardrail's share. False alarms: a canary no worse than its
+control fails at most as often, so its pooled count exceeds that tail with probability at most
+the level (Chernoff holds for unequal rates given their mean). A shared incident raises the
+control's bound with the canary's rate, so the test needs far more than "half failing": in a
+20% incident on both arms it takes 15 or more canary failures in a row (probability < 1e-10),
+and a control failing at guardrail_max_error_rate or more carries no weight at all. A dead
+canary (every request failing) against a stable arm at 0.5% gains log(1/u) ~ 3.5 nats per
+failure, so the 10th failing request trips it (1 s at a 1% step of 1,000 requests/s). The
+guardrail counts every request, capping no id: it needs most of the canary's recent requests to
+fail, and a canary failing most of its traffic is what it is for.
 
 *Assumptions.* Requests are independent given their tier and time, and both arms of a tier see the
-same event rate when the canary is no worse. The share is an estimate; its error is small next to
-that of the events (events are rare among requests), and the A/A simulation
-(loadtests/simulate.py) measures the resulting rate. Baseline bounds treat the previous step's
-counts as a fixed sample; that step ended on evidence comparing canary with stable, which favours
-moments where stable looked worse and so makes the rollback test more conservative. A pre-exposure
-baseline cannot see what changed since (time of day, a shared incident): a step with no stable
-traffic at all cannot tell a shared incident from a regression.
+same event rate when the canary is no worse (over the guardrail's 2 s, the same rate on both
+arms). The share is an estimate; its error is small next to that of the events (events are rare
+among requests), and the A/A simulation (loadtests/simulate.py) measures the resulting rate.
+Baseline bounds treat the previous step's counts as a fixed sample; that step ended on evidence
+comparing canary with stable, which favours moments where stable looked worse and so makes the
+rollback test more conservative. A pre-exposure baseline cannot see what changed since (time of
+day, a shared incident): a step with no stable traffic at all cannot tell a shared incident from
+a regression.
 
 API
 ---
-`StepAnalysis(config, baselines=..., started=now, step=i, steps=n)`: one per rollout step.
-`observe(...)` per request (a few microseconds; returns the guardrail's DEGRADED assessment the
-first time it trips, else None); `assess(now)` per interval; `tier_baselines()` seeds the next
-step. `classify_status(status, error_statuses, proxy_generated=...)` says what is an error.
-Pure: no I/O, no clock (time is passed in as monotonic seconds).
+`StepAnalysis(config, baselines=..., started=now, step=i, steps=n, expected_shares=...)`: one per
+rollout step. `observe(...)` per request (a few microseconds; returns the guardrail's DEGRADED
+assessment the first time it trips, else None); `assess(now)` per interval; `tier_baselines()`
+seeds the next step (a tier judged against its pre-exposure baseline keeps it).
+`classify_status(status, error_statuses, proxy_generated=...)` says what is an error. Pure: no
+I/O, no clock (time is passed in as monotonic seconds).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from math import log
 from types import MappingProxyType
 
 from proxy.core.baseline import RateCount, TierBaseline
@@ -97,15 +135,18 @@ from proxy.core.budget import (
     ERRORS_WEIGHT,
     Levels,
     check_levels,
+    checks_share,
     error_grid,
+    guardrail_level,
     latency_grid,
     step_share,
 )
 from proxy.core.checks import RatioCheck
+from proxy.core.guardrail import Guardrail
 from proxy.core.latency import LatencyHistogram
 from proxy.core.outcome import status_class
 from proxy.core.summary import degraded, guardrail, healthy, inconclusive
-from proxy.core.traffic import IncidentWatch, RecentWindow, ShareEstimate
+from proxy.core.traffic import IncidentWatch, ShareEstimate
 from proxy.core.verdict import Assessment, CheckEvidence, Verdict
 
 __all__ = [
@@ -121,6 +162,7 @@ __all__ = [
 ]
 
 _NO_BASELINES: Mapping[str, TierBaseline] = MappingProxyType({})
+_NO_SHARES: Mapping[str, float] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +180,7 @@ class AnalysisConfig:
     interval_s: float = 1.0
     min_requests: int = 100  # per arm, before any verdict but inconclusive
     error_max_increase: float = 0.5
+    error_min_rate: float = 0.001  # an error rate tolerated whatever the baseline's
     latency_quantile: float = 0.99
     latency_max_increase: float = 0.25
     guardrail_max_error_rate: float = 0.5
@@ -161,10 +204,12 @@ class _Tier:
 
     __slots__ = ("baseline", "histogram", "route_shares", "share", "threshold")
 
-    def __init__(self, baseline: TierBaseline | None, routes: int, now: float) -> None:
+    def __init__(
+        self, baseline: TierBaseline | None, prior: float | None, routes: int, now: float
+    ) -> None:
         self.baseline = baseline
-        self.share = ShareEstimate()
-        self.route_shares = [ShareEstimate() for _ in range(routes)]
+        self.share = ShareEstimate(prior)
+        self.route_shares = [ShareEstimate(prior) for _ in range(routes)]
         self.histogram = LatencyHistogram(now)
         self.threshold = baseline.latency_threshold_s if baseline else 0.0
 
@@ -186,11 +231,15 @@ class StepAnalysis:
         started: float,
         step: int = 0,
         steps: int = 1,
+        expected_shares: Mapping[str, float] = _NO_SHARES,
     ) -> None:
+        """`expected_shares`: the canary share the routing plan gives each tier, if known
+        (pins and tenant cohorts make it approximate; the measured share overrides it)."""
         share = step_share(step, steps)
         self.config = config
         self.started = started
         self._baselines = dict(baselines)
+        self.expected_shares = MappingProxyType(dict(expected_shares))
         self._tiers: dict[str, _Tier] = {}
         self._slow_factor = 1.0 + config.latency_max_increase
         n = len(self._baselines)
@@ -200,6 +249,7 @@ class StepAnalysis:
             self._levels(share, ERRORS_WEIGHT, n),
             {t: b.errors for t, b in self._baselines.items()},
             started,
+            config.error_min_rate,
         )
         self.latency = RatioCheck(
             "latency",
@@ -207,26 +257,35 @@ class StepAnalysis:
             self._levels(share, 1, n),
             {t: b.slow for t, b in self._baselines.items()},
             started,
+            1.0 - config.latency_quantile,
         )
         self.routes = tuple(self._route_check(r, share, n) for r in config.routes)
         self._prefixes = tuple(r.path_prefix for r in config.routes)
-        self._guard = RecentWindow()
+        references = {t: (r.counts, r.high) for t, r in self.errors.refs.items()}
+        self._guard = Guardrail(
+            config.guardrail_max_error_rate,
+            config.guardrail_min_requests,
+            guardrail_level(config.false_rollback_rate, share),
+            references,
+        )
         self._incident = IncidentWatch()
         self._tripped: Assessment | None = None
 
     def _levels(self, share: float, weight: int, baselines: int) -> Levels:
         total = ERRORS_WEIGHT + 1 + len(self.config.routes)
         rate = self.config.false_rollback_rate
-        return check_levels(rate, share * weight / total, baselines)
+        return check_levels(rate, checks_share(share, weight, total), baselines)
 
     def _route_check(self, route: RouteCheck, share: float, n: int) -> RatioCheck:
         refs = {t: b.routes.get(route.path_prefix, RateCount()) for t, b in self._baselines.items()}
         levels = self._levels(share, 1, n)
         grid = error_grid(route.error_max_increase)
-        return RatioCheck(f"route:{route.path_prefix}", grid, levels, refs, self.started)
+        name, floor = f"route:{route.path_prefix}", self.config.error_min_rate
+        return RatioCheck(name, grid, levels, refs, self.started, floor)
 
     def _tier(self, tier: str, now: float) -> _Tier:
-        state = _Tier(self._baselines.get(tier), len(self._prefixes), now)
+        prior = self.expected_shares.get(tier)
+        state = _Tier(self._baselines.get(tier), prior, len(self._prefixes), now)
         self._tiers[tier] = state
         return state
 
@@ -255,11 +314,11 @@ class StepAnalysis:
         share.add(canary)
         if self._prefixes:
             self._observe_routes(state, tier, canary, error, path, id_hash, now, calm)
+        self._guard.add(tier, canary, error, now)
         if not canary:
             self._incident.add(error, now)
             return None
-        self._guard.add(error, now)
-        return self._guardrail(now) if error else None
+        return self._guardrail(now) if error and self._tripped is None else None
 
     def _observe_routes(
         self,
@@ -279,17 +338,10 @@ class StepAnalysis:
                 route_share.add(canary)
 
     def _guardrail(self, now: float) -> Assessment | None:
-        guard, config = self._guard, self.config
-        if self._tripped is not None or guard.requests < config.guardrail_min_requests:
+        trip = self._guard.look(now, self._incident.active)
+        if trip is None:
             return None
-        if guard.events < config.guardrail_max_error_rate * guard.requests:
-            return None
-        log_e = self.errors.rollback_log_e()
-        if log_e < log(1.0 / self.errors.levels.rollback):
-            return None
-        checks = self._all_checks()
-        recent = RateCount(guard.requests, guard.events)
-        self._tripped = guardrail(checks[0], recent, checks, now)
+        self._tripped = guardrail(trip, self._all_checks(), now)
         return self._tripped
 
     def _all_checks(self) -> tuple[CheckEvidence, ...]:

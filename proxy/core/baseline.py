@@ -48,7 +48,7 @@ class TierBaseline:
     routes: Mapping[str, RateCount] = field(default_factory=dict)
 
 
-def _kl(p: float, q: float) -> float:
+def kl(p: float, q: float) -> float:
     """Bernoulli Kullback-Leibler divergence kl(p, q), for 0 < q < 1."""
     total = 0.0
     if p > 0.0:
@@ -64,7 +64,7 @@ def _bisect(count: RateCount, level: float, low: float, high: float, up: bool) -
     phat = count.rate
     for _ in range(64):
         mid = (low + high) / 2
-        inside = count.requests * _kl(phat, mid) < target
+        inside = count.requests * kl(phat, mid) < target
         if inside == up:
             low = mid
         else:

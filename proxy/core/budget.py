@@ -1,10 +1,11 @@
 """Budget: how the rollout's false-rollback rate is split, and the ratio grid of each check.
 
 The split (theory in analysis.py): step i of n spends 1/2, 1/4, ... of the rollout's rate, the
-last step what is left; within a step each check gets its weight's share (errors 3, latency 1,
-each route 1); within a check, 10% goes to the pre-exposure baselines' bounds when there are
-any. Advancing is held to the rollout's rate per step and check (intersection-union test), with
-the same 10% for the baselines' lower bounds. Pure arithmetic.
+last step what is left; within a step 1% goes to the guardrail and the rest to the checks, each
+by its weight (errors 3, latency 1, each route 1); within a check, 10% goes to the pre-exposure
+baselines' bounds when there are any. Advancing is held to the rollout's rate per step and
+check (intersection-union test), with the same 10% for the baselines' lower bounds. Pure
+arithmetic.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from math import sqrt
 from proxy.core.evidence import RatioGrid
 
 ERRORS_WEIGHT = 3  # latency and each route weigh 1
+GUARDRAIL_SHARE = 0.01  # of each step's rollback rate, for the guardrail (see analysis.py)
 BASELINE_SHARE = 0.1  # of each check's rate, for the pre-exposure baselines' bounds
 SQRT2 = sqrt(2.0)
 ERRORS_DOWN = ((1.0, 1 / SQRT2, 0.5), (0.6, 0.25, 0.15))  # points, prior weights
@@ -37,6 +39,16 @@ def step_share(step: int, steps: int) -> float:
     if not 0 <= step < steps:
         raise ValueError(f"step {step} outside 0..{steps - 1}")
     return float(0.5 ** min(step + 1, steps - 1))
+
+
+def guardrail_level(rate: float, share: float) -> float:
+    """The guardrail's rate in a step that may spend `share` of the rollout's `rate`."""
+    return rate * share * GUARDRAIL_SHARE
+
+
+def checks_share(share: float, weight: int, total: int) -> float:
+    """A check's share of the rollout's rate: its weight's part of what the guardrail leaves."""
+    return share * (1.0 - GUARDRAIL_SHARE) * weight / total
 
 
 def check_levels(rate: float, share: float, baselines: int) -> Levels:

@@ -14,6 +14,12 @@ Two kinds of evidence add into one profile, because their likelihood ratios mult
   (n - x)*log(1 - theta*p). Tallies change on every request, so they are folded in only when
   a verdict is read (`with_tally`), never stored in the profile.
 
+A third, separate test reads the canary's own rate against an absolute floor f (`floor_log_e`):
+n canary requests with x events, null rate >= f, alternatives f/2, f/4, f/8, f/16 evenly
+weighted. It needs no events at all to gather evidence (a clean canary's rate is shown below f
+from its request count alone), which the ratio tests cannot do. Non-inferiority averages it
+with the ratio's advance e-value (weights 1/4 and 3/4, `either_log_e`).
+
 E-values are mixtures of likelihood ratios over fixed alternatives with fixed prior weights, so
 they are test supermartingales under their null (Ville's inequality bounds the probability that
 they ever cross 1/alpha by alpha).
@@ -29,6 +35,10 @@ SQRT2 = sqrt(2.0)
 UP_POINTS = 9  # rollback alternatives: up_start * sqrt(2)**k, k = 0..8 (a factor 16 in all)
 UP_NEAR = 0.7  # prior mass on the first octave above up_start (k = 0, 1); the rest is even
 P_MAX = 1.0 - 1e-9  # a one-sample alternative rate theta*p is capped below 1
+FLOOR_DOWN = (0.5, 0.25, 0.125, 0.0625)  # floor-test alternatives, as fractions of the floor
+_LOG_FLOOR_WEIGHT = log(1.0 / len(FLOOR_DOWN))
+FLOOR_WEIGHT = 0.25  # of the advance e-value on the floor test; the ratio test keeps the rest
+_LOG_RATIO_WEIGHT = log(1.0 - FLOOR_WEIGHT)
 
 
 def _log_weights(raw: Sequence[float]) -> tuple[float, ...]:
@@ -167,3 +177,32 @@ def lower_bound(grid: RatioGrid, loglik: Sequence[float], log_threshold: float) 
 def best_ratio(grid: RatioGrid, loglik: Sequence[float]) -> float:
     """The grid ratio of highest likelihood (a coarse point estimate)."""
     return grid.points[max(range(len(loglik)), key=loglik.__getitem__)]
+
+
+def _floor_terms(floor: float) -> list[tuple[float, float]]:
+    """Per alternative a = k * floor: (log(a / floor), log((1 - a) / (1 - floor)))."""
+    return [(log(k), log((1.0 - k * floor) / (1.0 - floor))) for k in FLOOR_DOWN]
+
+
+def floor_log_e(requests: int, events: int, floor: float) -> float:
+    """log of the floor e-value: the mixture over alternatives below `floor` of the binomial
+    LR(a vs floor) of `events` in `requests` (null: the rate is at least `floor`)."""
+    if floor <= 0.0 or floor >= 1.0:
+        return -inf
+    rest = requests - events
+    return _logsumexp(
+        [_LOG_FLOOR_WEIGHT + events * hit + rest * miss for hit, miss in _floor_terms(floor)]
+    )
+
+
+def floor_drift(rate: float, floor: float) -> float:
+    """Expected growth per request (nats) of the floor test's best alternative at `rate`."""
+    if floor <= 0.0 or floor >= 1.0:
+        return 0.0
+    return max(rate * hit + (1.0 - rate) * miss for hit, miss in _floor_terms(floor))
+
+
+def either_log_e(ratio: float, floor: float) -> float:
+    """log of the weighted average of the ratio and floor e-values (FLOOR_WEIGHT on the floor):
+    an e-value for the intersection of their nulls."""
+    return _logsumexp([ratio + _LOG_RATIO_WEIGHT, floor + log(FLOOR_WEIGHT)])

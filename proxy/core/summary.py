@@ -7,9 +7,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from math import inf
+from math import exp, inf
 
-from proxy.core.baseline import RateCount
+from proxy.core.guardrail import Trip
 from proxy.core.verdict import Assessment, CheckEvidence, Verdict
 
 CONCENTRATED = 0.5  # the busiest id's share of recent canary events worth saying
@@ -18,6 +18,10 @@ CONCENTRATED_MIN_EVENTS = 10
 
 def _pct(rate: float) -> str:
     return f"{rate * 100:.2g}%"
+
+
+def _exp(nats: float) -> float:
+    return exp(nats) if nats < 700.0 else inf
 
 
 def _ratio(value: float) -> str:
@@ -57,26 +61,33 @@ def degraded(check: CheckEvidence, checks: tuple[CheckEvidence, ...], now: float
     )
 
 
-def guardrail(
-    check: CheckEvidence,
-    recent: RateCount,
-    checks: tuple[CheckEvidence, ...],
-    now: float,
-) -> Assessment:
+def guardrail(trip: Trip, checks: tuple[CheckEvidence, ...], now: float) -> Assessment:
+    c = trip.canary
     summary = (
-        f"guardrail: {recent.events:,} of {recent.requests:,} recent canary requests failed "
-        f"({_pct(recent.rate)}; baseline {_pct(check.baseline.rate)}); "
-        f"e-value {check.e_value:,.0f} >= {check.threshold:,.0f}"
+        f"guardrail: {c.events:,} of {c.requests:,} recent canary requests failed "
+        f"({_pct(c.rate)}; baseline {_pct(trip.control.rate)} over {trip.control.requests:,} "
+        f"requests, at most {_pct(trip.bound)}); "
+        f"evidence {trip.statistic:.1f} >= {trip.needed:.1f} nats"
     )
     return Assessment(
-        Verdict.DEGRADED, "guardrail", summary, check.e_value, check.threshold, checks, 0, now
+        Verdict.DEGRADED,
+        "guardrail",
+        summary,
+        _exp(trip.statistic),
+        _exp(trip.needed),
+        checks,
+        0,
+        now,
     )
 
 
 def _bound(check: CheckEvidence) -> str:
-    return (
+    ratio = (
         f"{check.check} ratio <= {_ratio(check.ratio_high)} (tolerated {_ratio(check.tolerance)})"
     )
+    if check.non_inferior and check.ratio_high > check.tolerance and check.floor > 0.0:
+        return f"{check.check} rate below the {_pct(check.floor)} floor ({ratio})"
+    return ratio
 
 
 def _weakest(checks: Sequence[CheckEvidence]) -> CheckEvidence:

@@ -2,9 +2,11 @@
 
 - `ShareEstimate`: the canary's share of a tier's requests, a running mean that becomes an
   exponentially weighted mean over about `SHARE_MEMORY` requests, so it follows a drifting tenant
-  mix. It is read *before* the request that carries an event is added (predictable).
+  mix. It is read *before* the request that carries an event is added (predictable). It also
+  says whether the tier is (as good as) wholly on the canary (`whole`): from the plan's share
+  while too few requests have been seen to measure it, from the measurement after.
 - `RecentWindow`: requests and events of the last `WINDOW_S` seconds in half-second slots (the
-  guardrail's window); constant memory.
+  guardrail's windows); constant memory.
 - `IncidentWatch`: is the baseline (stable arm) in an incident? Its error rate over the recent
   window against its rate in calm periods; judged once per slot, from stable requests only, so
   it cannot depend on what the canary does.
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 
 SHARE_MEMORY = 4096
 SHARE_MIN_PER_ARM = 25  # requests on each arm before a tier's share is used
+WHOLE_SHARE = 0.98  # a tier with at least this canary share is judged as wholly on the canary
 WINDOW_S = 2.0
 _SLOT_S = 0.5
 _SLOTS = int(WINDOW_S / _SLOT_S)
@@ -33,14 +36,16 @@ ID_TRACKED = 50_000
 
 
 class ShareEstimate:
-    """The canary's share of one population's requests in one tier."""
+    """The canary's share of one population's requests in one tier; `prior`: the share the
+    routing plan gives the tier (None: unknown)."""
 
-    __slots__ = ("_n", "canary", "stable", "value")
+    __slots__ = ("_n", "canary", "prior", "stable", "value")
 
-    def __init__(self) -> None:
+    def __init__(self, prior: float | None = None) -> None:
         self.value = 0.0
         self.canary = 0
         self.stable = 0
+        self.prior = prior
         self._n = 0
 
     def add(self, canary: bool) -> None:
@@ -57,6 +62,20 @@ class ShareEstimate:
     def ready(self) -> bool:
         """Both arms seen often enough for the share to be used as evidence."""
         return self.canary >= SHARE_MIN_PER_ARM and self.stable >= SHARE_MIN_PER_ARM
+
+    @property
+    def whole(self) -> bool:
+        """Is the tier (as good as) wholly on the canary, its stable arm too thin to compare
+        with? Yes while it has no stable request at all; measured once the canary arm has
+        SHARE_MIN_PER_ARM requests (a few stable ones, in flight from the previous step, do not
+        make a control); in between, the plan's share says (no plan: not yet known, no)."""
+        if self.stable == 0:
+            return True
+        if self.canary >= SHARE_MIN_PER_ARM and self.value >= WHOLE_SHARE:
+            return True
+        if self.ready or self.prior is None:
+            return False
+        return self.prior >= WHOLE_SHARE
 
 
 class RecentWindow:
@@ -81,6 +100,13 @@ class RecentWindow:
         if event:
             self._events[i] += 1
             self.events += 1
+
+    def counts(self, now: float) -> tuple[int, int]:
+        """(requests, events) of the last WINDOW_S seconds as of `now`."""
+        slot = int(now / _SLOT_S)
+        if slot > self._slot:
+            self._advance(slot)
+        return self.requests, self.events
 
     def _advance(self, slot: int) -> None:
         for old in range(max(self._slot + 1, slot - _SLOTS + 1), slot + 1):
@@ -166,8 +192,7 @@ class IdCap:
 
     def admit(self, id_hash: int, canary: bool, now: float) -> bool:
         """Count one event of `id_hash`; False when the id is over its cap."""
-        if now - self._start >= ID_WINDOW_S:
-            self._previous, self._counts, self._start = self._counts, {}, now
+        self._roll(now)
         key = id_hash << 1 | canary
         seen = self._counts.get(key, 0)
         if seen or len(self._counts) < ID_TRACKED:
@@ -176,6 +201,15 @@ class IdCap:
             self.capped += 1
             return False
         return True
+
+    def over(self, id_hash: int, canary: bool, now: float) -> bool:
+        """Has `id_hash` used up its cap in this window (without counting anything)?"""
+        self._roll(now)
+        return self._counts.get(id_hash << 1 | canary, 0) >= ID_CAP
+
+    def _roll(self, now: float) -> None:
+        if now - self._start >= ID_WINDOW_S:
+            self._previous, self._counts, self._start = self._counts, {}, now
 
     def concentration(self) -> Concentration:
         """Concentration of canary events over the current and the previous window."""

@@ -45,6 +45,8 @@ class CheckEvidence:
     the probability of ever crossing). `ratio_low`..`ratio_high` bound the canary/baseline
     ratio (0 and inf when unbounded); for latency the ratio compares canary requests slower
     than (1 + max_increase) times the baseline quantile with baseline requests slower than it.
+    `advance_e_value` averages the ratio test's e-value with `floor_e_value`, the evidence that
+    the canary's own event rate is below the absolute `floor` (0: no floor test).
     """
 
     check: str
@@ -63,6 +65,8 @@ class CheckEvidence:
     requests_needed: int  # more canary requests to show non-inferiority; -1: unknown yet
     crossed: bool  # the rollback e-value has reached its threshold during this step
     non_inferior: bool  # the advance e-value has reached its threshold during this step
+    floor: float  # the absolute event rate tolerated whatever the baseline's (0: none)
+    floor_e_value: float  # evidence that the canary's event rate is below `floor`
 
 
 @dataclass(frozen=True, slots=True)

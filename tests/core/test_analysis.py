@@ -138,7 +138,7 @@ def test_the_e_value_after_a_known_sequence_equals_the_formula() -> None:
     errors = assessment.checks[0]
     assert errors.check == "errors"
     assert errors.e_value == pytest.approx(expected, rel=1e-9)
-    assert errors.threshold == pytest.approx(1 / (0.01 * 3 / 4))
+    assert errors.threshold == pytest.approx(1 / (0.01 * 0.99 * 3 / 4))  # 1%: the guardrail
     assert errors.canary == RateCount(64, 3)
     assert errors.baseline == RateCount(192, 1)
     assert [t.share for t in errors.tiers] == pytest.approx([0.25])
@@ -323,7 +323,8 @@ def test_inconclusive_says_how_many_more_requests() -> None:
         feed.block("t", 4)
     nothing = feed.analysis.assess(feed.now)
     assert nothing.verdict is Verdict.INCONCLUSIVE
-    assert nothing.requests_needed == -1  # no events yet to size it
+    # no events yet: the floor test sizes it (0.1% floor, a clean canary: about 7 / 0.1%)
+    assert 3_000 < nothing.requests_needed < 12_000
     for _ in range(400):
         feed.block("t", 4)
     feed.analysis.assess(feed.now)  # the latency threshold is measured by now
@@ -409,3 +410,203 @@ def test_a_shared_incident_neither_shows_non_inferiority_nor_lets_a_step_advance
     assert "holding: the baseline itself is failing" in during.summary
     assert not during.checks[0].non_inferior  # incident errors do not count for advancing
     assert not during.checks[0].crossed  # nor against the canary
+
+
+# -- the guardrail is fast, and a shared incident does not trip it ------------------------
+
+
+def one_percent_step(analysis: StepAnalysis, seconds: float, stable: float, canary: float) -> Feed:
+    """1,000 requests/s of one tier from ever new ids, every 100th on the canary; stable fails
+    at `stable`, the canary at `canary` (deterministic draws)."""
+    rng = random.Random(11)
+    feed = Feed(analysis)
+    for n in range(int(seconds * 1000)):
+        on_canary = n % 100 == 99
+        feed("t", on_canary, error=rng.random() < (canary if on_canary else stable))
+        if feed.tripped:
+            break
+    return feed
+
+
+def test_a_dead_canary_at_a_1_percent_step_trips_the_guardrail_within_a_second() -> None:
+    """10 canary requests/s, all failing: the 10th trips it, long before the tier's share could
+    be measured (25 canary requests) or an e-process fed by it could cross."""
+    feed = one_percent_step(StepAnalysis(AnalysisConfig(), started=0.0), 2.0, 0.005, 1.0)
+    assert len(feed.tripped) == 1
+    tripped = feed.tripped[0]
+    assert tripped.at < 1.0
+    assert tripped.check == "guardrail"
+    assert "10 of 10 recent canary requests failed" in tripped.summary
+    assert tripped.statistic >= tripped.bound
+
+
+@pytest.mark.parametrize("rate", [0.2, 0.45, 0.6])
+def test_a_shared_incident_at_a_1_percent_step_does_not_trip_the_guardrail(rate: float) -> None:
+    """Both arms fail alike: recent canary windows of 10 to 20 requests often fail at 50% or
+    more by chance, but never far above what the stable arm of the same tier does."""
+    for seed in range(5):
+        analysis = StepAnalysis(AnalysisConfig(), started=0.0)
+        feed = Feed(analysis)
+        rng = random.Random(seed)
+        for n in range(30_000):
+            feed("t", n % 100 == 99, error=rng.random() < rate)
+        assert feed.tripped == []
+
+
+def test_the_guardrail_of_a_tier_wholly_on_the_canary_uses_its_pre_exposure_rate() -> None:
+    baselines = {"a": TierBaseline(errors=RateCount(5_000, 50))}  # 1% before exposure
+    analysis = StepAnalysis(AnalysisConfig(), baselines=baselines, started=0.0, step=1, steps=2)
+    feed = Feed(analysis)
+    for _ in range(3):
+        feed("a", False)  # stragglers from the previous step: no control
+    for _ in range(10):
+        feed("a", True, error=True)
+    assert [t.check for t in feed.tripped] == ["guardrail"]
+    assert "baseline 1% over 5,000 requests" in feed.tripped[0].summary
+
+
+def test_a_tier_without_any_control_does_not_trip_the_guardrail() -> None:
+    feed = Feed(StepAnalysis(AnalysisConfig(), started=0.0))
+    for _ in range(50):
+        feed("new", True, error=True)  # wholly on the canary, never measured before
+    assert feed.tripped == []
+
+
+# -- a tier (almost) wholly on the canary is judged against its pre-exposure baseline -------
+
+
+def exposed_step(
+    rate: float, *, stragglers: int, expected: dict[str, float] | None = None
+) -> StepAnalysis:
+    """Tier a wholly on the canary at `rate` errors after `stragglers` stable requests still in
+    flight from the previous step; tier b half canary and healthy (2% on both arms)."""
+    rng = random.Random(4)
+    baselines = {
+        "a": TierBaseline(errors=RateCount(20_000, 400)),
+        "b": TierBaseline(errors=RateCount(20_000, 400)),
+    }
+    analysis = StepAnalysis(
+        AnalysisConfig(),
+        baselines=baselines,
+        started=0.0,
+        step=1,
+        steps=2,
+        expected_shares=expected or {},
+    )
+    feed = Feed(analysis)
+    for _ in range(stragglers):
+        feed("a", False)
+    for n in range(20_000):
+        if rng.random() < 0.5:
+            feed("a", True, error=rng.random() < rate)
+        else:
+            feed("b", rng.random() < 0.5, error=rng.random() < 0.02)
+        if n % 1000 == 999 and analysis.assess(feed.now).verdict is Verdict.DEGRADED:
+            break
+    return analysis
+
+
+@pytest.mark.parametrize("expected", [None, {"a": 1.0, "b": 0.5}], ids=["measured", "planned"])
+def test_stable_stragglers_do_not_hide_a_tier_wholly_on_the_canary(
+    expected: dict[str, float] | None,
+) -> None:
+    """A few stable requests at the start of the step must not leave the tier without any
+    comparison (its share never measurable, its pre-exposure baseline never used)."""
+    bad = exposed_step(0.10, stragglers=5, expected=expected).assess(1e9)
+    assert bad.verdict is Verdict.DEGRADED
+    assert bad.check == "errors"
+    tier_a = next(t for t in bad.checks[0].tiers if t.tier == "a")
+    assert tier_a.source is Source.PRE_EXPOSURE
+    assert tier_a.baseline == RateCount(20_000, 400)
+
+
+def test_a_tier_judged_against_its_pre_exposure_baseline_keeps_it_for_the_next_step() -> None:
+    analysis = exposed_step(0.02, stragglers=5)
+    assert analysis.tier_baselines()["a"].errors == RateCount(20_000, 400)  # not the stragglers
+    assert analysis.tier_baselines()["b"].errors.requests > 4_000  # measured in this step
+
+
+def test_a_measured_share_overrides_a_plan_that_says_wholly_canary() -> None:
+    """The plan says tier a is all canary, but pins keep half of it on stable: once the share
+    is measured, tier a is compared with its concurrent stable traffic."""
+    baselines = {"a": TierBaseline(errors=RateCount(20_000, 400))}
+    analysis = StepAnalysis(
+        AnalysisConfig(),
+        baselines=baselines,
+        started=0.0,
+        step=1,
+        steps=2,
+        expected_shares={"a": 1.0},
+    )
+    feed = Feed(analysis)
+    for _ in range(200):
+        feed.block("a", 2)
+    tier_a = analysis.assess(feed.now).checks[0].tiers[0]
+    assert tier_a.source is Source.CONCURRENT
+    assert tier_a.baseline == RateCount(200, 0)
+
+
+# -- non-inferiority with few or no events -----------------------------------------------
+
+
+def test_a_clean_service_with_tied_latencies_advances() -> None:
+    """No errors on either arm and every latency the same: neither ratio has anything to
+    condition on, but the floors show the canary's error rate under errors.min_rate and its
+    share of slow requests under 1 - q."""
+    analysis = StepAnalysis(AnalysisConfig(), started=0.0)
+    feed = Feed(analysis)
+    verdicts = []
+    for n in range(40_000):
+        feed("t", n % 2 == 0, latency=0.010)
+        if n % 2_000 == 1_999:
+            verdicts.append(analysis.assess(feed.now))
+    assert verdicts[0].verdict is Verdict.INCONCLUSIVE
+    final = verdicts[-1]
+    assert final.verdict is Verdict.HEALTHY
+    errors, latency = final.checks
+    assert errors.ratio_high == float("inf")  # no events: the ratio alone shows nothing
+    assert errors.floor_e_value >= errors.advance_threshold
+    assert latency.floor == pytest.approx(0.01)
+    assert "errors rate below the 0.1% floor" in final.summary
+
+
+def test_a_canary_above_the_floor_does_not_advance_on_it() -> None:
+    """Stable clean, canary at 0.5% errors: 0.5% is above the 0.1% floor, and the ratio
+    (unbounded against a clean baseline) rolls it back."""
+    rng = random.Random(2)
+    analysis = StepAnalysis(AnalysisConfig(), started=0.0)
+    feed = Feed(analysis)
+    for n in range(40_000):
+        canary = n % 2 == 0
+        feed("t", canary, error=canary and rng.random() < 0.005, latency=0.010)
+    result = analysis.assess(feed.now)
+    assert result.verdict is Verdict.DEGRADED
+    assert not result.checks[0].non_inferior
+
+
+def test_the_floor_can_be_turned_off() -> None:
+    analysis = StepAnalysis(AnalysisConfig(error_min_rate=0.0), started=0.0)
+    feed = Feed(analysis)
+    for n in range(40_000):
+        feed("t", n % 2 == 0, latency=0.010)
+    errors = analysis.assess(feed.now).checks[0]
+    assert not errors.non_inferior
+    assert errors.requests_needed == -1  # nothing to size it with
+
+
+# -- the per-id cap never makes a verdict --------------------------------------------------
+
+
+def test_a_busy_stable_id_with_many_errors_builds_no_rollback_evidence() -> None:
+    """Both arms fail 2% of their requests, but all of stable's errors come from one busy id:
+    capping its events would make the canary look 10 times worse."""
+    rng = random.Random(8)
+    feed = Feed(StepAnalysis(AnalysisConfig(min_requests=10), started=0.0))
+    for _ in range(20_000):
+        feed("t", True, error=rng.random() < 0.02, id_hash=rng.randrange(10**6))
+        stable_error = rng.random() < 0.02
+        feed("t", False, error=stable_error, id_hash=7 if stable_error else rng.randrange(10**6))
+    errors = feed.analysis.assess(feed.now).checks[0]
+    assert errors.capped > 300
+    assert not errors.crossed
+    assert errors.e_value < 1.0

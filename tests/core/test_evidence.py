@@ -13,10 +13,15 @@ from hypothesis import strategies as st
 from proxy.core.baseline import RateCount, rate_lower, rate_upper
 from proxy.core.budget import error_grid, latency_grid
 from proxy.core.evidence import (
+    FLOOR_DOWN,
+    FLOOR_WEIGHT,
     Profile,
     RatioGrid,
     advance_log_e,
     best_ratio,
+    either_log_e,
+    floor_drift,
+    floor_log_e,
     lower_bound,
     rollback_log_e,
     upper_bound,
@@ -173,6 +178,47 @@ def test_ville_under_the_null(grid: RatioGrid) -> None:
                 crossed += 1
                 break
     assert crossed <= alpha * 1000
+
+
+def test_floor_e_value_equals_the_mixture_formula() -> None:
+    n, x, floor = 5_000, 1, 0.002
+    expected = sum(
+        (k * floor / floor) ** x * ((1 - k * floor) / (1 - floor)) ** (n - x) / len(FLOOR_DOWN)
+        for k in FLOOR_DOWN
+    )
+    assert exp(floor_log_e(n, x, floor)) == pytest.approx(expected, rel=1e-9)
+
+
+def test_the_floor_test_grows_without_any_event() -> None:
+    assert floor_log_e(0, 0, 0.001) == pytest.approx(0.0)
+    clean = [floor_log_e(n, 0, 0.001) for n in (1_000, 4_000, 8_000)]
+    assert clean == sorted(clean)
+    assert clean[-1] > log(100)  # 8,000 clean requests: a 0.1% floor shown at alpha 1%
+    assert floor_drift(0.0, 0.001) == pytest.approx(log(1 - 0.001 / 16) - log(1 - 0.001))
+    assert floor_drift(0.002, 0.001) < 0.0  # above the floor: the test loses ground
+    assert floor_log_e(10, 0, 0.0) == -float("inf")  # no floor: no evidence
+
+
+def test_the_advance_average_weighs_the_floor_a_quarter() -> None:
+    assert exp(either_log_e(log(8.0), log(4.0))) == pytest.approx(
+        (1 - FLOOR_WEIGHT) * 8.0 + FLOOR_WEIGHT * 4.0
+    )
+
+
+@pytest.mark.parametrize("floor", [0.001, 0.01, 0.2])
+def test_ville_for_the_floor_test_at_its_null(floor: float) -> None:
+    """500 streams of 20,000 requests at exactly the floor rate, looked at every 100: the
+    floor e-value reaches 1/alpha in at most an alpha fraction of them."""
+    rng, alpha, crossed = random.Random(3), 0.05, 0
+    for _ in range(500):
+        n = x = 0
+        for _ in range(200):
+            x += sum(rng.random() < floor for _ in range(100))
+            n += 100
+            if floor_log_e(n, x, floor) >= log(1 / alpha):
+                crossed += 1
+                break
+    assert crossed <= alpha * 500
 
 
 def clopper_pearson_upper(count: RateCount, level: float) -> float:

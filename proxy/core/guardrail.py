@@ -1,0 +1,128 @@
+"""Guardrail: roll back a canary that fails at `max_error_rate` or more at once, on the request
+that shows it, without the share estimate or an interval (theory in analysis.py).
+
+Per tier it keeps the last WINDOW_S seconds of canary and stable outcomes. A look (on every
+failing canary request) pools the recent canary requests of the tiers that have a control: the
+tier's recent stable requests when there are at least `min_requests` of them, else its
+pre-exposure rate bound (outside incidents). It trips when those canary requests are at least
+`min_requests`, fail at `max_error_rate` or more, and fail far too often for their controls:
+requests * kl(failure rate, control bound) >= log(1 / (half the look's level)), where the
+control bound is the requests-weighted mean of the tiers' upper bounds (recent stable counts at
+the other half of the look's level, split per tier). Look j (the step's j-th canary request) is
+held to level / (j * (j + 1)), so all looks of a step together spend at most `level`. Pure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from math import log
+
+from proxy.core.baseline import RateCount, kl, rate_upper
+from proxy.core.traffic import RecentWindow
+
+TAIL_SPLIT = 0.5  # of a look's level for the canary's tail; the rest for the stable bounds
+
+
+@dataclass(frozen=True, slots=True)
+class Trip:
+    """Why the guardrail tripped: the pooled recent canary counts and their controls."""
+
+    canary: RateCount  # recent canary requests of the tiers with a control
+    control: RateCount  # those tiers' recent stable requests (or pre-exposure counts)
+    bound: float  # the control rate's upper bound the canary was tested against
+    statistic: float  # requests * kl(canary rate, bound), nats
+    needed: float  # log(1 / the look's tail level), nats
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    canary: RateCount
+    control: RateCount
+    bound: float | None  # fixed (pre-exposure) bound; None: from the recent stable counts
+
+
+class _TierWindows:
+    __slots__ = ("canary", "stable")
+
+    def __init__(self) -> None:
+        self.canary = RecentWindow()
+        self.stable = RecentWindow()
+
+
+class Guardrail:
+    """The guardrail of one step; `references` maps a tier to its pre-exposure counts and
+    their rate's upper bound (valid at the rollback level they were drawn at)."""
+
+    __slots__ = ("_looks", "_tiers", "level", "max_error_rate", "min_requests", "references")
+
+    def __init__(
+        self,
+        max_error_rate: float,
+        min_requests: int,
+        level: float,
+        references: Mapping[str, tuple[RateCount, float]],
+    ) -> None:
+        self.max_error_rate = max_error_rate
+        self.min_requests = min_requests
+        self.level = level
+        self.references = references
+        self._tiers: dict[str, _TierWindows] = {}
+        self._looks = 0  # canary requests of the step so far
+
+    def add(self, tier: str, canary: bool, error: bool, now: float) -> None:
+        windows = self._tiers.get(tier)
+        if windows is None:
+            windows = self._tiers[tier] = _TierWindows()
+        if canary:
+            self._looks += 1
+            windows.canary.add(error, now)
+        else:
+            windows.stable.add(error, now)
+
+    def look(self, now: float, incident: bool) -> Trip | None:
+        """After a failing canary request: the trip, or None."""
+        rows = self._rows(now, incident)
+        if not self._breached(rows):
+            return None
+        j = self._looks
+        level = self.level / (j * (j + 1))
+        return self._test(rows, level)
+
+    def _rows(self, now: float, incident: bool) -> list[_Row]:
+        rows = []
+        for tier, windows in self._tiers.items():
+            canary = RateCount(*windows.canary.counts(now))
+            if not canary.requests:
+                continue
+            stable = RateCount(*windows.stable.counts(now))
+            reference = self.references.get(tier)
+            if stable.requests >= self.min_requests:
+                rows.append(_Row(canary, stable, None))
+            elif reference is not None and not incident:
+                rows.append(_Row(canary, *reference))
+        return rows
+
+    def _breached(self, rows: list[_Row]) -> bool:
+        """At least min_requests canary requests, failing at max_error_rate or more."""
+        total = sum((r.canary for r in rows), RateCount())
+        return (
+            total.requests >= self.min_requests
+            and total.events >= self.max_error_rate * total.requests
+        )
+
+    def _test(self, rows: list[_Row], level: float) -> Trip | None:
+        recent = sum(r.bound is None for r in rows)
+        per_bound = level * (1.0 - TAIL_SPLIT) / max(recent, 1)
+        bounds = [rate_upper(r.control, per_bound) if r.bound is None else r.bound for r in rows]
+        kept = [(r, b) for r, b in zip(rows, bounds, strict=True) if b < self.max_error_rate]
+        if not self._breached([r for r, _ in kept]):
+            return None
+        canary = sum((r.canary for r, _ in kept), RateCount())
+        bound = sum(r.canary.requests * b for r, b in kept) / canary.requests
+        statistic = canary.requests * kl(canary.rate, bound)
+        needed = log(1.0 / (level * TAIL_SPLIT))
+        if canary.rate <= bound or statistic < needed:
+            return None
+        control = sum((r.control for r, _ in kept), RateCount())
+        return Trip(canary, control, bound, statistic, needed)
