@@ -1,10 +1,10 @@
-"""Built-in demo upstreams for `rollout-proxy demo`, and the demo's public pieces.
+"""Built-in demo upstreams for `rollout-proxy demo`.
 
 Owns the two loopback demo servers ("stable" and "canary"): each answers any method and path
-with a small JSON body naming its variant and the header `X-Served-By: stable|canary`; the
-canary fails with 500 at a chosen rate, drawn from an injected `random.Random`. The traffic
-driver and report live in `proxy.demotraffic` and are re-exported here. Nothing here knows the
-proxy: the CLI starts these upstreams, the proxy in front of them, then drives traffic.
+with a small JSON body naming its variant and the header `X-Served-By: stable|canary`, after a
+log-normal delay; both fail with 500 at a base rate and the canary at a chosen extra rate,
+drawn from an injected `random.Random`. Nothing here knows the proxy: the demo starts these
+upstreams, the proxy in front of them, then drives traffic (`proxy.demolive`).
 """
 
 from __future__ import annotations
@@ -18,24 +18,9 @@ from types import TracebackType
 
 from aiohttp import web
 
-from proxy.demotraffic import (
-    SERVED_BY,
-    TierCounts,
-    TrafficReport,
-    demo_tenants,
-    drive_traffic,
-    render_report,
-)
+SERVED_BY = "X-Served-By"  # which demo upstream answered: stable | canary
 
-__all__ = [
-    "DemoUpstreams",
-    "TierCounts",
-    "TrafficReport",
-    "demo_tenants",
-    "drive_traffic",
-    "render_report",
-    "start_demo_upstreams",
-]
+__all__ = ["SERVED_BY", "DemoUpstreams", "start_demo_upstreams"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from proxy.demotraffic import SERVED_BY
+from proxy.demo import SERVED_BY
 
 WINDOW_S = 5.0
 

@@ -1,28 +1,17 @@
-"""proxy/demo.py and proxy/demotraffic.py: demo upstreams, traffic driver, report table."""
+"""The demo's pieces: its upstreams, its steady traffic and its live view (real sockets)."""
 
 from __future__ import annotations
 
 import asyncio
 import random
-import socket
-from collections import Counter
 from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-from aiohttp import web
+from rich.console import Console
 
-from proxy.demo import (
-    DemoUpstreams,
-    TierCounts,
-    TrafficReport,
-    demo_tenants,
-    drive_traffic,
-    render_report,
-    start_demo_upstreams,
-)
-
-ONE_PER_TIER = tuple((f"t{i}", f"tier{i}") for i in range(10))
+from proxy.demo import SERVED_BY, DemoUpstreams, start_demo_upstreams
+from proxy.demolive import SteadyTraffic, render
 
 
 @pytest.fixture
@@ -31,13 +20,23 @@ async def upstreams() -> AsyncIterator[DemoUpstreams]:
         yield running
 
 
+async def _statuses(url: str, count: int) -> list[int]:
+    async with aiohttp.ClientSession() as session:
+        statuses = []
+        for _ in range(count):
+            async with session.get(url + "/x") as response:
+                await response.read()
+                statuses.append(response.status)
+        return statuses
+
+
 async def test_upstreams_answer_any_path_and_method(upstreams: DemoUpstreams) -> None:
     assert upstreams.stable_url.startswith("http://127.0.0.1:")
     async with aiohttp.ClientSession() as session:
         for url, variant in ((upstreams.stable_url, "stable"), (upstreams.canary_url, "canary")):
             async with session.post(f"{url}/a/b?c=1", data=b"x" * 100_000) as response:
                 assert response.status == 200
-                assert response.headers["X-Served-By"] == variant
+                assert response.headers[SERVED_BY] == variant
                 assert await response.json() == {"variant": variant, "path": "/a/b"}
 
 
@@ -46,102 +45,51 @@ async def test_canary_fails_at_the_seeded_rate_exactly() -> None:
     seeded = random.Random(7)
     expected = sum(seeded.random() < rate for _ in range(requests))
     async with await start_demo_upstreams(rate, rng=random.Random(7)) as running:
-        report = await drive_traffic(running.canary_url, ONE_PER_TIER, requests, 8)
-        stable = await drive_traffic(running.stable_url, ONE_PER_TIER, 50, 8)
-    assert (report.total.canary, report.total.errors) == (requests, expected)
-    assert (stable.total.stable, stable.total.errors) == (50, 0)
+        canary = await _statuses(running.canary_url, requests)
+        stable = await _statuses(running.stable_url, 50)
+    assert canary.count(500) == expected
+    assert set(stable) == {200}
 
 
-async def test_error_rate_bounds() -> None:
-    async with await start_demo_upstreams(1.0) as running:
-        report = await drive_traffic(running.canary_url, ONE_PER_TIER, 20, 4)
-    assert report.total == TierCounts("total", 20, 0, 20, 20)
+async def test_base_rate_applies_to_both_and_rates_are_checked() -> None:
+    async with await start_demo_upstreams(0.0, base_error_rate=1.0) as running:
+        assert set(await _statuses(running.stable_url, 5)) == {500}
+        assert set(await _statuses(running.canary_url, 5)) == {500}
     with pytest.raises(ValueError, match=r"0\.\.1"):
         await start_demo_upstreams(1.5)
-
-
-async def test_traffic_counts_per_tier_in_order(upstreams: DemoUpstreams) -> None:
-    tenants = demo_tenants(40)
-    report = await drive_traffic(upstreams.stable_url, tenants, 300, 16, rng=random.Random(3))
-    assert [c.tier for c in report.tiers] == ["internal", "enterprise", "free"]
-    assert sum(c.requests for c in report.tiers) == 300
-    assert report.total == TierCounts("total", 300, 300, 0, 0)
-    assert all(c.canary_share == 0.0 for c in report.tiers)
-    again = await drive_traffic(upstreams.stable_url, tenants, 300, 4, rng=random.Random(3))
-    assert again == report  # same seed, same draw, whatever the concurrency
-
-
-async def test_tenants_are_skewed(upstreams: DemoUpstreams) -> None:
-    report = await drive_traffic(upstreams.canary_url, ONE_PER_TIER, 400, 8, rng=random.Random(5))
-    first, last = report.for_tier("tier0").requests, report.for_tier("tier9").requests
-    assert first > 4 * last  # weights 1/(rank+1): about 136 against 14
-    assert report.for_tier("tier0").canary_share == 1.0
-
-
-async def test_headers_sent_and_concurrency_bounded() -> None:
-    seen: Counter[tuple[str, str | None]] = Counter()
-    in_flight = peak = 0
-
-    async def record(request: web.Request) -> web.Response:
-        nonlocal in_flight, peak
-        in_flight += 1
-        peak = max(peak, in_flight)
-        seen[(request.headers["X-Tenant-ID"], request.headers.get("X-Tenant-Tier"))] += 1
-        await asyncio.sleep(0.01)
-        in_flight -= 1
-        return web.Response(status=404)
-
-    app = web.Application()
-    app.router.add_get("/probe", record)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    try:
-        tenants = [("acme", "enterprise"), ("qa", "internal")]
-        report = await drive_traffic(url, tenants, 30, 3, path="probe", tier_header="X-Tenant-Tier")
-    finally:
-        await runner.cleanup()
-    assert peak == 3
-    assert set(seen) <= {("acme", "enterprise"), ("qa", "internal")}
-    assert report.for_tier("enterprise").requests == seen[("acme", "enterprise")]
-    assert report.total == TierCounts("total", 30, 0, 0, 30)  # 404 without X-Served-By
-
-
-async def test_dead_upstream_counts_errors() -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    report = await drive_traffic(f"http://127.0.0.1:{port}", ONE_PER_TIER, 12, 3)
-    assert report.total == TierCounts("total", 12, 0, 0, 12)
 
 
 async def test_close_stops_both_servers() -> None:
     running = await start_demo_upstreams()
     await running.close()
-    report = await drive_traffic(running.stable_url, ONE_PER_TIER, 2, 1)
-    assert report.total.errors == 2
+    with pytest.raises(aiohttp.ClientError):
+        await _statuses(running.stable_url, 1)
 
 
-async def test_bad_arguments() -> None:
-    for tenants, requests, concurrency in (((), 1, 1), (ONE_PER_TIER, -1, 1), (ONE_PER_TIER, 1, 0)):
-        with pytest.raises(ValueError, match="concurrency"):
-            await drive_traffic("http://127.0.0.1:1", tenants, requests, concurrency)
-    empty = await drive_traffic("http://127.0.0.1:1", ONE_PER_TIER, 0, 2)
-    assert empty.total == TierCounts("total")
-
-
-def test_render_report_table() -> None:
-    report = TrafficReport(
-        (TierCounts("internal", 40, 0, 40, 0), TierCounts("free", 1960, 1470, 490, 3))
-    )
-    assert render_report(report) == "\n".join(
-        [
-            "tier      requests  stable  canary  canary share  errors",
-            "--------------------------------------------------------",
-            "internal        40       0      40        100.0%       0",
-            "free          1960    1470     490         25.0%       3",
-            "--------------------------------------------------------",
-            "total         2000    1470     530         26.5%       3",
-        ]
-    )
+async def test_steady_traffic_counts_by_arm_and_tier_and_renders(upstreams: DemoUpstreams) -> None:
+    tenants = [("acme", "enterprise"), ("t1", "free"), ("t2", "free")]
+    traffic = SteadyTraffic(upstreams.canary_url + "/", tenants, concurrency=4)
+    await traffic.start()
+    await asyncio.sleep(0.5)
+    await traffic.stop()
+    recent = list(traffic.recent)
+    assert traffic.total >= len(recent) > 10
+    assert {o.variant for o in recent} == {"canary"}
+    assert {o.tier for o in recent} == {"enterprise", "free"}
+    assert sum(o.tier == "enterprise" for o in recent) > len(recent) / 3  # the busiest tenant
+    status = {
+        "service": "shop",
+        "status": "progressing",
+        "step": 1,
+        "steps": 4,
+        "step_definition": {"baseline": False, "percent": 10, "tiers": [], "tenants": [],
+                            "observe_s": 5},
+        "time_in_step_s": 3.2,
+        "verdict": {"verdict": "inconclusive", "summary": "waiting for evidence"},
+    }  # fmt: skip
+    console = Console(width=120, record=True)
+    console.print(render(status, traffic, ["enterprise", "free"]))
+    text = console.export_text()
+    assert "step 2/4: 10% of everyone" in text
+    assert "canary" in text
+    assert "inconclusive: waiting for evidence" in text
