@@ -91,12 +91,12 @@ class Rollout:
         self.state = state
         self.step_started = started  # monotonic
         self.step_started_wall = 0.0
-        self.analysis = self._analysis(started, {})
+        self.analysis = self.new_analysis(started, {})
         self.last: Assessment | None = None
         self.lock = asyncio.Lock()
         self.guardrail_pending = False
 
-    def _analysis(self, now: float, baselines: Mapping[str, TierBaseline]) -> StepAnalysis:
+    def new_analysis(self, now: float, baselines: Mapping[str, TierBaseline]) -> StepAnalysis:
         rollout = self.config.rollout
         plan = self.plan()
         # The share of each tier the plan exposes; pins and tenant cohorts make it approximate,
@@ -118,7 +118,7 @@ class Rollout:
         baselines = self.analysis.tier_baselines() if keep_baselines else {}
         self.step_started = now
         self.step_started_wall = wall
-        self.analysis = self._analysis(now, baselines)
+        self.analysis = self.new_analysis(now, baselines)
         self.last = None
         self.guardrail_pending = False
 
@@ -208,6 +208,10 @@ class Controller:
             if not written:
                 raise StateError(f"{service.name}: the state changed while starting")
             await self.store.journal(self._entry(rollout, "start", "controller", None, "new spec"))
+        # The analysis is built for the step actually served (its alpha share and the plan's
+        # shares). Pre-exposure baselines are not persisted: after a restart, a tier wholly on
+        # the canary gathers evidence again only from the next step's own traffic.
+        rollout.analysis = rollout.new_analysis(rollout.step_started, {})
         self.rollouts[service.name] = rollout
         self._publish(rollout)
 

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from proxy.config import Config, parse_config
 from proxy.controller import Clock, Controller
+from proxy.core.analysis import StepAnalysis
 from proxy.core.machine import Event, Status
 from proxy.dataplane import Router
 from proxy.errors import StateError
@@ -255,3 +256,24 @@ async def test_each_step_tells_the_analysis_what_share_of_each_tier_it_exposes(
         {"internal": 1.0, "free": 1.0},
     ]
     await harness.controller.close()
+
+
+async def test_a_resumed_rollout_judges_the_step_it_serves(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    config = make_config(tmp_path)
+    first = await started(config, clock)
+    await first.controller.apply("shop", Event.PROMOTE, "admin:x")
+    await first.controller.close()
+    second = await started(config, clock)
+    rollout = second.controller.rollouts["shop"]
+    assert rollout.state.step == 1
+
+    def levels(step: int) -> object:
+        analysis = config.services[0].rollout.analysis
+        built = StepAnalysis(analysis, started=0.0, step=step, steps=rollout.machine_steps)
+        return built.errors.levels
+
+    assert levels(0) != levels(1)  # each step has its own share of the false-rollback budget
+    assert rollout.analysis.errors.levels == levels(1)
+    await second.controller.close()
