@@ -16,7 +16,6 @@ from typing import Any
 
 DEFAULT_ADMIN = "http://127.0.0.1:9090"
 DEFAULT_TOKEN_ENV = "ROLLOUT_ADMIN_TOKEN"
-MUTATIONS = ("promote", "pause", "resume", "abort", "restart")
 
 
 @dataclass(frozen=True, slots=True)

@@ -109,10 +109,6 @@ class RolloutState:
     steps: int  # how many steps the spec has
     version: int = 0
 
-    @property
-    def exposes_canary(self) -> bool:
-        return self.status is not Status.ROLLED_BACK
-
 
 @dataclass(frozen=True, slots=True)
 class Transition:

@@ -65,11 +65,6 @@ class FileStore:
             self._write(records)
             return True
 
-    def replace_all(self, records: dict[str, RolloutRecord]) -> None:
-        """Overwrite the document (used to repair a corrupt file, by an explicit decision)."""
-        with self._lock:
-            self._write(records)
-
     def _write(self, records: dict[str, RolloutRecord]) -> None:
         body = {name: record.to_json() for name, record in sorted(records.items())}
         document = {"schema_version": SCHEMA_VERSION, "checksum": _checksum(body), "rollouts": body}
