@@ -21,7 +21,7 @@ are checked against closed sets when a series is first created, status codes bec
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Final
 
 from prometheus_client import CollectorRegistry
@@ -78,6 +78,10 @@ ROLLOUT_STATUSES = frozenset({"progressing", "paused", "completed", "rolled_back
 REJECT_STATUSES: Final = frozenset({400, 404, 405, 408, 413, 414, 417, 431, 501, 505})
 
 
+def _in_sync() -> float:
+    return 0.0
+
+
 def _check(name: str, value: str, allowed: frozenset[str]) -> None:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {sorted(allowed)}, got {value!r}")
@@ -96,6 +100,7 @@ class Metrics(Collector):
         self._status: dict[str, str] = {}
         self._decisions: dict[tuple[str, str], int] = {}
         self._rejected: dict[str, int] = {}
+        self._staleness: Callable[[], float] = _in_sync
         registry.register(self)
 
     def requests(self, service: str, variant: str, tier: str, status_class: str) -> RequestCounter:
@@ -164,6 +169,11 @@ class Metrics(Collector):
         """A transition was applied (advance, degraded, guardrail, promote, pause, ...)."""
         key = (service, action)
         self._decisions[key] = self._decisions.get(key, 0) + 1
+
+    def watch_state(self, staleness: Callable[[], float]) -> None:
+        """Read at scrape time: seconds since the rollout state was last confirmed with the
+        state store (0 while in sync)."""
+        self._staleness = staleness
 
     def describe(self) -> list[Metric]:
         """Family names, so a second `Metrics` on the same registry is refused."""
@@ -249,3 +259,9 @@ class Metrics(Collector):
         for pair, count in self._decisions.items():
             decisions.add_metric(pair, count)
         yield decisions
+        yield GaugeMetricFamily(
+            "rollout_state_stale_seconds",
+            "Seconds since this process last confirmed the rollout state with its store "
+            "(0 while in sync; a shared store that cannot be reached makes it grow).",
+            value=self._staleness(),
+        )

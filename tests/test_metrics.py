@@ -170,5 +170,16 @@ async def test_exposition_over_http_is_exact_and_passes_promtool(
     canary = (("service", "checkout"), ("tier", "enterprise"), ("variant", "canary"))
     assert samples[("rollout_request_duration_seconds_sum", canary)] == 0.002
     assert samples[("rollout_step", (("service", "checkout"),))] == -1
-    assert len(samples) == 2 + 2 * (15 + 2) + 1 + 1 + 2
+    assert samples[("rollout_state_stale_seconds", ())] == 0
+    assert len(samples) == 2 + 2 * (15 + 2) + 1 + 1 + 2 + 1
     await promtool_check(body)
+
+
+def test_state_staleness_is_read_at_scrape_time(
+    registry: CollectorRegistry, metrics: Metrics
+) -> None:
+    assert registry.get_sample_value("rollout_state_stale_seconds") == 0
+    ages = iter([3.5, 7.0])
+    metrics.watch_state(lambda: next(ages))
+    assert registry.get_sample_value("rollout_state_stale_seconds") == 3.5
+    assert registry.get_sample_value("rollout_state_stale_seconds") == 7.0
