@@ -9,8 +9,9 @@ handlers reach the shared objects through `REGISTRY` and `READINESS` (`request.a
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -20,10 +21,12 @@ REGISTRY = web.AppKey("registry", CollectorRegistry)
 
 @dataclass(slots=True)
 class Readiness:
-    """Whether the proxy should receive traffic, and why (shown by /readyz)."""
+    """Whether the proxy should receive traffic, and why (shown by /readyz); `details` adds
+    live facts read at request time (the shared state's staleness in fleet mode)."""
 
     ready: bool = False
     reason: str = "starting"
+    details: Callable[[], Mapping[str, Any]] | None = None
 
     def set_ready(self, reason: str = "serving") -> None:
         self.ready, self.reason = True, reason
@@ -46,10 +49,10 @@ async def _healthz(request: web.Request) -> web.Response:
 
 async def _readyz(request: web.Request) -> web.Response:
     readiness = request.app[READINESS]
-    return web.json_response(
-        {"ready": readiness.ready, "reason": readiness.reason},
-        status=200 if readiness.ready else 503,
-    )
+    body: dict[str, Any] = {"ready": readiness.ready, "reason": readiness.reason}
+    if readiness.details is not None:
+        body["state"] = dict(readiness.details())
+    return web.json_response(body, status=200 if readiness.ready else 503)
 
 
 def add_routes(app: web.Application, routes: Iterable[web.AbstractRouteDef]) -> None:

@@ -7,23 +7,31 @@
 
 Mutations need `Authorization: Bearer <token>`, the token read from the environment variable
 named by `admin.token_env` and compared in constant time. Without a configured token every
-mutation is refused, with a message saying how to enable them. Errors are JSON bodies with
-401 (no or malformed credentials), 403 (wrong token or mutations disabled), 404 (unknown
-service or action), 409 (the action does not apply to the rollout now, or the state changed
-concurrently) and 503 (the state store cannot be trusted or written).
+mutation is refused, with a message saying how to enable them.
+
+A rollout's status carries its version as an entity tag (`ETag: "7"`). A mutation sent with
+`If-Match: "7"` applies only if the rollout is still at version 7, so that people (or scripts)
+acting at the same moment on what they saw move it once: the CLI sends it with promote, resume
+and restart; abort and pause apply whatever happened meanwhile.
+
+Errors are JSON bodies with 400 (malformed If-Match), 401 (no or malformed credentials), 403
+(wrong token or mutations disabled), 404 (unknown service or action), 409 (the action does not
+apply to the rollout now, or the state changed concurrently), 412 (If-Match names another
+version) and 503 (the state store cannot be trusted, written, or reached).
 """
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from typing import Any
 
 from aiohttp import web
 
-from proxy.controller import Controller, Rollout, assessment_json
+from proxy.controller import Controller, assessment_json
 from proxy.core.machine import Event
-from proxy.errors import StateError
+from proxy.errors import StaleVersion, StateError, StoreUnavailable
+from proxy.rollout import Rollout
 
 CONTROLLER = web.AppKey("controller", Controller)
 TOKEN = web.AppKey("token", str)
@@ -42,7 +50,9 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
-def rollout_status(rollout: Rollout, now: float, state_error: str | None) -> dict[str, Any]:
+def rollout_status(
+    rollout: Rollout, now: float, state_error: str | None, pending: Container[str] = ()
+) -> dict[str, Any]:
     """What the API (and the CLI and the page) show for one rollout."""
     state = rollout.state
     plan = rollout.plan()
@@ -60,7 +70,14 @@ def rollout_status(rollout: Rollout, now: float, state_error: str | None) -> dic
         "verdict": assessment_json(last) if last is not None else None,
         "requests_needed": last.requests_needed if last is not None else None,
         "state_error": state_error,
+        # Applied here while the shared state store was away; written back when it returns.
+        "pending_write": rollout.config.name in pending,
+        "foreign_spec": rollout.foreign_spec,
     }
+
+
+def _status(controller: Controller, rollout: Rollout, now: float) -> dict[str, Any]:
+    return rollout_status(rollout, now, controller.state_error, controller.pending)
 
 
 def _step_definition(rollout: Rollout) -> dict[str, Any]:
@@ -85,7 +102,7 @@ def _step_definition(rollout: Rollout) -> dict[str, Any]:
 async def list_services(request: web.Request) -> web.Response:
     controller = request.app[CONTROLLER]
     now = controller.clock.monotonic()
-    body = [rollout_status(r, now, controller.state_error) for r in controller.rollouts.values()]
+    body = [_status(controller, r, now) for r in controller.rollouts.values()]
     return web.json_response({"services": body})
 
 
@@ -98,9 +115,7 @@ async def get_service(request: web.Request) -> web.Response:
     rollout = _rollout(request)
     if rollout is None:
         return _error(404, f"no service named {request.match_info['name']!r}")
-    return web.json_response(
-        rollout_status(rollout, controller.clock.monotonic(), controller.state_error)
-    )
+    return _tagged(_status(controller, rollout, controller.clock.monotonic()))
 
 
 async def decisions(request: web.Request) -> web.Response:
@@ -149,15 +164,35 @@ async def act(request: web.Request) -> web.Response:
     if event is None:
         return _error(404, f"unknown action; expected one of: {', '.join(ACTIONS)}")
     actor = f"admin:{request.remote or 'unknown'}"
+    expected = _if_match(request)
+    if expected == -1:
+        return _error(400, 'If-Match must be the version seen, as an entity tag: "7"')
     try:
-        transition = await controller.apply(rollout.config.name, event, actor)
+        transition = await controller.apply(
+            rollout.config.name, event, actor, expected_version=expected
+        )
+    except StaleVersion as exc:
+        return _error(412, str(exc))
     except StateError as exc:
-        status = 503 if controller.state_error else 409
-        return _error(status, str(exc))
+        unavailable = controller.state_error or isinstance(exc, StoreUnavailable)
+        return _error(503 if unavailable else 409, str(exc))
     if not transition.applied:
         return _error(409, f"cannot {event.value}: {transition.reason}")
-    now = controller.clock.monotonic()
-    return web.json_response(rollout_status(rollout, now, controller.state_error))
+    return _tagged(_status(controller, rollout, controller.clock.monotonic()))
+
+
+def _if_match(request: web.Request) -> int | None:
+    """The version an `If-Match` header makes the action conditional on (-1: malformed)."""
+    header = request.headers.get("If-Match")
+    if header is None:
+        return None
+    tag = header.strip().removeprefix("W/").strip('"')
+    return int(tag) if tag.isdigit() and len(tag) < 19 else -1
+
+
+def _tagged(status: dict[str, Any]) -> web.Response:
+    """A rollout's status with its version as the entity tag (for If-Match)."""
+    return web.json_response(status, headers={"ETag": f'"{status["version"]}"'})
 
 
 def rollout_routes() -> list[web.RouteDef]:

@@ -28,11 +28,20 @@ class AdminUnreachable(Exception):
     """The admin listener did not answer (wrong URL, proxy not running)."""
 
 
-def call(admin: str, method: str, path: str, token: str | None = None) -> Reply:
+# Moving forward is conditional on the version seen: two people promoting at once move the
+# rollout one step, not two. Abort and pause apply whatever happened meanwhile.
+CONDITIONAL = frozenset({"promote", "resume", "restart"})
+
+
+def call(
+    admin: str, method: str, path: str, token: str | None = None, if_match: int | None = None
+) -> Reply:
     """One request to the admin API; HTTP errors are replies, not exceptions."""
     request = urllib.request.Request(admin.rstrip("/") + path, method=method)
     if token:
         request.add_header("Authorization", f"Bearer {token}")
+    if if_match is not None:
+        request.add_header("If-Match", f'"{if_match}"')
     if method == "POST":
         request.data = b""
     try:
@@ -92,6 +101,16 @@ def render(statuses: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _act(admin: str, service: str, command: str, token: str | None) -> Reply:
+    version = None
+    if command in CONDITIONAL:
+        seen = call(admin, "GET", f"/api/v1/services/{service}")
+        if seen.status >= 400:
+            return seen
+        version = int(seen.body["version"])
+    return call(admin, "POST", f"/api/v1/services/{service}/{command}", token, version)
+
+
 def run(command: str, service: str | None, admin: str, as_json: bool, token_env: str) -> int:
     """Execute one rollout command; the exit status (0 ok, 1 refused or failed)."""
     if command == "status":
@@ -102,7 +121,7 @@ def run(command: str, service: str | None, admin: str, as_json: bool, token_env:
             print(f"rollout-proxy {command}: name the service (rollout-proxy status lists them)")
             return 1
         token = os.environ.get(token_env)
-        reply = call(admin, "POST", f"/api/v1/services/{service}/{command}", token)
+        reply = _act(admin, service, command, token)
     if as_json:
         print(json.dumps(reply.body, indent=2))
     elif reply.status >= 400:

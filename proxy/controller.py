@@ -5,11 +5,18 @@ they finish (`observe`, a few microseconds, never awaiting); a guardrail breach 
 rollback at once. Every `analysis.interval` the controller takes a verdict per service and
 advances a step whose `observe` time has passed with evidence of non-inferiority, or rolls back
 a degraded one. People act through `apply` (the admin API). Every transition goes through the
-state machine, is written to the store with compare-and-set on the version and journaled with
-its evidence before it is acknowledged, and only then swapped into the router.
+state machine and is committed to the store (compare-and-set on the version, with its journal
+entry and evidence) before it is acknowledged, and only then swapped into the router.
 
-Durations use the monotonic clock. The wall clock is recorded for people and used once, on
-start, to resume a step's elapsed time (clamped to [0, observe], so a clock jump cannot move a
+With a shared store (fleet mode, proxy/fleet/) several controllers see one rollout: only the
+one `deciding` judges it (the others serve, and steer through the admin API); each `adopt`s the
+records the others write. Of two transitions from the same version exactly one commits. A
+transition toward stable (abort, pause, a rollback) wins a race: it is retried on the newer
+state; when the store cannot be reached it applies here at once and is written back
+(`write_back`) when the store returns. Anything else is refused while the store is away.
+
+Durations use the monotonic clock. The wall clock is recorded for people and used to place a
+step's start when resuming or adopting (clamped to [0, observe], so a clock jump cannot move a
 rollout by more than one step, and only with evidence). When the state store cannot be read the
 controller routes every service to stable, says why in its status, and refuses mutations.
 """
@@ -18,21 +25,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
 
 from proxy.config import Config, ServiceConfig
-from proxy.core.analysis import Assessment, StepAnalysis, TierBaseline, Verdict, classify_status
-from proxy.core.bucketing import BUCKETS
+from proxy.core.analysis import Assessment, TierBaseline, Verdict, classify_status
 from proxy.core.machine import Event, RolloutState, Status, Transition, initial, step
 from proxy.core.routing import RoutingPlan
-from proxy.errors import StateError
+from proxy.errors import StaleVersion, StateError, StoreUnavailable
+from proxy.fleet.batch import ServiceEvidence
+from proxy.rollout import Rollout, record_after
 from proxy.store.records import JournalEntry, RolloutRecord
+
+# Events that move toward stable or hold still: they win a race with a concurrent change
+# (retried on the newer state) and apply locally first when the shared store is away.
+SAFE_EVENTS = frozenset({Event.ABORT, Event.PAUSE, Event.DEGRADED, Event.GUARDRAIL})
+_ATTEMPTS = 5  # commits of a safe event before giving up on a store that keeps changing
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,8 +57,9 @@ class Clock:
 
 class Store(Protocol):
     async def load(self) -> dict[str, RolloutRecord]: ...
-    async def cas(self, record: RolloutRecord, expected_version: int | None) -> bool: ...
-    async def journal(self, entry: JournalEntry) -> None: ...
+    async def commit(
+        self, record: RolloutRecord, expected_version: int | None, entry: JournalEntry
+    ) -> bool: ...
     async def history(self, service: str, limit: int = 100) -> list[JournalEntry]: ...
 
 
@@ -64,85 +77,13 @@ class StatusSink(Protocol):
     def decision(self, service: str, action: str) -> None: ...
 
 
-def spec_hash(service: ServiceConfig) -> str:
-    """Identity of a rollout: salt, strategy, steps and canary upstreams (not the analysis)."""
-    rollout = service.rollout
-    spec = {
-        "salt": rollout.salt,
-        "strategy": rollout.strategy,
-        "steps": [
-            [s.percent, sorted(s.tiers), sorted(s.tenants), s.observe_s] for s in rollout.steps
-        ],
-        "canary": [str(u) for u in service.upstreams.canary],
-    }
-    return hashlib.sha256(orjson.dumps(spec, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A transition applied here while the shared store was away, to be written back."""
 
-
-class Rollout:
-    """The live rollout of one service (the persisted part is `state` plus times)."""
-
-    def __init__(self, config: ServiceConfig, state: RolloutState, started: float) -> None:
-        self.config = config
-        # With a baseline period, machine step 0 is the baseline (nothing exposed) and
-        # configured step i is machine step i + 1.
-        self.offset = 1 if config.rollout.baseline_s > 0 else 0
-        self.machine_steps = len(config.rollout.steps) + self.offset
-        self.spec_hash = spec_hash(config)
-        self.state = state
-        self.step_started = started  # monotonic
-        self.step_started_wall = 0.0
-        self.analysis = self.new_analysis(started, {})
-        self.last: Assessment | None = None
-        self.lock = asyncio.Lock()
-        self.guardrail_pending = False
-
-    def new_analysis(self, now: float, baselines: Mapping[str, TierBaseline]) -> StepAnalysis:
-        rollout = self.config.rollout
-        plan = self.plan()
-        # The share of each tier the plan exposes; pins and tenant cohorts make it approximate,
-        # so the analysis only uses it until it has measured the share.
-        expected = {
-            tier: max(plan.everyone, plan.by_tier.get(tier, 0)) / BUCKETS if plan.active else 0.0
-            for tier in self.config.tiers.names
-        }
-        return StepAnalysis(
-            rollout.analysis,
-            baselines=baselines,
-            started=now,
-            step=self.state.step,
-            steps=self.machine_steps,
-            expected_shares=expected,
-        )
-
-    def enter_step(self, now: float, wall: float, *, keep_baselines: bool) -> None:
-        baselines = self.analysis.tier_baselines() if keep_baselines else {}
-        self.step_started = now
-        self.step_started_wall = wall
-        self.analysis = self.new_analysis(now, baselines)
-        self.last = None
-        self.guardrail_pending = False
-
-    @property
-    def step_index(self) -> int:
-        """The configured step served (-1 during the baseline period)."""
-        return self.state.step - self.offset
-
-    @property
-    def in_baseline(self) -> bool:
-        return self.step_index < 0
-
-    def plan(self) -> RoutingPlan:
-        rollout = self.config.rollout
-        active = self.state.status is not Status.ROLLED_BACK
-        return RoutingPlan.build(rollout, self.step_index, active=active)
-
-    def observe_s(self) -> float:
-        if self.in_baseline:
-            return self.config.rollout.baseline_s
-        return self.config.rollout.steps[self.step_index].observe_s or 0.0
-
-    def record(self, wall: float) -> RolloutRecord:
-        return _record_after(self, self.state, self.step_started_wall, wall)
+    event: Event
+    actor: str
+    reason: str
 
 
 class Controller:
@@ -156,32 +97,45 @@ class Controller:
         sink: StatusSink,
         *,
         clock: Clock | None = None,
+        deciding: bool = True,
     ) -> None:
         self.config = config
         self.router = router
         self.store = store
         self.sink = sink
         self.clock = clock or Clock()
+        self.deciding = deciding
         self.rollouts: dict[str, Rollout] = {}
+        self.pending: dict[str, Pending] = {}
         self.state_error: str | None = None
+        self.resumed = False
         self._task: asyncio.Task[None] | None = None
-        self._pending: set[asyncio.Task[Transition]] = set()
+        self._pending_tasks: set[asyncio.Task[Transition]] = set()
 
     # --- start and resume -----------------------------------------------------------------
 
     async def start(self) -> None:
-        try:
-            records = await self.store.load()
-        except StateError as exc:
-            self._fail_safe(str(exc))
-            return
-        for service in self.config.services:
-            await self._resume(service, records.get(service.name))
+        """Resume every rollout from the store (or serve stable when it cannot be read; with a
+        shared store that is only away, `resume` is tried again until it works)."""
+        with contextlib.suppress(StateError):
+            await self.resume()
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
-    def _fail_safe(self, reason: str) -> None:
+    async def resume(self) -> None:
+        try:
+            records = await self.store.load()
+            for service in self.config.services:
+                await self._resume(service, records.get(service.name))
+        except StateError as exc:
+            self._fail_safe(str(exc), unreachable=isinstance(exc, StoreUnavailable))
+            raise
+        self.state_error = None
+        self.resumed = True
+
+    def _fail_safe(self, reason: str, *, unreachable: bool) -> None:
         """No trustworthy state: everything to stable, and say so."""
-        self.state_error = f"state store unreadable, all traffic on stable: {reason}"
+        what = "unreachable" if unreachable else "unreadable"
+        self.state_error = f"state store {what}, all traffic on stable: {reason}"
         now = self.clock.monotonic()
         for service in self.config.services:
             rollout = Rollout(service, initial(1), now)
@@ -192,22 +146,27 @@ class Controller:
     async def _resume(self, service: ServiceConfig, record: RolloutRecord | None) -> None:
         now, wall = self.clock.monotonic(), self.clock.wall()
         rollout = Rollout(service, initial(1), now)
-        steps = rollout.machine_steps
-        if record is not None and record.spec_hash == rollout.spec_hash and record.step < steps:
-            rollout.state = RolloutState(record.status, record.step, steps, record.version)
-            elapsed = min(max(wall - record.step_started, 0.0), rollout.observe_s())
-            rollout.step_started = now - elapsed
-            rollout.step_started_wall = record.step_started
-        else:
+        for _ in range(_ATTEMPTS):
+            if (
+                record
+                and record.spec_hash == rollout.spec_hash
+                and record.step < rollout.machine_steps
+            ):
+                break
             version = 1 if record is None else record.version + 1
-            rollout.state = RolloutState(Status.PROGRESSING, 0, steps, version)
+            rollout.state = RolloutState(Status.PROGRESSING, 0, rollout.machine_steps, version)
             rollout.step_started_wall = wall
-            written = await self.store.cas(
-                rollout.record(wall), None if record is None else record.version
-            )
-            if not written:
-                raise StateError(f"{service.name}: the state changed while starting")
-            await self.store.journal(self._entry(rollout, "start", "controller", None, "new spec"))
+            expected = None if record is None else record.version
+            entry = self._entry(rollout, "start", "controller", None, "new spec")
+            if await self.store.commit(rollout.record(wall), expected, entry):
+                record = rollout.record(wall)
+                break
+            record = (await self.store.load()).get(service.name)  # another replica started it
+        else:
+            raise StateError(f"{service.name}: the state keeps changing while starting")
+        rollout.state = rollout.state_of(record)
+        rollout.step_started = now - rollout.elapsed_at(record, wall)
+        rollout.step_started_wall = record.step_started
         # The analysis is built for the step actually served (its alpha share and the plan's
         # shares). Pre-exposure baselines are not persisted: after a restart, a tier wholly on
         # the canary gathers evidence again only from the next step's own traffic.
@@ -218,6 +177,89 @@ class Controller:
     def _publish(self, rollout: Rollout) -> None:
         self.router.set_plan(rollout.config.name, rollout.plan())
         self.sink.set_status(rollout.config.name, rollout.state.status.value)
+
+    # --- what other replicas wrote ----------------------------------------------------------
+
+    def adopt(self, record: RolloutRecord) -> bool:
+        """Serve a newer record written elsewhere; True when something changed here."""
+        rollout = self.rollouts.get(record.service)
+        if rollout is None or not self.resumed or record.service in self.pending:
+            return False
+        if record.spec_hash != rollout.spec_hash:
+            changed = rollout.foreign_spec != record.spec_hash
+            rollout.foreign_spec = record.spec_hash
+        else:
+            changed = rollout.foreign_spec is not None or record.version > rollout.state.version
+            rollout.foreign_spec = None
+            if record.version > rollout.state.version:
+                self._take(rollout, record)
+        if changed:
+            self._publish(rollout)
+        return changed
+
+    def _take(self, rollout: Rollout, record: RolloutRecord) -> None:
+        moved = record.step != rollout.state.step or record.step_started != (
+            rollout.step_started_wall
+        )
+        rollout.state = rollout.state_of(record)
+        if moved:
+            now, wall = self.clock.monotonic(), self.clock.wall()
+            rollout.enter_step(
+                now - rollout.elapsed_at(record, wall), record.step_started, keep_baselines=True
+            )
+
+    def begin_deciding(self) -> None:
+        """This replica now judges the rollouts: fresh analyses for the steps served."""
+        for rollout in self.rollouts.values():
+            rollout.analysis = rollout.new_analysis(rollout.step_started, {})
+            rollout.last = None
+            rollout.guardrail_pending = False
+        self.deciding = True
+
+    async def write_back(self, records: Mapping[str, RolloutRecord]) -> None:
+        """Make the store hold what this controller serves where it should: a change applied
+        here while the store was away (it wins over what the fleet did meanwhile: each one
+        moves toward stable or holds still), and a record the store lost (a Redis restarted
+        without persistence) is written again from this replica's state."""
+        for name, rollout in self.rollouts.items():
+            record = records.get(name)
+            if record is None:
+                await self._restore(rollout)
+            elif name in self.pending:
+                await self._write_pending(rollout, record)
+
+    async def _restore(self, rollout: Rollout) -> None:
+        name = rollout.config.name
+        async with rollout.lock:
+            pending = self.pending.get(name)
+            action, actor = (pending.event.value, pending.actor) if pending else ("restore", "")
+            why = "the state store had lost this rollout's record; written again from here"
+            reason = f"{pending.reason}; {why}" if pending and pending.reason else why
+            entry = self._entry(rollout, action, actor or "controller", None, reason)
+            if await self.store.commit(rollout.record(self.clock.wall()), None, entry):
+                self.pending.pop(name, None)
+            # else another replica restored it first: a pending change is applied on top of
+            # that record by the next reconcile
+
+    async def _write_pending(self, rollout: Rollout, record: RolloutRecord) -> None:
+        name = rollout.config.name
+        pending = self.pending[name]
+        async with rollout.lock:
+            if record.spec_hash != rollout.spec_hash:
+                del self.pending[name]  # another rollout now: nothing to apply it to
+                return
+            transition = step(rollout.state_of(record), pending.event)
+            if transition.applied:
+                after = self._record(rollout, transition, pending.event)
+                entry = self._entry(
+                    rollout, pending.event.value, pending.actor, None, pending.reason, transition
+                )
+                if not await self.store.commit(after, record.version, entry):
+                    return  # changed under us: the next reconcile tries again
+                record = after
+            del self.pending[name]
+            self._take(rollout, record)
+            self._publish(rollout)
 
     # --- evidence from the data plane -------------------------------------------------------
 
@@ -249,17 +291,46 @@ class Controller:
             id_hash=id_hash,
             now=self.clock.monotonic(),
         )
-        if tripped is not None and not rollout.guardrail_pending:
+        if tripped is not None and not rollout.guardrail_pending and self.deciding:
             rollout.guardrail_pending = True
             rollout.last = tripped
             self._schedule(service, Event.GUARDRAIL, tripped)
+
+    def observe_evidence(self, parts: Iterable[ServiceEvidence]) -> int:
+        """Requests other replicas served (fleet mode); only those served under the rollout
+        state this controller holds count. Returns how many counted."""
+        counted = 0
+        for part in parts:
+            rollout = self.rollouts.get(part.service)
+            if rollout is None or (part.spec_hash, part.version) != (
+                rollout.spec_hash,
+                rollout.state.version,
+            ):
+                continue
+            for tier, canary, status, latency_s, route, id_hash, generated in part.records:
+                self.observe(
+                    part.service,
+                    tier,
+                    canary == 1,
+                    status,
+                    latency_s,
+                    route,
+                    id_hash,
+                    generated == 1,
+                )
+            counted += len(part.records)
+        return counted
+
+    def tags(self) -> dict[str, tuple[str, int]]:
+        """Each rollout's (spec hash, version): what evidence served now belongs to."""
+        return {name: (r.spec_hash, r.state.version) for name, r in self.rollouts.items()}
 
     def _schedule(self, service: str, event: Event, evidence: Assessment) -> None:
         task = asyncio.get_running_loop().create_task(
             self.apply(service, event, "controller", evidence)
         )
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        self._pending_tasks.add(task)
+        task.add_done_callback(self._pending_tasks.discard)
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -269,13 +340,16 @@ class Controller:
     async def _loop(self) -> None:
         while True:
             await asyncio.sleep(self.interval())
-            await self.tick()
+            with contextlib.suppress(StateError):  # said in the status; the next tick retries
+                await self.tick()
 
     async def tick(self) -> None:
         """Take a verdict for every progressing rollout and act on it."""
+        if not self.deciding or self.state_error:
+            return
         now = self.clock.monotonic()
         for name, rollout in self.rollouts.items():
-            if rollout.state.status is not Status.PROGRESSING or self.state_error:
+            if rollout.state.status is not Status.PROGRESSING or name in self.pending:
                 continue
             verdict = rollout.analysis.assess(now)
             rollout.last = verdict
@@ -298,31 +372,72 @@ class Controller:
         actor: str,
         evidence: Assessment | None = None,
         reason: str = "",
+        *,
+        expected_version: int | None = None,
     ) -> Transition:
-        """Apply `event`: machine, then store (CAS), journal, routing. Raises StateError when
-        the store refuses or cannot be written (nothing changes then)."""
+        """Apply `event`: machine, then store (compare-and-set with the journal entry), then
+        routing. Raises StateError when the store refuses or cannot be written (nothing
+        changes then), StoreUnavailable when a shared store is away (except for SAFE_EVENTS,
+        which then apply here and are written back later), StaleVersion when
+        `expected_version` (the version the person acting saw) is not the current one."""
         rollout = self.rollouts[service]
         if self.state_error:
             raise StateError(self.state_error)
         async with rollout.lock:
-            transition = step(rollout.state, event)
-            if not transition.applied:
-                return transition
-            wall = self.clock.wall()
-            moved = transition.after.step != transition.before.step or event is Event.RESTART
-            started = wall if moved else rollout.step_started_wall
-            record = _record_after(rollout, transition.after, started, wall)
-            if not await self.store.cas(record, transition.before.version):
-                raise StateError(f"{service}: the rollout changed elsewhere; try again")
-            rollout.state = transition.after
-            entry = self._entry(rollout, event.value, actor, evidence, reason, transition)
-            await self.store.journal(entry)
-            if moved:
-                now = self.clock.monotonic()
-                rollout.enter_step(now, wall, keep_baselines=event is not Event.RESTART)
+            current = rollout.state.version
+            if expected_version is not None and expected_version != current:
+                raise StaleVersion(
+                    f"{service} is at version {current}, not {expected_version}: it changed "
+                    "since you looked; look again and retry"
+                )
+            for _ in range(_ATTEMPTS):
+                transition = step(rollout.state, event)
+                if not transition.applied or service in self.pending:
+                    if transition.applied:  # already ahead of the store: stays local too
+                        self._enter(rollout, transition, event)
+                    return transition
+                record = self._record(rollout, transition, event)
+                entry = self._entry(rollout, event.value, actor, evidence, reason, transition)
+                try:
+                    written = await self.store.commit(record, transition.before.version, entry)
+                except StoreUnavailable:
+                    if event not in SAFE_EVENTS:
+                        raise
+                    why = reason or (evidence.summary if evidence else "")
+                    self.pending[service] = Pending(event, actor, why)
+                    written = True
+                if written:
+                    self._enter(rollout, transition, event)
+                    return transition
+                if event not in SAFE_EVENTS:
+                    raise StateError(f"{service}: the rollout changed elsewhere; try again")
+                await self._refresh(rollout)
+        raise StateError(f"{service}: the rollout keeps changing elsewhere; try again")
+
+    def _enter(self, rollout: Rollout, transition: Transition, event: Event) -> None:
+        """Serve a committed (or pending) transition."""
+        rollout.state = transition.after
+        if _moves(transition, event):
+            now, wall = self.clock.monotonic(), self.clock.wall()
+            rollout.enter_step(now, wall, keep_baselines=event is not Event.RESTART)
+        self._publish(rollout)
+        self.sink.decision(rollout.config.name, event.value)
+
+    def _record(self, rollout: Rollout, transition: Transition, event: Event) -> RolloutRecord:
+        wall = self.clock.wall()
+        started = wall if _moves(transition, event) else rollout.step_started_wall
+        return record_after(rollout, transition.after, started, wall)
+
+    async def _refresh(self, rollout: Rollout) -> None:
+        """Take the store's newer record of `rollout` (the lock is held by the caller)."""
+        record = (await self.store.load()).get(rollout.config.name)
+        if (
+            record
+            and record.spec_hash == rollout.spec_hash
+            and record.version > rollout.state.version
+        ):
+            self._take(rollout, record)
             self._publish(rollout)
-            self.sink.decision(service, event.value)
-            return transition
 
     def _entry(
         self,
@@ -358,23 +473,14 @@ class Controller:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        for task in list(self._pending):
+        for task in list(self._pending_tasks):
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await task
 
 
-def _record_after(
-    rollout: Rollout, state: RolloutState, step_started: float, wall: float
-) -> RolloutRecord:
-    return RolloutRecord(
-        service=rollout.config.name,
-        spec_hash=rollout.spec_hash,
-        status=state.status,
-        step=state.step,
-        version=state.version,
-        step_started=step_started,
-        updated=wall,
-    )
+def _moves(transition: Transition, event: Event) -> bool:
+    """Does the transition start a step (a new analysis, a new step start time)?"""
+    return transition.after.step != transition.before.step or event is Event.RESTART
 
 
 def _baseline_summary(baselines: Mapping[str, TierBaseline]) -> str:

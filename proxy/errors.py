@@ -79,3 +79,11 @@ class UpstreamError(HttpError):
 
 class StateError(ProxyError):
     """Rollout state could not be read or written."""
+
+
+class StaleVersion(StateError):
+    """A conditional change named a version the rollout is no longer at."""
+
+
+class StoreUnavailable(StateError):
+    """The shared state store cannot be reached now (it may come back): retry later."""

@@ -14,7 +14,7 @@ import signal
 import socket
 import sys
 from collections.abc import Coroutine, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -25,9 +25,13 @@ from proxy.config import Config
 from proxy.controller import Clock, Controller
 from proxy.core.identity import header_rule_names, relevant_headers
 from proxy.dataplane import Router
+from proxy.fleet.batch import EvidenceBuffer
 from proxy.http.server import Engine
 from proxy.metrics import Metrics
 from proxy.store import open_store
+
+if TYPE_CHECKING:
+    from proxy.fleet.replica import Replica
 
 
 class Runtime:
@@ -51,6 +55,7 @@ class Runtime:
         self.admin_address: tuple[str, int] = ("", 0)
         self.router: Router | None = None
         self.controller: Controller | None = None
+        self.replica: Replica | None = None
         self._engine: Engine | None = None
         self._admin: web.AppRunner | None = None
 
@@ -68,11 +73,22 @@ class Runtime:
         loop = asyncio.get_running_loop()
         config = self.config
         self.router = Router(config, self.metrics, loop)
+        store = open_store(config.state)
+        fleet = config.state.backend == "redis"
         self.controller = Controller(
-            config, self.router, open_store(config.state), self.metrics, clock=self.clock
+            config, self.router, store, self.metrics, clock=self.clock, deciding=not fleet
         )
-        self.router.recorder.evidence = self.controller
+        if fleet:
+            buffer = EvidenceBuffer(config)
+            self.router.recorder.evidence = buffer
+            self.replica = _replica(self.controller, store, buffer, config, self.clock)
+            self.metrics.watch_state(self.replica.staleness)
+            self.readiness.details = self.replica.details
+        else:
+            self.router.recorder.evidence = self.controller
         await self.controller.start()
+        if self.replica is not None:
+            await self.replica.start()
         self._engine = Engine(
             config,
             self.router,
@@ -93,12 +109,15 @@ class Runtime:
         sockname = sock.getsockname()
         self.admin_address = (str(sockname[0]), int(sockname[1]))
         error = self.controller.state_error
-        self.readiness.set_ready(f"serving; {error}" if error else "serving")
+        self.readiness.set_ready(f"serving; {error}" if error and not self.replica else "serving")
 
     async def stop(self, drain_s: float | None = None) -> int:
         """Drain and close; return the number of connections cut at the deadline."""
         self.readiness.set_not_ready("draining")
         cut = 0
+        if self.replica is not None:
+            await self.replica.close()
+            self.replica = None
         if self.controller is not None:
             await self.controller.close()
         if self._engine is not None:
@@ -110,6 +129,18 @@ class Runtime:
             await self._admin.cleanup()
             self._admin = None
         return cut
+
+
+def _replica(
+    controller: Controller, store: object, buffer: EvidenceBuffer, config: Config, clock: Clock
+) -> Replica:
+    # Imported here: Redis is an optional extra, needed only in fleet mode.
+    from proxy.fleet.replica import Replica
+    from proxy.store.redis_store import RedisStore
+
+    if not isinstance(store, RedisStore):
+        raise TypeError("fleet mode needs the Redis store")
+    return Replica(controller, store, buffer, config.state, clock=clock)
 
 
 async def serve(config: Config) -> int:

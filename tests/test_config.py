@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable
 from ipaddress import ip_network
 from pathlib import Path
@@ -117,9 +118,39 @@ def test_duration_forms(raw: object, seconds: float) -> None:
 
 def test_redis_state() -> None:
     data = example_data()
-    data["state"] = {"backend": "redis", "url_env": "REDIS_URL", "prefix": "ro"}
-    config = parse_config(data, {**ENV, "REDIS_URL": "redis://127.0.0.1:6379/0"})
-    assert config.state == StateConfig("redis", None, "REDIS_URL", "ro")
+    data["state"] = {"backend": "redis", "url_env": "REDIS_URL", "prefix": "ro", "lease": "4s"}
+    url = "redis://:secret@127.0.0.1:6379/0"
+    config = parse_config(data, {**ENV, "REDIS_URL": url})
+    assert config.state == StateConfig(
+        "redis", None, "REDIS_URL", url, "ro", reconcile_s=1.0, lease_s=4.0, timeout_s=0.5
+    )
+    assert "secret" not in repr(config.state)
+
+
+@pytest.mark.parametrize(
+    ("state", "env", "message"),
+    [
+        ({"url_env": "R"}, {}, "state.url_env: environment variable R is not set"),
+        ({"url_env": "R"}, {"R": "http://x"}, "state.url_env: R must hold a redis://"),
+        ({"url_env": "R", "lease": "1s", "timeout": "1s"}, {"R": "redis://x"}, "state.lease"),
+        ({"url_env": "R", "reconcile": "soon"}, {"R": "redis://x"}, "state.reconcile: must be"),
+        ({"url_env": "R", "path": "x.json"}, {"R": "redis://x"}, "state.path: only used with"),
+    ],
+)
+def test_redis_state_errors_name_the_key(
+    state: dict[str, object], env: dict[str, str], message: str
+) -> None:
+    data = example_data()
+    data["state"] = {"backend": "redis", **state}
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_config(data, {**ENV, **env})
+
+
+def test_file_state_refuses_redis_keys() -> None:
+    data = example_data()
+    data["state"] = {"backend": "file", "lease": "3s"}
+    with pytest.raises(ConfigError, match=r"state\.lease: only used with backend: redis"):
+        parse_config(data, ENV)
 
 
 def test_blue_green_and_canary_free_configs() -> None:

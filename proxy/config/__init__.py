@@ -65,6 +65,8 @@ _TOP_KEYS = ("listen", "admin", "state", "services", "trusted_peers", "limits")
 DEFAULT_ADMIN_LISTEN = "127.0.0.1:9090"
 DEFAULT_STATE_PATH = "state/rollouts.json"
 DEFAULT_REDIS_PREFIX = "rollout-proxy"
+_TIMINGS = ("reconcile", "lease", "timeout")
+_REDIS_KEYS = ("url_env", "prefix", *_TIMINGS)
 # limits that may be 0 (the rest must be >= 1 or > 0 seconds)
 _ZERO_ALLOWED = frozenset({"max_body_bytes", "pool_queue", "pool_idle_per_endpoint", "drain_s"})
 
@@ -87,10 +89,10 @@ def _only_with(data: Mapping[str, object], path: str, names: tuple[str, ...], ba
 
 
 def _state(value: object, path: str, env: Mapping[str, str]) -> StateConfig:
-    data = read.mapping(value, path, ("backend", "path", "url_env", "prefix"))
+    data = read.mapping(value, path, ("backend", "path", *_REDIS_KEYS))
     backend = read.choice(data.get("backend", "file"), read.key(path, "backend"), ("file", "redis"))
     if backend == "file":
-        _only_with(data, path, ("url_env", "prefix"), "redis")
+        _only_with(data, path, _REDIS_KEYS, "redis")
         file_path = read.string(data.get("path", DEFAULT_STATE_PATH), read.key(path, "path"))
         return StateConfig(backend=backend, path=file_path)
     _only_with(data, path, ("path",), "file")
@@ -98,10 +100,26 @@ def _state(value: object, path: str, env: Mapping[str, str]) -> StateConfig:
     if "url_env" not in data:
         raise ConfigError(url_path, "is required with backend: redis")
     url_env = read.env_name(data["url_env"], url_path)
-    if not env.get(url_env):
+    url = env.get(url_env)
+    if not url:
         raise ConfigError(url_path, f"environment variable {url_env} is not set")
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(url_path, f"{url_env} must hold a redis://, rediss:// or unix:// URL")
     prefix = read.string(data.get("prefix", DEFAULT_REDIS_PREFIX), read.key(path, "prefix"))
-    return StateConfig(backend=backend, path=None, url_env=url_env, prefix=prefix)
+    timings = {
+        name: read.duration(data[name], read.key(path, name)) for name in _TIMINGS if name in data
+    }
+    config = StateConfig(
+        backend=backend,
+        path=None,
+        url_env=url_env,
+        url=url,
+        prefix=prefix,
+        **{f"{name}_s": seconds for name, seconds in timings.items()},
+    )
+    if config.lease_s < 2 * config.timeout_s:
+        raise ConfigError(read.key(path, "lease"), "must be at least twice state.timeout")
+    return config
 
 
 def limit_keys() -> dict[str, str]:

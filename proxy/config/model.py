@@ -49,7 +49,11 @@ class StateConfig:
     backend: str = "file"  # "file" | "redis"
     path: str | None = "state/rollouts.json"  # file backend
     url_env: str | None = None  # redis backend: env var holding the redis URL
+    url: str | None = field(default=None, repr=False)  # read from url_env; may hold a password
     prefix: str = "rollout-proxy"  # redis backend: key prefix
+    reconcile_s: float = 1.0  # redis backend: full re-read period (push is the fast path)
+    lease_s: float = 3.0  # redis backend: the decider's lease
+    timeout_s: float = 0.5  # redis backend: the longest one Redis call may take
 
 
 @dataclass(frozen=True, slots=True)

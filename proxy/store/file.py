@@ -101,11 +101,19 @@ class FileStore:
     async def load(self) -> dict[str, RolloutRecord]:
         return await asyncio.to_thread(self.read)
 
-    async def cas(self, record: RolloutRecord, expected_version: int | None) -> bool:
-        return await asyncio.to_thread(self.compare_and_set, record, expected_version)
+    async def commit(
+        self, record: RolloutRecord, expected_version: int | None, entry: JournalEntry
+    ) -> bool:
+        """Compare-and-set the record, then journal the entry (only when it was written)."""
+        return await asyncio.to_thread(self._commit, record, expected_version, entry)
 
-    async def journal(self, entry: JournalEntry) -> None:
-        await asyncio.to_thread(self.append, entry)
+    def _commit(
+        self, record: RolloutRecord, expected_version: int | None, entry: JournalEntry
+    ) -> bool:
+        if not self.compare_and_set(record, expected_version):
+            return False
+        self.append(entry)
+        return True
 
     async def history(self, service: str, limit: int = 100) -> list[JournalEntry]:
         return await asyncio.to_thread(self.entries, service, limit)

@@ -1,0 +1,127 @@
+"""One service's live rollout: its persisted state, the step's analysis, its routing plan.
+
+`Rollout` is what the controller moves and what the admin API shows. The persisted part is the
+state (status, step, version) and when the step started; the analysis lives only in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Mapping
+
+import orjson
+
+from proxy.config import ServiceConfig
+from proxy.core.analysis import Assessment, StepAnalysis, TierBaseline
+from proxy.core.bucketing import BUCKETS
+from proxy.core.machine import RolloutState, Status
+from proxy.core.routing import RoutingPlan
+from proxy.store.records import RolloutRecord
+
+
+def spec_hash(service: ServiceConfig) -> str:
+    """Identity of a rollout: salt, strategy, steps and canary upstreams (not the analysis)."""
+    rollout = service.rollout
+    spec = {
+        "salt": rollout.salt,
+        "strategy": rollout.strategy,
+        "steps": [
+            [s.percent, sorted(s.tiers), sorted(s.tenants), s.observe_s] for s in rollout.steps
+        ],
+        "canary": [str(u) for u in service.upstreams.canary],
+    }
+    return hashlib.sha256(orjson.dumps(spec, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+
+
+class Rollout:
+    """The live rollout of one service (the persisted part is `state` plus times)."""
+
+    def __init__(self, config: ServiceConfig, state: RolloutState, started: float) -> None:
+        self.config = config
+        # With a baseline period, machine step 0 is the baseline (nothing exposed) and
+        # configured step i is machine step i + 1.
+        self.offset = 1 if config.rollout.baseline_s > 0 else 0
+        self.machine_steps = len(config.rollout.steps) + self.offset
+        self.spec_hash = spec_hash(config)
+        self.state = state
+        self.step_started = started  # monotonic
+        self.step_started_wall = 0.0
+        # The spec hash of a shared record written by a replica with another configuration of
+        # this service: its steps mean nothing here, so this replica serves stable meanwhile.
+        self.foreign_spec: str | None = None
+        self.analysis = self.new_analysis(started, {})
+        self.last: Assessment | None = None
+        self.lock = asyncio.Lock()
+        self.guardrail_pending = False
+
+    def new_analysis(self, now: float, baselines: Mapping[str, TierBaseline]) -> StepAnalysis:
+        rollout = self.config.rollout
+        plan = self.plan()
+        # The share of each tier the plan exposes; pins and tenant cohorts make it approximate,
+        # so the analysis only uses it until it has measured the share.
+        expected = {
+            tier: max(plan.everyone, plan.by_tier.get(tier, 0)) / BUCKETS if plan.active else 0.0
+            for tier in self.config.tiers.names
+        }
+        return StepAnalysis(
+            rollout.analysis,
+            baselines=baselines,
+            started=now,
+            step=self.state.step,
+            steps=self.machine_steps,
+            expected_shares=expected,
+        )
+
+    def enter_step(self, now: float, wall: float, *, keep_baselines: bool) -> None:
+        baselines = self.analysis.tier_baselines() if keep_baselines else {}
+        self.step_started = now
+        self.step_started_wall = wall
+        self.analysis = self.new_analysis(now, baselines)
+        self.last = None
+        self.guardrail_pending = False
+
+    @property
+    def step_index(self) -> int:
+        """The configured step served (-1 during the baseline period)."""
+        return self.state.step - self.offset
+
+    @property
+    def in_baseline(self) -> bool:
+        return self.step_index < 0
+
+    def plan(self) -> RoutingPlan:
+        rollout = self.config.rollout
+        active = self.state.status is not Status.ROLLED_BACK and self.foreign_spec is None
+        return RoutingPlan.build(rollout, self.step_index, active=active)
+
+    def observe_s(self) -> float:
+        if self.in_baseline:
+            return self.config.rollout.baseline_s
+        return self.config.rollout.steps[self.step_index].observe_s or 0.0
+
+    def state_of(self, record: RolloutRecord) -> RolloutState:
+        """The machine state a stored record of this rollout describes."""
+        return RolloutState(record.status, record.step, self.machine_steps, record.version)
+
+    def elapsed_at(self, record: RolloutRecord, wall: float) -> float:
+        """Time already spent in the record's step, by the wall clock, clamped to [0, observe]
+        so that a clock jump cannot move the rollout by more than one step."""
+        return min(max(wall - record.step_started, 0.0), self.observe_s())
+
+    def record(self, wall: float) -> RolloutRecord:
+        return record_after(self, self.state, self.step_started_wall, wall)
+
+
+def record_after(
+    rollout: Rollout, state: RolloutState, step_started: float, wall: float
+) -> RolloutRecord:
+    return RolloutRecord(
+        service=rollout.config.name,
+        spec_hash=rollout.spec_hash,
+        status=state.status,
+        step=state.step,
+        version=state.version,
+        step_started=step_started,
+        updated=wall,
+    )
