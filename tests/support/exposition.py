@@ -30,6 +30,7 @@ from tests.support.upstream import Received, RecordingUpstream, Reply
 _TOKEN_ENV = "EXPOSITION_ADMIN_TOKEN"
 _TOKEN = "exposition-test-token"
 _SLOW_S = 2.0  # how long the upstream holds /slow
+_NOWHERE = "http://127.0.0.1:9"
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,8 @@ def exposition() -> Exposition:
 
 
 async def _statuses(paths: Iterable[str]) -> dict[str, int]:
-    async with running_proxy(config_dict(service(["http://127.0.0.1:1"], []))) as runtime:
+    # no request goes to the data plane: the upstreams are never contacted
+    async with running_proxy(config_dict(service([_NOWHERE], [_NOWHERE]))) as runtime:
         statuses: dict[str, int] = {}
         async with aiohttp.ClientSession() as session:
             for path in paths:
