@@ -11,6 +11,7 @@ directory covers what is under it, `**` spans directories).
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -142,10 +143,13 @@ def _ignored(relative: str, rules: list[tuple[bool, re.Pattern[str]]]) -> bool:
 def build_context(root: Path, dest: Path) -> Path:
     """Copy the files of `root` that its .dockerignore lets into a build, to `dest`."""
     rules = _ignore_rules(root / ".dockerignore")
-    for path in sorted(root.rglob("*")):
-        relative = path.relative_to(root).as_posix()
-        if path.is_file() and not relative.startswith(".git/") and not _ignored(relative, rules):
-            target = dest / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, target)
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d != ".git"]  # never part of a context worth walking
+        for name in files:
+            path = Path(folder) / name
+            relative = path.relative_to(root).as_posix()
+            if not _ignored(relative, rules):
+                target = dest / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, target)
     return dest
