@@ -1,9 +1,12 @@
-"""`promtool check metrics` on real exposition output (Debian package `prometheus`)."""
+"""promtool (Debian package `prometheus`): `check metrics` on real exposition output, and any
+other promtool command (`check config`, `check rules`, `test rules`) on files."""
 
 from __future__ import annotations
 
 import asyncio
 import shutil
+import subprocess
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -35,3 +38,16 @@ async def promtool_check(exposition: bytes) -> None:
     )
     out, _ = await process.communicate(exposition)
     assert process.returncode == 0, out.decode()
+
+
+def promtool_run(*args: str, cwd: Path | None = None) -> str:
+    """Run `promtool ARGS`; fail (not skip) without promtool or on a non-zero exit; the output."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool not found on PATH; install it with `apt-get install prometheus`")
+    result = subprocess.run(
+        [promtool, *args], cwd=cwd, capture_output=True, text=True, timeout=60, check=False
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"promtool {' '.join(args)} failed:\n{output}"
+    return output

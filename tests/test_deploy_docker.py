@@ -1,0 +1,252 @@
+"""The Dockerfile, checked by doing what the image does, without a Docker engine.
+
+The builder stage is mirrored on the files the .dockerignore lets into the build: its COPYs
+are applied and the wheel is built with `pip wheel --no-deps`. The final stage is mirrored in a
+new virtual environment that gets the wheel and its dependencies only (no source tree, no
+PYTHONPATH). Then the proxy is started with the image's ENTRYPOINT + CMD as parsed from the
+Dockerfile, on the config the image copies (its listeners moved to free loopback ports and its
+state into a temporary directory: the test may not take fixed ports or write to /var), the
+parsed HEALTHCHECK command must succeed, and SIGTERM must end the process with status 0.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from proxy.config import load_config, parse_config
+from tests.support.client import closed_port
+from tests.support.dockerfile import Stage, build_context, stages
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKERFILE = ROOT / "Dockerfile"
+_READY = "rollout-proxy: data plane on "
+
+
+def _stages() -> tuple[Stage, Stage]:
+    _, found = stages(DOCKERFILE)
+    builder, final = found
+    return builder, final
+
+
+def _command() -> list[str]:
+    """What the container runs: ENTRYPOINT followed by CMD (both exec form)."""
+    _, final = _stages()
+    entrypoint, cmd = final.one("ENTRYPOINT"), final.one("CMD")
+    # exec form: the proxy is PID 1 and gets docker stop's SIGTERM itself (no shell between)
+    assert entrypoint.exec_form
+    assert cmd.exec_form
+    return [*entrypoint.args, *cmd.args]
+
+
+def _config_path() -> str:
+    args = _command()
+    assert args[:2] == ["rollout-proxy", "run"]
+    option = "--config" if "--config" in args else "-c"
+    return args[args.index(option) + 1]
+
+
+def _image_file(image_path: str) -> Path:
+    """The repository file a final-stage COPY puts at `image_path`."""
+    _, final = _stages()
+    for copy in final.all("COPY"):
+        if "from" not in copy.flags and copy.args[-1] == image_path:
+            (source,) = copy.args[:-1]
+            return ROOT / source
+    raise AssertionError(f"no COPY puts a file at {image_path}")
+
+
+def _healthcheck() -> list[str]:
+    _, final = _stages()
+    check = final.one("HEALTHCHECK")
+    assert check.flags["type"] == "CMD"
+    assert check.exec_form
+    return check.args
+
+
+def _image_config() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(_image_file(_config_path()).read_text())
+    return data
+
+
+def test_two_stages_on_slim_python_311() -> None:
+    builder, final = _stages()
+    assert builder.name == "builder"
+    for stage in (builder, final):
+        assert stage.base.startswith("python:3.11-slim"), stage.base
+    (build,) = builder.all("RUN")
+    assert build.args[:2] == ["pip", "wheel"]
+    assert "--no-deps" in build.args
+    copied = [c for c in final.all("COPY") if c.flags.get("from") == "builder"]
+    assert len(copied) == 1  # the wheel directory and nothing else from the builder
+    (install, *_) = final.all("RUN")
+    assert install.args[:3] == ["pip", "install", "--no-cache-dir"]
+    assert install.args[3] == copied[0].args[-1].rstrip("/") + "/*.whl"
+
+
+def test_runs_as_an_unprivileged_user() -> None:
+    _, final = _stages()
+    user = final.all("USER")[-1].args[0]
+    assert user.split(":")[0] not in {"root", "0"}
+    uid = user.split(":")[0]
+    (install, *_) = final.all("RUN")
+    assert f"--uid {uid}" in install.text
+
+
+def test_exposes_both_listeners_and_stops_with_sigterm() -> None:
+    _, final = _stages()
+    config = parse_config(_image_config(), {})  # the image starts without any secret
+    exposed = {int(port) for item in final.all("EXPOSE") for port in item.args}
+    assert exposed == {config.listen.port, config.admin.listen.port}
+    assert config.listen.host == config.admin.listen.host == "0.0.0.0"  # reachable from outside
+    assert final.one("STOPSIGNAL").args == ["SIGTERM"]
+    healthcheck = " ".join(_healthcheck())
+    assert f"http://127.0.0.1:{config.admin.listen.port}/healthz" in healthcheck
+    assert config.state.path is not None
+    state_dir = str(Path(config.state.path).parent)
+    assert final.all("WORKDIR")[-1].args == [state_dir]  # created for the user, and writable
+
+
+def _mirror_builder(context: Path, src: Path) -> None:
+    """Apply the builder stage's COPYs from the build context into `src` (its WORKDIR)."""
+    builder, _ = _stages()
+    for copy in builder.all("COPY"):
+        *sources, dest = copy.args
+        for source in sources:
+            origin = context / source
+            assert origin.exists(), f"{source} is not in the build context (.dockerignore?)"
+            target = src / dest / origin.name if dest.endswith("/") else src / dest
+            if origin.is_dir():
+                shutil.copytree(origin, target, dirs_exist_ok=True)
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(origin, target)
+
+
+def _clean_env() -> dict[str, str]:
+    # without PYTHONPATH: pip must not take this checkout for an installed rollout-proxy
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+
+def _start(args: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_clean_env()
+    )
+
+
+def _finish(proc: subprocess.Popen[str]) -> None:
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, f"{proc.args} failed:\n{out}"
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A virtual environment holding what the final stage holds: the wheel and its deps."""
+    root = tmp_path_factory.mktemp("image")
+    context = build_context(ROOT, root / "context")
+    src = root / "src"
+    _mirror_builder(context, src)
+    wheels, venv = root / "wheels", root / "venv"
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+    into_venv = [*pip, "--python", str(venv / "bin" / "python"), "install", "--no-compile"]
+    _finish(_start([sys.executable, "-m", "venv", "--without-pip", str(venv)]))
+    # Both steps wait mostly on the package index, so they overlap: the wheel is built while
+    # the dependencies its metadata will name (pyproject's) go into the venv. Installing the
+    # wheel afterwards resolves its dependencies again and fetches whatever is still missing.
+    dependencies = tomllib.loads((src / "pyproject.toml").read_text())["project"]["dependencies"]
+    build = _start([*pip, "wheel", "--no-deps", "--wheel-dir", str(wheels), str(src)])
+    deps = _start([*into_venv, *dependencies])
+    _finish(build)
+    _finish(deps)
+    (wheel,) = wheels.glob("rollout_proxy-*.whl")
+    _finish(_start([*into_venv, str(wheel)]))
+    yield venv
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _environment(venv: Path) -> dict[str, str]:
+    """The image's ENV and a PATH that finds its `rollout-proxy` and `python`: nothing of
+    this checkout (no PYTHONPATH), so the proxy can only come from the installed wheel."""
+    _, final = _stages()
+    env = {"PATH": f"{venv / 'bin'}{os.pathsep}{os.defpath}"}
+    for item in final.all("ENV"):
+        for arg in item.args:
+            name, _, value = arg.partition("=")
+            env[name] = value
+    return env
+
+
+def _test_config(workdir: Path) -> tuple[Path, int]:
+    """The image's config with listeners on free loopback ports and state in `workdir`."""
+    data = _image_config()
+    admin_port = closed_port()
+    data["listen"] = f"127.0.0.1:{closed_port()}"
+    data["admin"]["listen"] = f"127.0.0.1:{admin_port}"
+    data["state"]["path"] = str(workdir / "rollouts.json")
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    load_config(path, {})
+    return path, admin_port
+
+
+def _healthcheck_on(port: int) -> list[str]:
+    image_port = parse_config(_image_config(), {}).admin.listen.port
+    command = _healthcheck()
+    return [arg.replace(f":{image_port}/", f":{port}/") for arg in command]
+
+
+def _wait_ready(proc: subprocess.Popen[str]) -> str:
+    assert proc.stderr is not None
+    line = proc.stderr.readline()
+    assert _READY in line, line + proc.stderr.read()
+    return line
+
+
+def test_the_image_serves_passes_its_healthcheck_and_drains_on_sigterm(
+    image: Path, tmp_path: Path
+) -> None:
+    config, admin_port = _test_config(tmp_path)
+    command = [str(config) if arg == _config_path() else arg for arg in _command()]
+    env = _environment(image)
+    health = _healthcheck_on(admin_port)
+    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        ready = _wait_ready(proc)
+        assert f"admin on http://127.0.0.1:{admin_port}" in ready
+        started = time.monotonic()
+        check = subprocess.run(health, cwd=tmp_path, env=env, capture_output=True, timeout=10)
+        assert check.returncode == 0, check.stderr
+        assert time.monotonic() - started < 3  # within the HEALTHCHECK --timeout
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.stderr is not None
+    assert "draining" in proc.stderr.read()
+    # the same check fails once nothing answers: it can tell a dead proxy
+    failed = subprocess.run(health, cwd=tmp_path, env=env, capture_output=True, timeout=10)
+    assert failed.returncode != 0
+
+
+def test_the_installed_proxy_comes_from_the_wheel(image: Path) -> None:
+    python = image / "bin" / "python"
+    probe = "import proxy, sys; print(proxy.__file__)"
+    out = subprocess.run(
+        [str(python), "-c", probe], capture_output=True, text=True, env={}, cwd="/", check=True
+    )
+    assert Path(out.stdout.strip()).is_relative_to(image)
+    # only the runtime dependencies: no test tools went in
+    assert not list(image.glob("lib/python*/site-packages/pytest"))
