@@ -66,7 +66,16 @@ DEFAULT_ADMIN_LISTEN = "127.0.0.1:9090"
 DEFAULT_STATE_PATH = "state/rollouts.json"
 DEFAULT_REDIS_PREFIX = "rollout-proxy"
 # limits that may be 0 (the rest must be >= 1 or > 0 seconds)
-_ZERO_ALLOWED = frozenset({"max_body_bytes", "pool_queue", "pool_idle_per_endpoint", "drain_s"})
+_ZERO_ALLOWED = frozenset(
+    {
+        "max_body_bytes",
+        "pool_queue",
+        "pool_idle_per_endpoint",
+        "drain_s",
+        "retry_budget_percent",
+        "retry_burst",
+    }
+)
 
 
 def _admin(value: object, path: str) -> AdminConfig:
