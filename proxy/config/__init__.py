@@ -73,6 +73,7 @@ _ZERO_ALLOWED = frozenset(
         "pool_queue",
         "pool_idle_per_endpoint",
         "drain_s",
+        "drain_notice_s",
         "retry_budget_percent",
         "retry_burst",
     }
