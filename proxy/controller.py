@@ -248,6 +248,7 @@ class Controller:
             path=path,
             id_hash=id_hash,
             now=self.clock.monotonic(),
+            timed=not proxy_generated,
         )
         if tripped is not None and not rollout.guardrail_pending:
             rollout.guardrail_pending = True

@@ -610,3 +610,25 @@ def test_a_busy_stable_id_with_many_errors_builds_no_rollback_evidence() -> None
     assert errors.capped > 300
     assert not errors.crossed
     assert errors.e_value < 1.0
+
+
+def test_answers_the_proxy_gave_itself_stay_out_of_the_latency_check() -> None:
+    """A stable pool that overflows answers thousands of instant 503s: errors of stable, but
+    no latency of its upstream. Were they timed, the canary (20 ms) would look slow."""
+    analysis = StepAnalysis(AnalysisConfig(min_requests=50), started=0.0)
+    now = 0.0
+    for i in range(4000):
+        now += 0.001
+        canary = i % 2 == 0
+        if canary:
+            analysis.observe(tier="t", canary=True, error=False, latency_s=0.02, path="/",
+                             id_hash=i, now=now)  # fmt: skip
+        else:
+            analysis.observe(tier="t", canary=False, error=True, latency_s=0.0005, path="/",
+                             id_hash=i, now=now, timed=False)  # fmt: skip
+        if i % 500 == 0:
+            analysis.assess(now)
+    verdict = analysis.assess(now)
+    assert verdict.verdict is not Verdict.DEGRADED, verdict
+    latency = next(c for c in verdict.checks if c.check == "latency")
+    assert latency.canary.requests == 0, "untimed answers fed the latency check"
