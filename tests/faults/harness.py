@@ -111,6 +111,7 @@ class Outcome:
     latency: float
     result: int | str
     served_by: str
+    body_bytes: int
 
     @property
     def ok(self) -> bool:

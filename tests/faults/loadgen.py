@@ -4,10 +4,10 @@
         [--method GET|POST] [--body-bytes N] [--readiness URL] [--abort]
 
 Runs until --duration passes or it gets SIGINT/SIGTERM, then writes FILE: a JSON list of
-`[start, latency_s, outcome, served_by]` per request, `start` in time.monotonic() seconds (the
-system-wide CLOCK_MONOTONIC, comparable with the test process), `outcome` the status code or an
-error name (connect, reset, eof, truncated, timeout, malformed), `served_by` the first word of the
-body. It prints `started` once the first response has arrived.
+`[start, latency_s, outcome, served_by, body_bytes]` per request, `start` in time.monotonic()
+seconds (the system-wide CLOCK_MONOTONIC, comparable with the test process), `outcome` the
+status code or an error name (connect, reset, eof, truncated, timeout, malformed), `served_by`
+the first word of the body. It prints `started` once the first response has arrived.
 
 The client is strict: a body shorter than its Content-Length, or a chunked body without its
 last chunk, is `truncated`, never a success. With --readiness it polls that URL every 50 ms and
@@ -39,7 +39,7 @@ class Load:
         url = urlsplit(options.url)
         self.host = url.hostname or "127.0.0.1"
         self.port = url.port or 80
-        self.records: list[tuple[float, float, int | str, str]] = []
+        self.records: list[tuple[float, float, int | str, str, int]] = []
         self.stop = asyncio.Event()
         self.counter = 0
         self.started = False
@@ -56,8 +56,9 @@ class Load:
         )
         return head.encode() + body
 
-    def record(self, start: float, outcome: int | str, served_by: str = "") -> None:
-        self.records.append((start, time.monotonic() - start, outcome, served_by))
+    def record(self, start: float, outcome: int | str, body: bytes = b"") -> None:
+        served_by = body.split(b" ", 1)[0].decode("latin-1")
+        self.records.append((start, time.monotonic() - start, outcome, served_by, len(body)))
         if not self.started and isinstance(outcome, int):
             self.started = True
             print("started", flush=True)
@@ -89,7 +90,7 @@ class Load:
                 writer.close()
                 writer = None
                 continue
-            self.record(start, status, body.split(b" ", 1)[0].decode("latin-1"))
+            self.record(start, status, body)
             if close:
                 writer.close()
                 writer = None
@@ -170,7 +171,7 @@ async def read_chunked(reader: asyncio.StreamReader) -> bytes:
         await reader.readexactly(2)
 
 
-async def main(options: argparse.Namespace) -> list[tuple[float, float, int | str, str]]:
+async def main(options: argparse.Namespace) -> list[tuple[float, float, int | str, str, int]]:
     load = Load(options)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
