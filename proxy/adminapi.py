@@ -23,7 +23,7 @@ from aiohttp import web
 
 from proxy.controller import Controller, Rollout, assessment_json
 from proxy.core.machine import Event
-from proxy.errors import StateError
+from proxy.errors import StateError, StateUnavailable
 
 CONTROLLER = web.AppKey("controller", Controller)
 TOKEN = web.AppKey("token", str)
@@ -151,6 +151,8 @@ async def act(request: web.Request) -> web.Response:
     actor = f"admin:{request.remote or 'unknown'}"
     try:
         transition = await controller.apply(rollout.config.name, event, actor)
+    except StateUnavailable as exc:
+        return _error(503, f"{exc}; nothing changed, try again later")
     except StateError as exc:
         status = 503 if controller.state_error else 409
         return _error(status, str(exc))

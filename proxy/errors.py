@@ -79,3 +79,8 @@ class UpstreamError(HttpError):
 
 class StateError(ProxyError):
     """Rollout state could not be read or written."""
+
+
+class StateUnavailable(StateError):
+    """The state store cannot be written now (disk full, read-only, I/O error): nothing
+    changed, and the same call may succeed later."""

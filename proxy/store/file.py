@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from proxy.errors import StateError
+from proxy.errors import StateError, StateUnavailable
 from proxy.store.records import JournalEntry, RolloutRecord
 
 SCHEMA_VERSION = 1
@@ -62,7 +62,10 @@ class FileStore:
             if found != expected_version:
                 return False
             records[record.service] = record
-            self._write(records)
+            try:
+                self._write(records)
+            except OSError as exc:  # disk full, read-only: the old document stays whole
+                raise StateUnavailable(f"cannot write {self.path}: {exc.strerror}") from exc
             return True
 
     def _write(self, records: dict[str, RolloutRecord]) -> None:
@@ -72,11 +75,14 @@ class FileStore:
 
     def append(self, entry: JournalEntry) -> None:
         line = orjson.dumps(entry.to_json()) + b"\n"
-        self.journal_path.parent.mkdir(parents=True, exist_ok=True)
-        with self._lock, open(self.journal_path, "ab") as journal:
-            journal.write(line)
-            journal.flush()
-            os.fsync(journal.fileno())
+        try:
+            self.journal_path.parent.mkdir(parents=True, exist_ok=True)
+            with self._lock, open(self.journal_path, "ab") as journal:
+                journal.write(line)
+                journal.flush()
+                os.fsync(journal.fileno())
+        except OSError as exc:
+            raise StateUnavailable(f"cannot write {self.journal_path}: {exc.strerror}") from exc
 
     def entries(self, service: str, limit: int = 100) -> list[JournalEntry]:
         """The service's journal, newest first."""
