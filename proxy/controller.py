@@ -270,7 +270,12 @@ class Controller:
     async def _loop(self) -> None:
         while True:
             await asyncio.sleep(self.interval())
-            await self.tick()
+            try:
+                await self.tick()
+            except StateError:
+                # The store refused or could not be written (a full disk): nothing changed,
+                # and the verdict is acted on again next interval. The loop must outlive it.
+                continue
 
     async def tick(self) -> None:
         """Take a verdict for every progressing rollout and act on it."""
@@ -317,12 +322,15 @@ class Controller:
                 raise StateError(f"{service}: the rollout changed elsewhere; try again")
             rollout.state = transition.after
             entry = self._entry(rollout, event.value, actor, evidence, reason, transition)
-            await self.store.journal(entry)
-            if moved:
-                now = self.clock.monotonic()
-                rollout.enter_step(now, wall, keep_baselines=event is not Event.RESTART)
-            self._publish(rollout)
-            self.sink.decision(service, event.value)
+            try:
+                await self.store.journal(entry)
+            finally:
+                # The state is written: routing follows it even when the journal cannot be.
+                if moved:
+                    now = self.clock.monotonic()
+                    rollout.enter_step(now, wall, keep_baselines=event is not Event.RESTART)
+                self._publish(rollout)
+                self.sink.decision(service, event.value)
             return transition
 
     def _entry(
