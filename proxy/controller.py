@@ -290,6 +290,7 @@ class Controller:
             path=path,
             id_hash=id_hash,
             now=self.clock.monotonic(),
+            timed=not proxy_generated,
         )
         if tripped is not None and not rollout.guardrail_pending and self.deciding:
             rollout.guardrail_pending = True
@@ -340,8 +341,14 @@ class Controller:
     async def _loop(self) -> None:
         while True:
             await asyncio.sleep(self.interval())
-            with contextlib.suppress(StateError):  # said in the status; the next tick retries
+            try:
+                if self.pending:  # applied here while the store could not be written
+                    await self.write_back(await self.store.load())
                 await self.tick()
+            except StateError:
+                # The store refused or could not be written (a full disk): nothing changed,
+                # and the verdict is acted on again next interval. The loop must outlive it.
+                continue
 
     async def tick(self) -> None:
         """Take a verdict for every progressing rollout and act on it."""

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 from proxy.config import Config, ServiceConfig
 from proxy.core.bucketing import bucket_for
 from proxy.core.identity import RequestView, subject_for
+from proxy.core.retries import RetryBudget
 from proxy.core.routing import RoutingPlan, Subject, Variant, decide
 from proxy.errors import NoRoute
 from proxy.http.pool import UpstreamPool
@@ -56,11 +57,20 @@ class Recorder:
         self.evidence: Evidence | None = None
 
     def completed(
-        self, route: Route, status: int, duration_s: float, request: Request, generated: bool
+        self,
+        route: Route,
+        status: int,
+        duration_s: float,
+        request: Request,
+        generated: bool,
+        *,
+        evidence_too: bool = True,
     ) -> None:
+        """`evidence_too=False`: metrics only (a retry on stable of a request the routing
+        plan gave the canary is no sample of the stable arm)."""
         self.metrics.observe(route.service, route.variant, route.tier, status, duration_s)
         evidence = self.evidence
-        if evidence is not None:
+        if evidence is not None and evidence_too:
             evidence.observe(
                 route.service,
                 route.tier,
@@ -78,11 +88,28 @@ class Recorder:
     def aborted(self, route: Route) -> None:
         self.metrics.client_abort(route.service, route.variant)
 
+    def retried(self, route: Route, allowed: bool) -> None:
+        """A failed attempt on `route` was sent again to stable (or the budget said no)."""
+        self.metrics.retry(route.service, route.variant, allowed)
+
 
 class Route:
-    """Where a request goes and how it is labelled: shared by every request of a segment."""
+    """Where a request goes and how it is labelled: shared by every request of a segment.
+    A canary route has a `fallback` (the stable route of its tier) and the service's retry
+    `budget` when the canary has upstreams of its own."""
 
-    __slots__ = ("canary", "extra", "pool", "recorder", "service", "step", "tier", "variant")
+    __slots__ = (
+        "budget",
+        "canary",
+        "extra",
+        "fallback",
+        "pool",
+        "recorder",
+        "service",
+        "step",
+        "tier",
+        "variant",
+    )
 
     def __init__(
         self,
@@ -92,6 +119,7 @@ class Route:
         step: int,
         pool: UpstreamPool,
         recorder: Recorder,
+        budget: RetryBudget,
     ) -> None:
         self.service = service
         self.variant = variant.value
@@ -100,6 +128,8 @@ class Route:
         self.step = step
         self.pool = pool
         self.recorder = recorder
+        self.budget = budget
+        self.fallback: Route | None = None
         # Added to the upstream request; the same names are stripped from incoming requests.
         self.extra = b"X-Rollout-Variant: %s\r\nX-Rollout-Step: %d\r\n" % (
             variant.value.encode("ascii"),
@@ -118,16 +148,22 @@ class ServiceRoutes:
         plan: RoutingPlan,
         pools: Mapping[Variant, UpstreamPool],
         recorder: Recorder,
+        budget: RetryBudget,
     ) -> None:
         self.config = config
         self.plan = plan
         self.host = config.match.host.lower() if config.match.host else None
         self.path_prefix = config.match.path_prefix
+        step = plan.step_index
         self.routes: dict[tuple[Variant, str], Route] = {
-            (variant, tier): Route(config.name, variant, tier, plan.step_index, pool, recorder)
+            (variant, tier): Route(config.name, variant, tier, step, pool, recorder, budget)
             for variant, pool in pools.items()
             for tier in config.tiers.names
         }
+        if pools[Variant.CANARY] is not pools[Variant.STABLE]:
+            for tier in config.tiers.names:
+                canary = self.routes[(Variant.CANARY, tier)]
+                canary.fallback = self.routes[(Variant.STABLE, tier)]
         # Subject -> (its route, its decision's bucket) under this plan: routing is pure, and
         # the same ids come back request after request. Bounded; emptied when full.
         self.decided: dict[Subject, tuple[Route, int]] = {}
@@ -156,6 +192,7 @@ class Router:
         self.recorder = Recorder(metrics)
         self.metrics = metrics
         self.pools: dict[str, dict[Variant, UpstreamPool]] = {}
+        self.budgets: dict[str, RetryBudget] = {}
         self.services: list[ServiceRoutes] = []
         self._hosts: dict[bytes | None, str] = {}  # Host value -> _bare_host(value)
         for service in config.services:
@@ -166,11 +203,16 @@ class Router:
             else:
                 pools[Variant.CANARY] = pools[Variant.STABLE]
             self.pools[service.name] = pools
+            limits = config.limits
+            self.budgets[service.name] = RetryBudget(
+                limits.retry_budget_percent, limits.retry_burst
+            )
             self.services.append(self._snapshot(service, RoutingPlan.build(service.rollout, 0)))
 
     def _snapshot(self, service: ServiceConfig, plan: RoutingPlan) -> ServiceRoutes:
         self.metrics.set_step(service.name, plan.step_index, plan.canary_percent())
-        return ServiceRoutes(service, plan, self.pools[service.name], self.recorder)
+        pools, budget = self.pools[service.name], self.budgets[service.name]
+        return ServiceRoutes(service, plan, pools, self.recorder, budget)
 
     def set_plan(self, name: str, plan: RoutingPlan) -> None:
         """Swap in a new routing snapshot for service `name` (atomic for requests)."""

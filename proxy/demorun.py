@@ -87,7 +87,7 @@ async def run_demo(
             await runtime.start()
             await _show(runtime, duration_s, concurrency)
         finally:
-            await runtime.stop(drain_s=1.0)
+            await runtime.stop(drain_s=1.0, notice_s=0.0)
             await upstreams.close()
     return 0
 

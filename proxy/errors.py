@@ -86,4 +86,5 @@ class StaleVersion(StateError):
 
 
 class StoreUnavailable(StateError):
-    """The shared state store cannot be reached now (it may come back): retry later."""
+    """The state store cannot be reached or written now (Redis away, a full disk): nothing
+    changed, and the same call may succeed later."""

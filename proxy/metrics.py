@@ -96,6 +96,7 @@ class Metrics(Collector):
         self._latency: dict[tuple[str, str, str], _Latency] = {}
         self._failures: dict[tuple[str, str, str], int] = {}
         self._aborts: dict[tuple[str, str], int] = {}
+        self._retries: dict[tuple[str, str, str], int] = {}
         self._steps: dict[str, tuple[int, float]] = {}
         self._status: dict[str, str] = {}
         self._decisions: dict[tuple[str, str], int] = {}
@@ -148,6 +149,14 @@ class Metrics(Collector):
             _check("variant", variant, VARIANTS)
             self._aborts[key] = 0
         self._aborts[key] += 1
+
+    def retry(self, service: str, variant: str, allowed: bool) -> None:
+        """A failed attempt on `variant` was retried on stable, or the retry budget refused."""
+        key = (service, variant, "retried" if allowed else "budget_exhausted")
+        if key not in self._retries:
+            _check("variant", variant, VARIANTS)
+            self._retries[key] = 0
+        self._retries[key] += 1
 
     def rejected(self, status: int) -> None:
         """The proxy refused a request itself (malformed, too large, too slow, no route) and
@@ -219,6 +228,15 @@ class Metrics(Collector):
         for pair, count in self._aborts.items():
             aborts.add_metric(pair, count)
         yield aborts
+        retries = CounterMetricFamily(
+            "rollout_retries",
+            "Failed attempts sent again to stable (retried) or not (budget_exhausted), by the "
+            "variant that failed; the failed attempt also counts as a request of that variant.",
+            labels=("service", "variant", "outcome"),
+        )
+        for key, count in self._retries.items():
+            retries.add_metric(key, count)
+        yield retries
         rejected = CounterMetricFamily(
             "rollout_rejected_requests",
             "Requests the proxy refused itself (malformed, too large, too slow, no route), "

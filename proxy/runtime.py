@@ -111,9 +111,14 @@ class Runtime:
         error = self.controller.state_error
         self.readiness.set_ready(f"serving; {error}" if error and not self.replica else "serving")
 
-    async def stop(self, drain_s: float | None = None) -> int:
+    async def stop(self, drain_s: float | None = None, notice_s: float | None = None) -> int:
         """Drain and close; return the number of connections cut at the deadline."""
         self.readiness.set_not_ready("draining")
+        notice = self.config.limits.drain_notice_s if notice_s is None else notice_s
+        if self._engine is not None and notice > 0:
+            # Readiness fails first; the listener stays open while readiness watchers react.
+            self._engine.announce_drain()
+            await asyncio.sleep(notice)
         cut = 0
         if self.replica is not None:
             await self.replica.close()

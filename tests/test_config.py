@@ -599,3 +599,27 @@ def test_the_error_floor_of_the_analysis() -> None:
         load_config_data(data)
     assert err.value.path == "services[0].rollout.analysis.errors.min_rate"
     assert "from 0 to 0.5" in err.value.reason
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "[::]", "10.1.2.3", "admin.internal"])
+def test_a_non_loopback_admin_listener_needs_a_token(host: str) -> None:
+    data = example_data()
+    data["admin"] = {"listen": f"{host}:9090"}
+    with pytest.raises(ConfigError) as err:
+        parse_config(data, ENV)
+    assert err.value.path == "admin.listen"
+    assert "admin.token_env" in err.value.reason
+    assert "127.0.0.1" in err.value.reason
+    # A configured token variable that is not set is no token either.
+    data["admin"]["token_env"] = "ADMIN_TOKEN"
+    with pytest.raises(ConfigError, match=r"admin\.listen"):
+        parse_config(data, ENV)
+    config = parse_config(data, {**ENV, "ADMIN_TOKEN": "secret"})
+    assert config.admin.token_env == "ADMIN_TOKEN"
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "[::1]", "localhost"])
+def test_a_loopback_admin_listener_needs_no_token(host: str) -> None:
+    data = example_data()
+    data["admin"] = {"listen": f"{host}:9090"}
+    assert parse_config(data, ENV).admin.token_env is None

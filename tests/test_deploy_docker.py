@@ -26,6 +26,7 @@ import pytest
 import yaml
 
 from proxy.config import load_config, parse_config
+from proxy.errors import ConfigError
 from tests.support.client import closed_port
 from tests.support.dockerfile import Stage, build_context, stages
 
@@ -104,9 +105,19 @@ def test_runs_as_an_unprivileged_user() -> None:
     assert f"--uid {uid}" in install.text
 
 
+# `docker run -e ROLLOUT_ADMIN_TOKEN=...`: the image's admin listener is not on loopback, and
+# the proxy refuses to start one there without a token.
+IMAGE_SECRETS = {"ROLLOUT_ADMIN_TOKEN": "image-test-token"}
+
+
+def test_the_image_needs_its_admin_token() -> None:
+    with pytest.raises(ConfigError, match=r"admin\.listen: 0\.0\.0\.0 is not a loopback"):
+        parse_config(_image_config(), {})
+
+
 def test_exposes_both_listeners_and_stops_with_sigterm() -> None:
     _, final = _stages()
-    config = parse_config(_image_config(), {})  # the image starts without any secret
+    config = parse_config(_image_config(), IMAGE_SECRETS)
     exposed = {int(port) for item in final.all("EXPOSE") for port in item.args}
     assert exposed == {config.listen.port, config.admin.listen.port}
     assert config.listen.host == config.admin.listen.host == "0.0.0.0"  # reachable from outside
@@ -184,7 +195,7 @@ def _environment(venv: Path) -> dict[str, str]:
         for arg in item.args:
             name, _, value = arg.partition("=")
             env[name] = value
-    return env
+    return {**env, **IMAGE_SECRETS}
 
 
 def _test_config(workdir: Path) -> tuple[Path, int]:
@@ -201,7 +212,7 @@ def _test_config(workdir: Path) -> tuple[Path, int]:
 
 
 def _healthcheck_on(port: int) -> list[str]:
-    image_port = parse_config(_image_config(), {}).admin.listen.port
+    image_port = parse_config(_image_config(), IMAGE_SECRETS).admin.listen.port
     command = _healthcheck()
     return [arg.replace(f":{image_port}/", f":{port}/") for arg in command]
 

@@ -33,7 +33,7 @@ async def test_drain_fails_readiness_and_lets_in_flight_requests_finish() -> Non
             assert response.status == 200
         in_flight = asyncio.create_task(session.get(proxy.data_url + "/slow"))
         await asyncio.sleep(0.1)
-        stopping = asyncio.create_task(proxy.stop(drain_s=3.0))
+        stopping = asyncio.create_task(proxy.stop(drain_s=3.0, notice_s=0.0))
         await asyncio.sleep(0.05)
         assert not proxy.readiness.ready
         assert proxy.readiness.reason == "draining"
@@ -51,6 +51,23 @@ async def test_drain_cuts_what_outlives_the_deadline() -> None:
     async with running_proxy(data) as proxy, aiohttp.ClientSession() as session:
         in_flight = asyncio.create_task(session.get(proxy.data_url + "/slow"))
         await asyncio.sleep(0.1)
-        assert await proxy.stop(drain_s=0.2) == 1
+        assert await proxy.stop(drain_s=0.2, notice_s=0.0) == 1
         in_flight.cancel()
+    await runner.cleanup()
+
+
+async def test_readiness_fails_while_the_listener_still_serves_during_the_notice() -> None:
+    runner, url = await _slow_upstream(0.0)
+    data = config_dict(service([url], [url]))
+    async with running_proxy(data) as proxy, aiohttp.ClientSession() as session:
+        stopping = asyncio.create_task(proxy.stop(drain_s=1.0, notice_s=0.6))
+        await asyncio.sleep(0.1)
+        assert not proxy.readiness.ready
+        # A client that has not yet seen /readyz fail still gets its answer, on a new
+        # connection, told to close it.
+        async with session.get(proxy.data_url + "/slow") as response:
+            assert response.status == 200
+            assert response.headers.get("Connection") == "close"
+        assert not stopping.done()
+        assert await stopping == 0
     await runner.cleanup()

@@ -11,6 +11,7 @@ are errors that list the allowed keys. docs/configuration.md is the reference of
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -68,18 +69,47 @@ DEFAULT_REDIS_PREFIX = "rollout-proxy"
 _TIMINGS = ("reconcile", "lease", "timeout")
 _REDIS_KEYS = ("url_env", "prefix", *_TIMINGS)
 # limits that may be 0 (the rest must be >= 1 or > 0 seconds)
-_ZERO_ALLOWED = frozenset({"max_body_bytes", "pool_queue", "pool_idle_per_endpoint", "drain_s"})
+_ZERO_ALLOWED = frozenset(
+    {
+        "max_body_bytes",
+        "pool_queue",
+        "pool_idle_per_endpoint",
+        "drain_s",
+        "drain_notice_s",
+        "retry_budget_percent",
+        "retry_burst",
+    }
+)
 
 
-def _admin(value: object, path: str) -> AdminConfig:
+def _admin(value: object, path: str, env: Mapping[str, str]) -> AdminConfig:
     data = read.mapping(value, path, ("listen", "token_env"))
     token_env = data.get("token_env")
-    return AdminConfig(
-        listen=read.address(data.get("listen", DEFAULT_ADMIN_LISTEN), read.key(path, "listen")),
+    listen_path = read.key(path, "listen")
+    admin = AdminConfig(
+        listen=read.address(data.get("listen", DEFAULT_ADMIN_LISTEN), listen_path),
         token_env=None
         if token_env is None
         else read.env_name(token_env, read.key(path, "token_env")),
     )
+    if not _loopback(admin.listen.host) and not env.get(admin.token_env or ""):
+        raise ConfigError(
+            listen_path,
+            f"{admin.listen.host} is not a loopback address, and the admin API has no token: "
+            "set admin.token_env to an environment variable holding a bearer token (and set "
+            "the variable), or listen on 127.0.0.1",
+        )
+    return admin
+
+
+def _loopback(host: str) -> bool:
+    """Only loopback addresses (and `localhost`) keep the admin API off the network."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
 
 
 def _only_with(data: Mapping[str, object], path: str, names: tuple[str, ...], backend: str) -> None:
@@ -166,7 +196,7 @@ def parse_config(data: object, env: Mapping[str, str]) -> Config:
         raise ConfigError("", "the configuration must be a mapping of keys to values")
     top = read.mapping(data, "", _TOP_KEYS, required=("listen", "services"))
     listen = read.address(top["listen"], "listen")
-    admin = _admin(top.get("admin", {}), "admin")
+    admin = _admin(top.get("admin", {}), "admin", env)
     if admin.listen == listen and listen.port != 0:
         raise ConfigError("admin.listen", f"must differ from listen ({listen})")
     peers = read.sequence(top.get("trusted_peers", []), "trusted_peers")

@@ -154,7 +154,12 @@ class Limits:
     eject_failures: int = 5
     eject_s: float = 10.0
     drain_s: float = 5.0
+    drain_notice_s: float = 1.0  # readiness fails this long before the listener closes
     max_pipelined: int = 16
+    # Failed canary attempts sent again to stable, % of requests, and at most this many at once.
+    # Generous: a retry moves a request to stable, which a rollback would do for all of them.
+    retry_budget_percent: int = 50
+    retry_burst: int = 100
 
 
 @dataclass(frozen=True, slots=True)

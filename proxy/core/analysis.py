@@ -299,17 +299,22 @@ class StepAnalysis:
         path: str,
         id_hash: int,
         now: float,
+        timed: bool = True,
     ) -> Assessment | None:
-        """Record one finished request; the guardrail's DEGRADED assessment the first time."""
+        """Record one finished request; the guardrail's DEGRADED assessment the first time.
+        `timed=False`: the proxy answered itself (a 503 from a full pool queue, a 504 at the
+        timeout, a 502): an error, but its latency is the proxy's, not the upstream's, and
+        stays out of the latency check (a flood of instant 503s on stable would otherwise
+        make a healthy canary look slow)."""
         state = self._tiers.get(tier) or self._tier(tier, now)
         share = state.share
         calm = not self._incident.active
         self.errors.record(tier, canary, error, share, id_hash, now, calm)
         threshold = state.threshold
-        if threshold > 0.0:
+        if threshold > 0.0 and timed:
             slow = latency_s > (threshold * self._slow_factor if canary else threshold)
             self.latency.record(tier, canary, slow, share, id_hash, now)
-        if not canary:
+        if not canary and timed:
             state.histogram.add(latency_s)
         share.add(canary)
         if self._prefixes:

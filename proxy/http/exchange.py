@@ -9,13 +9,19 @@ Moving the bytes is the `Relay` base class's business; this module owns phases a
 Errors are tagged by source: an upstream that fails is counted against the route's variant; a
 client that goes away is counted as an abort and never as an upstream failure; a request the
 proxy refuses (`refused`) is neither.
+
+A canary attempt that failed where sending it again is safe (a connect failure: nothing was
+sent; or an idempotent request without a body that got no response byte) is sent again to
+stable while the service's retry budget allows (`_fall_back`). The failed attempt is recorded
+first as what it was, a failed canary request (metrics and the analysis' evidence), so a retry
+never hides a broken canary; the stable answer is counted in the metrics only.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from proxy.errors import UpstreamError
+from proxy.errors import Overloaded, UpstreamError
 from proxy.http.relay import PENDING_LIMIT, Relay
 from proxy.http.request import upstream_head
 from proxy.http.response import CLOSE
@@ -31,7 +37,7 @@ if TYPE_CHECKING:
 class Exchange(Relay):
     """One request's way through the proxy, from admission to its recorded outcome."""
 
-    __slots__ = ("abandoned", "admitted", "endpoint", "retried", "route", "started")
+    __slots__ = ("abandoned", "admitted", "endpoint", "rerouted", "retried", "route", "started")
 
     def __init__(self, client: DownstreamProtocol, request: Request, route: Route) -> None:
         super().__init__(client, request)
@@ -41,13 +47,16 @@ class Exchange(Relay):
         self.abandoned = False
         self.admitted = False
         self.retried = False
+        self.rerouted = False  # a failed canary attempt was sent again to stable
 
     # --- start and attach -------------------------------------------------------------
 
     def start(self, now: float) -> None:
         """Ask the route's pool for a connection (raises Overloaded when it cannot queue)."""
         self.started = now
-        self.route.pool.acquire(self)
+        route = self.route
+        route.budget.deposit()
+        route.pool.acquire(self)
         self.admitted = True
 
     def attach(self, conn: UpstreamConnection, endpoint: Endpoint) -> None:
@@ -116,6 +125,9 @@ class Exchange(Relay):
             self.retried = True
             self.route.pool.dispatch(self, fresh=True)
             return
+        if self._may_fall_back(error):
+            self._fall_back()
+            return
         if self.tunnel:
             self.tunnel_closed()
             return
@@ -141,6 +153,40 @@ class Exchange(Relay):
             and not self.request.has_body
             and self.status == 0
         )
+
+    def _may_fall_back(self, error: UpstreamError) -> bool:
+        """May this failed canary attempt go to stable? Only if no response byte came back,
+        and either nothing was sent (connect) or sending it again is safe (RFC 9110 9.2.2:
+        idempotent, and no body that is gone); then only within the retry budget."""
+        route = self.route
+        if route.fallback is None or self.response_started or self.tunnel or self.status:
+            return False
+        request = self.request
+        safe = error.reason == "connect" or (
+            error.reason == "reset" and request.idempotent and not request.has_body
+        )
+        if not safe:
+            return False
+        allowed = route.budget.withdraw()
+        route.recorder.retried(route, allowed)
+        return allowed
+
+    def _fall_back(self) -> None:
+        """Record the failed canary attempt, then send the request to the stable pool."""
+        canary = self.route
+        stable = canary.fallback
+        assert stable is not None
+        duration = self.client.loop.time() - self.started
+        canary.recorder.completed(canary, 502, duration, self.request, True)
+        self._release_slot()
+        self.route = stable
+        self.rerouted = True
+        try:
+            stable.pool.acquire(self)
+        except Overloaded as exc:
+            self.respond_error(exc)
+            return
+        self.admitted = True
 
     def upstream_lost(self, conn: UpstreamConnection, exc: Exception | None) -> None:
         """The upstream closed the connection while this exchange used it."""
@@ -248,4 +294,7 @@ class Exchange(Relay):
     def record(self, status: int, *, generated: bool = False) -> None:
         """Count the outcome once: metrics, and the rollout analysis as evidence."""
         duration = self.client.loop.time() - self.started
-        self.route.recorder.completed(self.route, status, duration, self.request, generated)
+        route = self.route
+        route.recorder.completed(
+            route, status, duration, self.request, generated, evidence_too=not self.rerouted
+        )

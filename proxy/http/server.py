@@ -98,6 +98,14 @@ class Engine:
         if not self.connections and self._all_closed is not None:
             self._all_closed.set()
 
+    def announce_drain(self) -> None:
+        """Draining is coming: keep accepting and serving, but end every connection after its
+        current response (`Connection: close`), without closing idle ones yet (a client may
+        be sending on them right now)."""
+        self.draining = True
+        for conn in self.connections:
+            conn.draining = True
+
     async def drain(self, grace_s: float) -> int:
         """Stop accepting, let in-flight exchanges finish; return how many were cut."""
         self.draining = True

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import threading
 from pathlib import Path
@@ -22,10 +23,11 @@ from typing import Any
 
 import orjson
 
-from proxy.errors import StateError
+from proxy.errors import StateError, StoreUnavailable
 from proxy.store.records import JournalEntry, RolloutRecord
 
 SCHEMA_VERSION = 1
+_log = logging.getLogger(__name__)
 
 
 def _checksum(body: Any) -> str:
@@ -62,7 +64,10 @@ class FileStore:
             if found != expected_version:
                 return False
             records[record.service] = record
-            self._write(records)
+            try:
+                self._write(records)
+            except OSError as exc:  # disk full, read-only: the old document stays whole
+                raise StoreUnavailable(f"cannot write {self.path}: {exc.strerror}") from exc
             return True
 
     def _write(self, records: dict[str, RolloutRecord]) -> None:
@@ -72,11 +77,14 @@ class FileStore:
 
     def append(self, entry: JournalEntry) -> None:
         line = orjson.dumps(entry.to_json()) + b"\n"
-        self.journal_path.parent.mkdir(parents=True, exist_ok=True)
-        with self._lock, open(self.journal_path, "ab") as journal:
-            journal.write(line)
-            journal.flush()
-            os.fsync(journal.fileno())
+        try:
+            self.journal_path.parent.mkdir(parents=True, exist_ok=True)
+            with self._lock, open(self.journal_path, "ab") as journal:
+                journal.write(line)
+                journal.flush()
+                os.fsync(journal.fileno())
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot write {self.journal_path}: {exc.strerror}") from exc
 
     def entries(self, service: str, limit: int = 100) -> list[JournalEntry]:
         """The service's journal, newest first."""
@@ -112,7 +120,12 @@ class FileStore:
     ) -> bool:
         if not self.compare_and_set(record, expected_version):
             return False
-        self.append(entry)
+        # The record is the commit point: routing must follow what is written. A journal line
+        # that cannot be written after it is reported, and the transition stands.
+        try:
+            self.append(entry)
+        except StoreUnavailable as exc:
+            _log.error("journal entry lost (%s): %s", exc, orjson.dumps(entry.to_json()).decode())
         return True
 
     async def history(self, service: str, limit: int = 100) -> list[JournalEntry]:

@@ -67,7 +67,9 @@ def aborts(samples: Samples) -> dict[str, float]:
 
 async def test_closed_port_is_a_502_counted_as_connect_against_that_variant() -> None:
     stable = await RecordingUpstream("stable").start()
-    async with proxy_for([stable.url], [f"http://127.0.0.1:{closed_port()}"]) as (proxy, port):
+    dead = [f"http://127.0.0.1:{closed_port()}"]
+    # Without a retry budget (test_retry_on_stable.py has the retried case).
+    async with proxy_for([stable.url], dead, retry_budget_percent=0) as (proxy, port):
         failed = await exchange(port, get("/", TO_CANARY))
         fine = await exchange(port, get("/"))
         samples = await scrape(proxy)

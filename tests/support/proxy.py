@@ -55,4 +55,4 @@ async def running_proxy(
     try:
         yield runtime
     finally:
-        await runtime.stop(drain_s=0.5)
+        await runtime.stop(drain_s=0.5, notice_s=0.0)
