@@ -21,7 +21,9 @@ are checked against closed sets when a series is first created, status codes bec
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Final
 
 from prometheus_client import CollectorRegistry
@@ -71,6 +73,16 @@ class _Latency:
             running += count
             out.append((le, float(running)))
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class ArmCounts:
+    """A copy of one (service, variant, tier)'s cumulative counters, for readers other than
+    Prometheus: requests by status class, and latency counts per bucket of DURATION_BUCKETS
+    (not cumulative; the last one is +Inf)."""
+
+    by_class: Mapping[str, float]
+    buckets: tuple[int, ...]
 
 
 ROLLOUT_STATUSES = frozenset({"progressing", "paused", "completed", "rolled_back"})
@@ -131,6 +143,20 @@ class Metrics(Collector):
         latency = self._latency.setdefault((service, variant, tier), _Latency())
         series = self._hot[(service, variant, tier, status)] = (counter, latency)
         return series
+
+    def arm_counts(self, service: str) -> dict[tuple[str, str], ArmCounts]:
+        """The cumulative counters of `service` per (variant, tier), copied (the history of
+        the admin page reads them; nothing here changes)."""
+        classes: dict[tuple[str, str], dict[str, float]] = {}
+        for (name, variant, tier, kind), counter in self._requests.items():
+            if name == service:
+                classes.setdefault((variant, tier), {})[kind] = counter.value
+        result: dict[tuple[str, str], ArmCounts] = {}
+        for (variant, tier), by_class in classes.items():
+            latency = self._latency.get((service, variant, tier))
+            buckets = tuple(latency.buckets) if latency is not None else (0,) * len(_LE)
+            result[(variant, tier)] = ArmCounts(MappingProxyType(by_class), buckets)
+        return result
 
     def upstream_failure(self, service: str, variant: str, reason: str) -> None:
         """An upstream of `variant` failed with `reason` (connect, timeout, reset, protocol)."""
