@@ -58,10 +58,22 @@ function count(n) {
   return Math.round(n).toLocaleString("en-US");
 }
 
+// Two significant digits rounded as Python's format(x, ".2g") does (the exact binary value,
+// ties to even), so that the page's numbers read like the controller's own summaries.
+function sig2(x) {
+  const [mantissa, exponent] = x.toExponential(25).split("e");
+  const digits = mantissa.replace(".", "");
+  let lead = Number(digits.slice(0, 2));
+  const rest = digits.slice(2);
+  const half = "5".padEnd(rest.length, "0");
+  if (rest > half || (rest === half && lead % 2 === 1)) lead += 1;
+  return Number(`${lead}e${Number(exponent) - 1}`);
+}
+
 function pct(rate) {
   if (rate === null || rate === undefined) return "–";
   if (rate === 0) return "0%";
-  return `${Number((rate * 100).toPrecision(2))}%`;
+  return `${sig2(rate * 100)}%`;
 }
 
 function percent(value) {
