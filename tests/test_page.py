@@ -35,7 +35,7 @@ TENANTS = {
     "enterprise": list(ENTERPRISE),
     "internal": list(INTERNAL),
 }
-WEIGHTS = {"free": 0.55, "enterprise": 0.25, "internal": 0.2}
+WEIGHTS = {"free": 0.5, "enterprise": 0.2, "internal": 0.3}
 STEPS = [
     {"tiers": ["internal"], "observe": "1h"},
     {"percent": 25, "observe": "1h"},
@@ -99,7 +99,7 @@ def _config(stable: str, canary: str) -> dict[str, Any]:
         steps=STEPS,
         tiers={"tenants": {**ENTERPRISE, **INTERNAL}, "default": "free"},
     )
-    section["rollout"]["baseline"] = "3s"
+    section["rollout"]["baseline"] = "4s"
     section["rollout"]["analysis"] = {"interval": "250ms", "min_requests": 50}
     data = config_dict(section)
     data["admin"]["token_env"] = "ADMIN_TOKEN"
@@ -215,7 +215,7 @@ def _screenshot_path(tmp_path: Path) -> Path:
 async def test_page_follows_the_rollout_and_steers_it(browser: Browser, tmp_path: Path) -> None:
     async with _setup(stable_every=200, canary_every=200) as (runtime, canary):
         traffic = Traffic(runtime.data_url + "/cart")
-        # The baseline period (3 s, all stable: it measures the internal tier's pre-exposure
+        # The baseline period (4 s, all stable: it measures the internal tier's pre-exposure
         # baseline) and then step 1 (the internal tier only).
         async with traffic.flowing():
             await asyncio.to_thread(browser.open, runtime.admin_url + "/")
