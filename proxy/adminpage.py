@@ -85,12 +85,11 @@ class Sampler:
     def sample(self) -> None:
         """Read every service's counters and position now."""
         at = self.controller.clock.wall()
+        counts = self.metrics.arm_counts()
         for name, rollout in self.controller.rollouts.items():
             last = rollout.last
             pre = pre_exposure_of(last, rollout.analysis.tier_baselines()) if last else {}
-            self.history(rollout).record(
-                at, self.metrics.arm_counts(name), position_of(rollout), pre
-            )
+            self.history(rollout).record(at, counts.get(name, {}), position_of(rollout), pre)
 
     def start(self) -> None:
         self.sample()

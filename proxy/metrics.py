@@ -144,18 +144,19 @@ class Metrics(Collector):
         series = self._hot[(service, variant, tier, status)] = (counter, latency)
         return series
 
-    def arm_counts(self, service: str) -> dict[tuple[str, str], ArmCounts]:
-        """The cumulative counters of `service` per (variant, tier), copied (the history of
-        the admin page reads them; nothing here changes)."""
-        classes: dict[tuple[str, str], dict[str, float]] = {}
-        for (name, variant, tier, kind), counter in self._requests.items():
-            if name == service:
-                classes.setdefault((variant, tier), {})[kind] = counter.value
-        result: dict[tuple[str, str], ArmCounts] = {}
-        for (variant, tier), by_class in classes.items():
-            latency = self._latency.get((service, variant, tier))
+    def arm_counts(self) -> dict[str, dict[tuple[str, str], ArmCounts]]:
+        """Every service's cumulative counters per (variant, tier), copied in one pass (the
+        history of the admin page reads them; nothing here changes)."""
+        classes: dict[tuple[str, str, str], dict[str, float]] = {}
+        for (service, variant, tier, kind), counter in self._requests.items():
+            classes.setdefault((service, variant, tier), {})[kind] = counter.value
+        result: dict[str, dict[tuple[str, str], ArmCounts]] = {}
+        for key, by_class in classes.items():
+            latency = self._latency.get(key)
             buckets = tuple(latency.buckets) if latency is not None else (0,) * len(_LE)
-            result[(variant, tier)] = ArmCounts(MappingProxyType(by_class), buckets)
+            service, variant, tier = key
+            arms = result.setdefault(service, {})
+            arms[(variant, tier)] = ArmCounts(MappingProxyType(by_class), buckets)
         return result
 
     def upstream_failure(self, service: str, variant: str, reason: str) -> None:

@@ -12,13 +12,17 @@ from prometheus_client import CollectorRegistry
 
 from proxy.core.analysis import AnalysisConfig, RateCount, StepAnalysis, TierBaseline
 from proxy.history import Position, PreExposure, ServiceHistory, pre_exposure_of, quantile_s
-from proxy.metrics import DURATION_BUCKETS, Metrics
+from proxy.metrics import DURATION_BUCKETS, ArmCounts, Metrics
 
 PROGRESSING = Position("progressing", 0, 10.0, None)
 
 
 def _metrics() -> Metrics:
     return Metrics(CollectorRegistry())
+
+
+def _counts(metrics: Metrics) -> dict[tuple[str, str], ArmCounts]:
+    return metrics.arm_counts().get("svc", {})
 
 
 def test_quantile_interpolates_within_the_bucket() -> None:
@@ -39,7 +43,7 @@ def test_quantile_lies_in_the_bucket_of_the_true_quantile(values: list[float], q
     metrics = _metrics()
     for value in values:
         metrics.observe("svc", "stable", "free", 200, value)
-    (counts,) = metrics.arm_counts("svc").values()
+    (counts,) = _counts(metrics).values()
     estimate = quantile_s(counts.buckets, q)
     true = sorted(values)[max(0, ceil(q * len(values)) - 1)]
     i = bisect_left(DURATION_BUCKETS, true)
@@ -53,14 +57,14 @@ def test_a_sample_is_what_changed_since_the_previous_read() -> None:
     metrics = _metrics()
     history = ServiceHistory(capacity=10, error_classes={"5xx"})
     metrics.observe("svc", "stable", "free", 200, 0.002)
-    assert history.record(100.0, metrics.arm_counts("svc"), PROGRESSING, {}) is None
+    assert history.record(100.0, _counts(metrics), PROGRESSING, {}) is None
     for status in (200, 200, 503, 404):
         metrics.observe("svc", "stable", "free", status, 0.004)
     for status in (200, 502):
         metrics.observe("svc", "canary", "free", status, 0.2)
     metrics.observe("svc", "stable", "enterprise", 200, 0.001)
     metrics.observe("other", "canary", "free", 500, 0.001)  # another service: not counted
-    sample = history.record(102.5, metrics.arm_counts("svc"), PROGRESSING, {})
+    sample = history.record(102.5, _counts(metrics), PROGRESSING, {})
     assert sample is not None
     assert (sample.at, sample.span_s, sample.position) == (102.5, 2.5, PROGRESSING)
     free = sample.tiers["free"]
@@ -75,7 +79,7 @@ def test_a_sample_is_what_changed_since_the_previous_read() -> None:
     assert sample.tiers["enterprise"].canary.requests == 0
     # Nothing new in enterprise next time: the tier is left out of that sample.
     metrics.observe("svc", "stable", "free", 200, 0.004)
-    later = history.record(104.5, metrics.arm_counts("svc"), PROGRESSING, {})
+    later = history.record(104.5, _counts(metrics), PROGRESSING, {})
     assert later is not None
     assert set(later.tiers) == {"free"}
     assert later.tiers["free"].stable.requests == 1
@@ -84,10 +88,10 @@ def test_a_sample_is_what_changed_since_the_previous_read() -> None:
 def test_error_classes_come_from_the_analysis() -> None:
     metrics = _metrics()
     history = ServiceHistory(capacity=10, error_classes={"5xx", "4xx"})
-    history.record(0.0, metrics.arm_counts("svc"), PROGRESSING, {})
+    history.record(0.0, _counts(metrics), PROGRESSING, {})
     for status in (200, 404, 429, 500):
         metrics.observe("svc", "canary", "free", status, 0.01)
-    sample = history.record(2.0, metrics.arm_counts("svc"), PROGRESSING, {})
+    sample = history.record(2.0, _counts(metrics), PROGRESSING, {})
     assert sample is not None
     assert sample.tiers["free"].canary.errors == 3
 
@@ -97,7 +101,7 @@ def test_the_ring_keeps_the_last_samples_and_since_filters() -> None:
     history = ServiceHistory(capacity=3, error_classes={"5xx"})
     for second in range(6):
         metrics.observe("svc", "stable", "free", 200, 0.01)
-        history.record(float(second), metrics.arm_counts("svc"), PROGRESSING, {})
+        history.record(float(second), _counts(metrics), PROGRESSING, {})
     assert [s.at for s in history.samples] == [3.0, 4.0, 5.0]
     assert [s.at for s in history.since(3.0)] == [4.0, 5.0]
     assert history.since(5.0) == []
@@ -106,11 +110,11 @@ def test_the_ring_keeps_the_last_samples_and_since_filters() -> None:
 def test_baseline_of_a_tier() -> None:
     metrics = _metrics()
     history = ServiceHistory(capacity=10, error_classes={"5xx"})
-    history.record(0.0, metrics.arm_counts("svc"), PROGRESSING, {})
+    history.record(0.0, _counts(metrics), PROGRESSING, {})
     pre = {"internal": PreExposure(400, 0.005, 0.03)}
     metrics.observe("svc", "canary", "internal", 200, 0.01)
     metrics.observe("svc", "canary", "free", 200, 0.01)
-    sample = history.record(2.0, metrics.arm_counts("svc"), PROGRESSING, pre)
+    sample = history.record(2.0, _counts(metrics), PROGRESSING, pre)
     assert sample is not None
     assert sample.tiers["internal"].baseline == "pre_exposure"
     assert sample.tiers["internal"].pre_exposure == pre["internal"]
@@ -118,7 +122,7 @@ def test_baseline_of_a_tier() -> None:
     # A rolled-back rollout exposes nothing: its tiers have no pre-exposure baseline.
     metrics.observe("svc", "stable", "internal", 200, 0.01)
     rolled_back = Position("rolled_back", 0, 0.0, "degraded")
-    later = history.record(4.0, metrics.arm_counts("svc"), rolled_back, pre)
+    later = history.record(4.0, _counts(metrics), rolled_back, pre)
     assert later is not None
     assert later.tiers["internal"].baseline == "stable"
     assert later.tiers["internal"].pre_exposure is None
@@ -149,10 +153,10 @@ def test_pre_exposure_comes_from_the_verdict() -> None:
 def test_sample_json() -> None:
     metrics = _metrics()
     history = ServiceHistory(capacity=10, error_classes={"5xx"})
-    history.record(10.0, metrics.arm_counts("svc"), PROGRESSING, {})
+    history.record(10.0, _counts(metrics), PROGRESSING, {})
     metrics.observe("svc", "canary", "internal", 500, 0.003)
     pre = {"internal": PreExposure(400, 0.005, None)}
-    sample = history.record(12.0, metrics.arm_counts("svc"), PROGRESSING, pre)
+    sample = history.record(12.0, _counts(metrics), PROGRESSING, pre)
     assert sample is not None
     data = sample.to_json()
     assert data["t"] == 12.0

@@ -185,7 +185,7 @@ def test_state_staleness_is_read_at_scrape_time(
     assert registry.get_sample_value("rollout_state_stale_seconds") == 7.0
 
 
-def test_arm_counts_reads_a_copy_of_one_services_counters(
+def test_arm_counts_reads_a_copy_of_the_counters(
     registry: CollectorRegistry, metrics: Metrics
 ) -> None:
     metrics.observe("checkout", "canary", "free", 200, 0.003)
@@ -193,8 +193,10 @@ def test_arm_counts_reads_a_copy_of_one_services_counters(
     metrics.observe("checkout", "stable", "enterprise", 200, 0.0001)
     metrics.observe("search", "stable", "free", 200, 0.01)
     before = generate_latest(registry)
-    counts = metrics.arm_counts("checkout")
+    everything = metrics.arm_counts()
     assert generate_latest(registry) == before  # reading changes nothing
+    assert set(everything) == {"checkout", "search"}
+    counts = everything["checkout"]
     assert set(counts) == {("canary", "free"), ("stable", "enterprise")}
     canary = counts[("canary", "free")]
     assert dict(canary.by_class) == {"2xx": 1.0, "5xx": 1.0}
@@ -203,5 +205,4 @@ def test_arm_counts_reads_a_copy_of_one_services_counters(
     assert canary.buckets[-1] == 1  # 20 s: beyond the last edge
     metrics.observe("checkout", "canary", "free", 200, 0.003)
     assert canary.buckets[3] == 1  # a copy: later requests do not change it
-    assert metrics.arm_counts("checkout")[("canary", "free")].buckets[3] == 2
-    assert metrics.arm_counts("nope") == {}
+    assert metrics.arm_counts()["checkout"][("canary", "free")].buckets[3] == 2
