@@ -21,7 +21,9 @@ are checked against closed sets when a series is first created, status codes bec
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Final
 
 from prometheus_client import CollectorRegistry
@@ -71,6 +73,16 @@ class _Latency:
             running += count
             out.append((le, float(running)))
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class ArmCounts:
+    """A copy of one (service, variant, tier)'s cumulative counters, for readers other than
+    Prometheus: requests by status class, and latency counts per bucket of DURATION_BUCKETS
+    (not cumulative; the last one is +Inf)."""
+
+    by_class: Mapping[str, float]
+    buckets: tuple[int, ...]
 
 
 ROLLOUT_STATUSES = frozenset({"progressing", "paused", "completed", "rolled_back"})
@@ -132,6 +144,21 @@ class Metrics(Collector):
         latency = self._latency.setdefault((service, variant, tier), _Latency())
         series = self._hot[(service, variant, tier, status)] = (counter, latency)
         return series
+
+    def arm_counts(self) -> dict[str, dict[tuple[str, str], ArmCounts]]:
+        """Every service's cumulative counters per (variant, tier), copied in one pass (the
+        history of the admin page reads them; nothing here changes)."""
+        classes: dict[tuple[str, str, str], dict[str, float]] = {}
+        for (service, variant, tier, kind), counter in self._requests.items():
+            classes.setdefault((service, variant, tier), {})[kind] = counter.value
+        result: dict[str, dict[tuple[str, str], ArmCounts]] = {}
+        for key, by_class in classes.items():
+            latency = self._latency.get(key)
+            buckets = tuple(latency.buckets) if latency is not None else (0,) * len(_LE)
+            service, variant, tier = key
+            arms = result.setdefault(service, {})
+            arms[(variant, tier)] = ArmCounts(MappingProxyType(by_class), buckets)
+        return result
 
     def upstream_failure(self, service: str, variant: str, reason: str) -> None:
         """An upstream of `variant` failed with `reason` (connect, timeout, reset, protocol)."""

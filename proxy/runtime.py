@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from proxy import adminapi
+from proxy import adminapi, adminpage
 from proxy.admin import Readiness, build_admin_app
 from proxy.config import Config
 from proxy.controller import Clock, Controller
@@ -58,6 +58,7 @@ class Runtime:
         self.replica: Replica | None = None
         self._engine: Engine | None = None
         self._admin: web.AppRunner | None = None
+        self.sampler: adminpage.Sampler | None = None  # the admin page's history
 
     @property
     def data_url(self) -> str:
@@ -101,6 +102,7 @@ class Runtime:
         app = build_admin_app(self.registry, self.readiness)
         token_env = config.admin.token_env or ""
         adminapi.install(app, self.controller, self.env.get(token_env, ""), token_env)
+        self.sampler = adminpage.install(app, self.controller, self.metrics)
         self._admin = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._admin.setup()
         listen = config.admin.listen
@@ -123,6 +125,9 @@ class Runtime:
         if self.replica is not None:
             await self.replica.close()
             self.replica = None
+        if self.sampler is not None:
+            await self.sampler.close()
+            self.sampler = None
         if self.controller is not None:
             await self.controller.close()
         if self._engine is not None:

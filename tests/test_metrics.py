@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.admin import Readiness, build_admin_app
@@ -183,3 +183,26 @@ def test_state_staleness_is_read_at_scrape_time(
     metrics.watch_state(lambda: next(ages))
     assert registry.get_sample_value("rollout_state_stale_seconds") == 3.5
     assert registry.get_sample_value("rollout_state_stale_seconds") == 7.0
+
+
+def test_arm_counts_reads_a_copy_of_the_counters(
+    registry: CollectorRegistry, metrics: Metrics
+) -> None:
+    metrics.observe("checkout", "canary", "free", 200, 0.003)
+    metrics.observe("checkout", "canary", "free", 503, 20.0)
+    metrics.observe("checkout", "stable", "enterprise", 200, 0.0001)
+    metrics.observe("search", "stable", "free", 200, 0.01)
+    before = generate_latest(registry)
+    everything = metrics.arm_counts()
+    assert generate_latest(registry) == before  # reading changes nothing
+    assert set(everything) == {"checkout", "search"}
+    counts = everything["checkout"]
+    assert set(counts) == {("canary", "free"), ("stable", "enterprise")}
+    canary = counts[("canary", "free")]
+    assert dict(canary.by_class) == {"2xx": 1.0, "5xx": 1.0}
+    assert len(canary.buckets) == len(DURATION_BUCKETS) + 1
+    assert canary.buckets[3] == 1  # 0.003 s: in (0.0025, 0.005]
+    assert canary.buckets[-1] == 1  # 20 s: beyond the last edge
+    metrics.observe("checkout", "canary", "free", 200, 0.003)
+    assert canary.buckets[3] == 1  # a copy: later requests do not change it
+    assert metrics.arm_counts()["checkout"][("canary", "free")].buckets[3] == 2
