@@ -9,7 +9,7 @@ handlers reach the shared objects through `REGISTRY` and `READINESS` (`request.a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,9 +36,15 @@ class Readiness:
 
 
 READINESS = web.AppKey("readiness", Readiness)
+# Awaited before each scrape when counters live in other processes (worker mode).
+Refresh = Callable[[], Awaitable[None]]
+REFRESH: web.AppKey[Refresh] = web.AppKey("refresh")
 
 
 async def _metrics(request: web.Request) -> web.Response:
+    refresh = request.app.get(REFRESH)
+    if refresh is not None:
+        await refresh()
     body = generate_latest(request.app[REGISTRY])
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -43,10 +43,27 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("rollout-proxy: not started; fix the config and try again", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        return run_loop(serve(config))
+        return run_loop(serve(config, workers=args.workers, config_path=args.config))
     except ConfigError as exc:
         print(f"rollout-proxy: not started: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from proxy.runtime import run_loop
+    from proxy.workers.worker import serve_worker
+
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    return run_loop(serve_worker(config, args.port, args.channel_fd))
+
+
+def _workers(value: str) -> int:
+    count = int(value)
+    if not 1 <= count <= 256:
+        raise argparse.ArgumentTypeError("must be from 1 to 256")
+    return count
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -101,6 +118,12 @@ def _add_rollout_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
         command.set_defaults(func=cmd_rollout)
 
 
+def default_workers() -> int:
+    from proxy.workers.supervisor import default_workers as count
+
+    return count()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rollout-proxy",
@@ -115,7 +138,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="serve until SIGTERM/SIGINT, then drain")
     run.add_argument("-c", "--config", required=True, help="path of the YAML config")
+    run.add_argument(
+        "--workers",
+        type=_workers,
+        default=default_workers(),
+        help="processes serving the data port (default: one per CPU, here "
+        f"{default_workers()}); 1 serves it in this process",
+    )
     run.set_defaults(func=cmd_run)
+
+    # Started by `run --workers N`, not by people: one data-plane worker process.
+    worker = sub.add_parser("worker")
+    worker.add_argument("-c", "--config", required=True)
+    worker.add_argument("--port", type=int, required=True)
+    worker.add_argument("--channel-fd", type=int, required=True)
+    worker.set_defaults(func=cmd_worker)
 
     demo = sub.add_parser(
         "demo", help="run demo upstreams, the proxy and a burst of multi-tenant traffic"

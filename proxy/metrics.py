@@ -24,7 +24,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Final
+from typing import Any, Final
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -159,6 +159,51 @@ class Metrics(Collector):
             arms = result.setdefault(service, {})
             arms[(variant, tier)] = ArmCounts(MappingProxyType(by_class), buckets)
         return result
+
+    def export(self) -> dict[str, list[list[Any]]]:
+        """The data plane's cumulative counters as plain JSON (a worker process sends them to
+        the process that serves /metrics, which `absorb`s them)."""
+        return {
+            "requests": [[*key, c.value] for key, c in self._requests.items()],
+            "latency": [[*key, list(h.buckets), h.total] for key, h in self._latency.items()],
+            "failures": [[*key, n] for key, n in self._failures.items()],
+            "aborts": [[*key, n] for key, n in self._aborts.items()],
+            "retries": [[*key, n] for key, n in self._retries.items()],
+            "rejected": [[key, n] for key, n in self._rejected.items()],
+        }
+
+    def absorb(self, seen: dict[str, Any], snapshot: Mapping[str, list[list[Any]]]) -> None:
+        """Add what grew in another process's `export` since the last one (`seen` remembers,
+        per source; a fresh `seen` for a restarted source): every counter here only grows."""
+        for name, rows in snapshot.items():
+            last = seen.setdefault(name, {})
+            for row in rows:
+                key, value = tuple(row[:-2] if name == "latency" else row[:-1]), row[-1]
+                if name == "latency":
+                    self._absorb_latency(key, row[-2], value, last)
+                    continue
+                grown = value - last.get(key, 0)
+                last[key] = value
+                if grown > 0:
+                    self._add(name, key, grown)
+
+    def _add(self, name: str, key: tuple[Any, ...], grown: float) -> None:
+        if name == "requests":
+            self.requests(*key).inc(grown)
+        else:
+            table: dict[Any, int] = getattr(self, f"_{name}")
+            label = key[0] if name == "rejected" else key
+            table[label] = table.get(label, 0) + int(grown)
+
+    def _absorb_latency(
+        self, key: tuple[Any, ...], buckets: list[int], total: float, last: dict[Any, Any]
+    ) -> None:
+        before_buckets, before_total = last.get(key, ([0] * len(_LE), 0.0))
+        mine = self._latency.setdefault(key, _Latency())
+        for i, (now, then) in enumerate(zip(buckets, before_buckets, strict=True)):
+            mine.buckets[i] += max(0, now - then)
+        mine.total += max(0.0, total - before_total)
+        last[key] = (list(buckets), total)
 
     def upstream_failure(self, service: str, variant: str, reason: str) -> None:
         """An upstream of `variant` failed with `reason` (connect, timeout, reset, protocol)."""

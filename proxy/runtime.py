@@ -14,21 +14,23 @@ import signal
 import socket
 import sys
 from collections.abc import Coroutine, Mapping
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from proxy import adminapi, adminpage
-from proxy.admin import Readiness, build_admin_app
+from proxy.admin import REFRESH, Readiness, build_admin_app
 from proxy.config import Config
 from proxy.controller import Clock, Controller
 from proxy.core.identity import header_rule_names, relevant_headers
-from proxy.dataplane import Router
-from proxy.fleet.batch import EvidenceBuffer
+from proxy.dataplane import Evidence, Router
+from proxy.fleet.batch import EvidenceBuffer, ServiceEvidence
 from proxy.http.server import Engine
 from proxy.metrics import Metrics
 from proxy.store import open_store
+from proxy.workers.supervisor import Supervisor
 
 if TYPE_CHECKING:
     from proxy.fleet.replica import Replica
@@ -44,7 +46,11 @@ class Runtime:
         registry: CollectorRegistry | None = None,
         clock: Clock | None = None,
         env: Mapping[str, str] | None = None,
+        workers: int = 1,
+        config_path: str | None = None,
     ) -> None:
+        """`workers` > 1: the data plane runs in that many worker processes started from
+        `config_path` (proxy/workers/); this process keeps the admin listener and the state."""
         self.config = config
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry)
@@ -56,6 +62,11 @@ class Runtime:
         self.router: Router | None = None
         self.controller: Controller | None = None
         self.replica: Replica | None = None
+        self.supervisor: Supervisor | None = None
+        if workers > 1 and config_path is None:
+            raise ValueError("worker processes read the config from a file: give config_path")
+        self.workers = workers
+        self.config_path = config_path
         self._engine: Engine | None = None
         self._admin: web.AppRunner | None = None
         self.sampler: adminpage.Sampler | None = None  # the admin page's history
@@ -73,40 +84,55 @@ class Runtime:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         config = self.config
-        self.router = Router(config, self.metrics, loop)
         store = open_store(config.state)
         fleet = config.state.backend == "redis"
+        plans: Router | Supervisor
+        if self.workers > 1:
+            assert self.config_path is not None
+            plans = self.supervisor = Supervisor(
+                config, self.config_path, self.metrics, self.workers
+            )
+        else:
+            plans = self.router = Router(config, self.metrics, loop)
         self.controller = Controller(
-            config, self.router, store, self.metrics, clock=self.clock, deciding=not fleet
+            config, plans, store, self.metrics, clock=self.clock, deciding=not fleet
         )
+        evidence: Evidence = self.controller
         if fleet:
-            buffer = EvidenceBuffer(config)
-            self.router.recorder.evidence = buffer
+            evidence = buffer = EvidenceBuffer(config)
             self.replica = _replica(self.controller, store, buffer, config, self.clock)
             self.metrics.watch_state(self.replica.staleness)
             self.readiness.details = self.replica.details
-        else:
-            self.router.recorder.evidence = self.controller
         await self.controller.start()
         if self.replica is not None:
             await self.replica.start()
-        self._engine = Engine(
-            config,
-            self.router,
-            loop,
-            identity_headers=header_rule_names(config),
-            relevant_headers=relevant_headers(config),
-            on_reject=lambda error: self.metrics.rejected(error.status),
-        )
-        self.data_address = await self._engine.start(config.listen.host, config.listen.port)
+        listen = config.listen
+        if self.supervisor is not None:
+            self.supervisor.tags = self.controller.tags
+            self.supervisor.evidence = partial(observe_all, evidence)
+            self.data_address = await self.supervisor.start(listen.host, listen.port)
+        else:
+            assert self.router is not None
+            self.router.recorder.evidence = evidence
+            self._engine = Engine(
+                config,
+                self.router,
+                loop,
+                identity_headers=header_rule_names(config),
+                relevant_headers=relevant_headers(config),
+                on_reject=lambda error: self.metrics.rejected(error.status),
+            )
+            self.data_address = await self._engine.start(listen.host, listen.port)
         app = build_admin_app(self.registry, self.readiness)
+        if self.supervisor is not None:
+            app[REFRESH] = self.supervisor.refresh
         token_env = config.admin.token_env or ""
         adminapi.install(app, self.controller, self.env.get(token_env, ""), token_env)
         self.sampler = adminpage.install(app, self.controller, self.metrics)
         self._admin = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._admin.setup()
-        listen = config.admin.listen
-        sock = socket.create_server((listen.host, listen.port), reuse_port=False)
+        admin = config.admin.listen
+        sock = socket.create_server((admin.host, admin.port), reuse_port=False)
         await web.SockSite(self._admin, sock).start()
         sockname = sock.getsockname()
         self.admin_address = (str(sockname[0]), int(sockname[1]))
@@ -117,9 +143,12 @@ class Runtime:
         """Drain and close; return the number of connections cut at the deadline."""
         self.readiness.set_not_ready("draining")
         notice = self.config.limits.drain_notice_s if notice_s is None else notice_s
-        if self._engine is not None and notice > 0:
+        if notice > 0 and (self._engine is not None or self.supervisor is not None):
             # Readiness fails first; the listener stays open while readiness watchers react.
-            self._engine.announce_drain()
+            if self._engine is not None:
+                self._engine.announce_drain()
+            if self.supervisor is not None:
+                self.supervisor.announce_drain()
             await asyncio.sleep(notice)
         cut = 0
         if self.replica is not None:
@@ -130,11 +159,13 @@ class Runtime:
             self.sampler = None
         if self.controller is not None:
             await self.controller.close()
+        drain = self.config.limits.drain_s if drain_s is None else drain_s
         if self._engine is not None:
-            drain = self.config.limits.drain_s if drain_s is None else drain_s
             cut = await self._engine.drain(drain)
             await self._engine.close()
             self._engine = None
+        if self.supervisor is not None:
+            await self.supervisor.stop(drain)
         if self._admin is not None:
             await self._admin.cleanup()
             self._admin = None
@@ -153,19 +184,29 @@ def _replica(
     return Replica(controller, store, buffer, config.state, clock=clock)
 
 
-async def serve(config: Config) -> int:
+def observe_all(evidence: Evidence, parts: list[ServiceEvidence]) -> None:
+    """Requests a worker served, into this process's evidence sink."""
+    for part in parts:
+        for tier, canary, status, latency_s, route, id_hash, generated in part.records:
+            evidence.observe(
+                part.service, tier, canary == 1, status, latency_s, route, id_hash, generated == 1
+            )
+
+
+async def serve(config: Config, *, workers: int = 1, config_path: str | None = None) -> int:
     """Run until SIGTERM or SIGINT, then drain; the exit status of `rollout-proxy run`."""
-    runtime = Runtime(config)
-    await runtime.start()
-    print(
-        f"rollout-proxy: data plane on {runtime.data_url}, admin on {runtime.admin_url}",
-        file=sys.stderr,
-        flush=True,
-    )
+    runtime = Runtime(config, workers=workers, config_path=config_path)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, stop.set)  # before anything can be asked to stop
+    await runtime.start()
+    processes = f" ({workers} worker processes)" if workers > 1 else ""
+    print(
+        f"rollout-proxy: data plane on {runtime.data_url}, admin on {runtime.admin_url}{processes}",
+        file=sys.stderr,
+        flush=True,
+    )
     await stop.wait()
     print("rollout-proxy: draining", file=sys.stderr, flush=True)
     cut = await runtime.stop()

@@ -78,10 +78,16 @@ class Engine:
         if self._on_reject is not None:
             self._on_reject(error)
 
-    async def start(self, host: str, port: int) -> tuple[str, int]:
-        """Listen on host:port (0 picks a free port); return the bound address."""
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> tuple[str, int]:
+        """Listen on host:port (0 picks a free port); return the bound address. `reuse_port`:
+        share the port with other processes' listeners (the kernel spreads connections)."""
         self._server = await self.loop.create_server(
-            lambda: DownstreamProtocol(self), host, port, backlog=4096, reuse_address=True
+            lambda: DownstreamProtocol(self),
+            host,
+            port,
+            backlog=4096,
+            reuse_address=True,
+            reuse_port=reuse_port or None,
         )
         self._sweeper = self.loop.call_later(self.sweep_s, self._sweep)
         sockname = self._server.sockets[0].getsockname()

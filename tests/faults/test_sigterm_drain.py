@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from tests.faults.harness import load, origin, report, tally
@@ -53,14 +54,18 @@ def _config(tmp_path: Path, stable: str, ws: str) -> dict[str, Any]:
     return data
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
 async def test_sigterm_under_load_fails_no_request_of_a_readiness_aware_client(
-    tmp_path: Path,
+    tmp_path: Path, workers: str
 ) -> None:
     stable = await origin("stable", "--delay", "0.05")
     ws_closed = asyncio.Event()
     runner, ws_port = await _ws_upstream(ws_closed)
     proxy = await ProxyProcess(
-        _config(tmp_path, stable.url, f"http://127.0.0.1:{ws_port}"), tmp_path, {}
+        _config(tmp_path, stable.url, f"http://127.0.0.1:{ws_port}"),
+        tmp_path,
+        {},
+        ("--workers", workers),
     ).start()
     traffic = await load(
         proxy.data_url,
@@ -82,6 +87,9 @@ async def test_sigterm_under_load_fails_no_request_of_a_readiness_aware_client(
         assert proxy.proc is not None
         terminated = time.monotonic()
         proxy.proc.send_signal(15)
+        # During the notice the listener still serves a client that ignores readiness.
+        async with session.get(proxy.data_url + "/late", headers={"Host": "app"}) as late:
+            late_status = late.status
         message = await ws.receive(timeout=DRAIN_S + 3)
         ws_end = time.monotonic() - terminated
         outcomes = await traffic.finished(within=30)
@@ -110,7 +118,7 @@ async def test_sigterm_under_load_fails_no_request_of_a_readiness_aware_client(
     )
     assert exit_code == 0
     assert failed == [], tally(failed)
-    assert after, "the data plane stopped serving before readiness failed"
+    assert late_status == 200, "the data plane stopped serving before readiness failed"
     # The tunnel ends at the drain deadline with an orderly close: aiohttp reports CLOSED (EOF)
     # for a FIN; a reset would be ERROR.
     assert message.type is aiohttp.WSMsgType.CLOSED, message

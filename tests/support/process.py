@@ -19,7 +19,14 @@ _READY = re.compile(r"data plane on (http://\S+), admin on (http://\S+)")
 class ProxyProcess:
     """A started `rollout-proxy run`; `data_url` and `admin_url` once it is serving."""
 
-    def __init__(self, config: Mapping[str, Any], workdir: Path, env: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        workdir: Path,
+        env: Mapping[str, str],
+        args: tuple[str, ...] = (),
+    ) -> None:
+        self.args = args  # more `run` options, e.g. ("--workers", "2")
         self.path = workdir / "proxy.yaml"
         self.path.write_text(yaml.safe_dump(dict(config)))
         self.env = {**os.environ, **env}
@@ -35,6 +42,7 @@ class ProxyProcess:
             "run",
             "-c",
             str(self.path),
+            *self.args,
             stderr=asyncio.subprocess.PIPE,
             env=self.env,
             cwd=ROOT,
