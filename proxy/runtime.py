@@ -114,14 +114,7 @@ class Runtime:
         else:
             assert self.router is not None
             self.router.recorder.evidence = evidence
-            self._engine = Engine(
-                config,
-                self.router,
-                loop,
-                identity_headers=header_rule_names(config),
-                relevant_headers=relevant_headers(config),
-                on_reject=lambda error: self.metrics.rejected(error.status),
-            )
+            self._engine = data_engine(config, self.router, self.metrics, loop)
             self.data_address = await self._engine.start(listen.host, listen.port)
         app = build_admin_app(self.registry, self.readiness)
         if self.supervisor is not None:
@@ -182,6 +175,20 @@ def _replica(
     if not isinstance(store, RedisStore):
         raise TypeError("fleet mode needs the Redis store")
     return Replica(controller, store, buffer, config.state, clock=clock)
+
+
+def data_engine(
+    config: Config, router: Router, metrics: Metrics, loop: asyncio.AbstractEventLoop
+) -> Engine:
+    """The HTTP engine of the data plane (in this process, or in a worker process)."""
+    return Engine(
+        config,
+        router,
+        loop,
+        identity_headers=header_rule_names(config),
+        relevant_headers=relevant_headers(config),
+        on_reject=lambda error: metrics.rejected(error.status),
+    )
 
 
 def observe_all(evidence: Evidence, parts: list[ServiceEvidence]) -> None:

@@ -4,13 +4,11 @@ and the CLI as a user runs it."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
-import pytest
 
 from tests.support.client import bodies_for, get
 from tests.support.process import ProxyProcess
@@ -20,15 +18,6 @@ from tests.support.servers import NameUpstream
 TOKEN = "process-test-token"
 STEPS = [{"percent": 10, "observe": "1h"}, {"percent": 40, "observe": "1h"}, {"percent": 100}]
 IDS = [f"user-{i}" for i in range(400)]
-
-
-@pytest.fixture
-async def upstreams() -> AsyncIterator[tuple[NameUpstream, NameUpstream]]:
-    stable = await NameUpstream("stable").start()
-    canary = await NameUpstream("canary").start()
-    yield stable, canary
-    await stable.close()
-    await canary.close()
 
 
 def _config(tmp_path: Path, stable: str, canary: str) -> dict[str, Any]:

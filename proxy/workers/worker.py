@@ -18,12 +18,12 @@ import orjson
 from prometheus_client import CollectorRegistry
 
 from proxy.config import Config
-from proxy.core.identity import header_rule_names, relevant_headers
 from proxy.core.routing import RoutingPlan
 from proxy.dataplane import Router
 from proxy.fleet.batch import EvidenceBuffer
 from proxy.http.server import Engine
 from proxy.metrics import Metrics
+from proxy.runtime import data_engine
 from proxy.workers.channel import DRAIN, EVIDENCE, FLUSH, METRICS, PLAN, READY, frame, receive
 
 EVIDENCE_S = 0.1
@@ -85,14 +85,7 @@ async def serve_worker(config: Config, port: int, channel_fd: int) -> int:
     if first is None or first[0] != PLAN:
         return 1
     worker.apply(first[1])
-    engine = worker.engine = Engine(
-        config,
-        worker.router,
-        loop,
-        identity_headers=header_rule_names(config),
-        relevant_headers=relevant_headers(config),
-        on_reject=lambda error: worker.metrics.rejected(error.status),
-    )
+    engine = worker.engine = data_engine(config, worker.router, worker.metrics, loop)
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, worker.stop.set)
     await engine.start(config.listen.host, port, reuse_port=True)

@@ -9,7 +9,6 @@ import random
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -36,23 +35,6 @@ def test_backoff_doubles_with_jitter_up_to_the_cap() -> None:
             assert ceiling / 2 <= delay <= ceiling
     assert backoff(1, 1.0, lambda: 0.0) == 0.025
     assert backoff(40, 2.0, lambda: 1.0) == 2.0
-
-
-@pytest.fixture
-async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
-    server = await RedisServer(tmp_path).start()
-    yield server
-    server.resume()
-    await server.kill()
-
-
-@pytest.fixture
-async def upstreams() -> AsyncIterator[tuple[NameUpstream, NameUpstream]]:
-    stable = await NameUpstream("stable").start()
-    canary = await NameUpstream("canary").start()
-    yield stable, canary
-    await stable.close()
-    await canary.close()
 
 
 def fleet_data(redis_url_env: str, stable: str, canary: str, **analysis: Any) -> dict[str, Any]:

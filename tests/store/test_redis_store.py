@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -15,14 +14,6 @@ from proxy.errors import StateError, StoreUnavailable
 from proxy.store.records import JournalEntry, RolloutRecord
 from proxy.store.redis_store import Lease, RedisStore
 from tests.support.redis import RedisServer
-
-
-@pytest.fixture
-async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
-    server = await RedisServer(tmp_path).start()
-    yield server
-    server.resume()
-    await server.kill()
 
 
 @pytest.fixture

@@ -25,14 +25,6 @@ STEPS = [{"percent": 20, "observe": "1h"}, {"percent": 60, "observe": "1h"}, {"p
 IDS = [f"user-{i}" for i in range(2_000)]
 
 
-@pytest.fixture
-async def upstreams() -> AsyncIterator[tuple[NameUpstream, NameUpstream]]:
-    stable, canary = await NameUpstream("stable").start(), await NameUpstream("canary").start()
-    yield stable, canary
-    await stable.close()
-    await canary.close()
-
-
 def _config(tmp_path: Path, stable: str, canary: str) -> dict[str, Any]:
     data = config_dict(service([stable], [canary], name="shop", steps=STEPS))
     data["state"] = {"backend": "file", "path": str(tmp_path / "state.json")}
