@@ -20,18 +20,22 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from proxy import adminapi, adminpage
+from proxy.accesslog import AccessLog
 from proxy.admin import Readiness, build_admin_app
 from proxy.config import Config
 from proxy.controller import Clock, Controller
 from proxy.core.identity import header_rule_names, relevant_headers
 from proxy.dataplane import Router
 from proxy.fleet.batch import EvidenceBuffer
+from proxy.http.exchange import Exchange
 from proxy.http.server import Engine
+from proxy.logexchange import AccessLines, logged_exchanges, path_id_patterns
 from proxy.metrics import Metrics
 from proxy.store import open_store
 
 if TYPE_CHECKING:
     from proxy.fleet.replica import Replica
+    from proxy.http.server import ExchangeFactory
 
 
 class Runtime:
@@ -57,6 +61,7 @@ class Runtime:
         self.controller: Controller | None = None
         self.replica: Replica | None = None
         self._engine: Engine | None = None
+        self.access_log: AccessLog | None = None
         self._admin: web.AppRunner | None = None
         self.sampler: adminpage.Sampler | None = None  # the admin page's history
 
@@ -90,6 +95,11 @@ class Runtime:
         await self.controller.start()
         if self.replica is not None:
             await self.replica.start()
+        exchange: ExchangeFactory = Exchange
+        if config.access_log.enabled:
+            self.access_log = AccessLog(config.access_log.path, loop)
+            self.access_log.start()
+            exchange = logged_exchanges(AccessLines(self.access_log, path_id_patterns(config)))
         self._engine = Engine(
             config,
             self.router,
@@ -97,6 +107,7 @@ class Runtime:
             identity_headers=header_rule_names(config),
             relevant_headers=relevant_headers(config),
             on_reject=lambda error: self.metrics.rejected(error.status),
+            exchange=exchange,
         )
         self.data_address = await self._engine.start(config.listen.host, config.listen.port)
         app = build_admin_app(self.registry, self.readiness)
@@ -135,6 +146,9 @@ class Runtime:
             cut = await self._engine.drain(drain)
             await self._engine.close()
             self._engine = None
+        if self.access_log is not None:
+            await self.access_log.close()
+            self.access_log = None
         if self._admin is not None:
             await self._admin.cleanup()
             self._admin = None
