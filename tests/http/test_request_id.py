@@ -14,7 +14,7 @@ import pytest
 from tests.support.client import Response, exchange, get
 from tests.support.proxy import config_dict, running_proxy, service
 from tests.support.rawhttp import UNTRUSTED
-from tests.support.upstream import RecordingUpstream, Received, Reply
+from tests.support.upstream import Received, RecordingUpstream, Reply
 
 GENERATED = re.compile(r"[0-9a-f]{32}\Z")
 
