@@ -6,7 +6,8 @@ the buffered lines are joined and handed to one writer thread; while it writes, 
 accumulating. Past `max_bytes` waiting, new lines are dropped and counted: a stuck sink costs
 lines, never memory or latency. A write that fails (a full disk, a removed directory, a closed
 pipe) drops its batch, is said once on stderr, and the file is opened again for the next
-batch, so the log resumes by itself once the cause is gone.
+batch, so the log resumes by itself once the cause is gone. A file a log rotator moved away is
+noticed before the next batch, and the path is opened again (created anew).
 
 The lines themselves are made by `proxy/logexchange.py`.
 """
@@ -33,6 +34,7 @@ class Sink:
     def __init__(self, path: str) -> None:
         self.path = path
         self._fd: int | None = None
+        self._file: tuple[int, int] = (0, 0)  # (device, inode) of the open file
 
     @property
     def name(self) -> str:
@@ -42,10 +44,22 @@ class Sink:
         if self.path != STDOUT and self._fd is None:
             flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
             self._fd = os.open(self.path, flags, 0o640)
+            stat = os.fstat(self._fd)
+            self._file = (stat.st_dev, stat.st_ino)
+
+    def _rotated(self) -> bool:
+        """The path no longer names the open file (a log rotator moved or removed it)."""
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            return True
+        return (stat.st_dev, stat.st_ino) != self._file
 
     def write(self, data: bytes) -> None:
         """Write all of `data`; raises OSError (the file is then opened again next time)."""
         try:
+            if self._fd is not None and self._rotated():
+                self.close()
             self.open()
             fd = 1 if self._fd is None else self._fd
             view = memoryview(data)

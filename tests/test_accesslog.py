@@ -167,6 +167,24 @@ async def test_a_path_that_cannot_be_written_is_said_once_and_requests_go_on(
     await upstream.close()
 
 
+async def test_a_rotated_file_is_created_anew(tmp_path: Path) -> None:
+    upstream = await RecordingUpstream("stable").start()
+    log = tmp_path / "access.log"
+    config = _logged(service([upstream.url], [], steps=[{"percent": 0}]), path=log)
+    async with running_proxy(config) as proxy:
+        access_log = proxy.access_log
+        assert access_log is not None
+        port = proxy.data_address[1]
+        assert (await exchange(port, get("/before"))).status == 200
+        await _until(lambda: access_log.written == 1)
+        log.rename(tmp_path / "access.log.1")  # what logrotate does
+        assert (await exchange(port, get("/after"))).status == 200
+        await _until(lambda: access_log.written == 2)
+    assert [line["path"] for line in _lines(tmp_path / "access.log.1")] == ["/before"]
+    assert [line["path"] for line in _lines(log)] == ["/after"]
+    await upstream.close()
+
+
 async def test_standard_output(capfd: pytest.CaptureFixture[str]) -> None:
     upstream = await RecordingUpstream("stable").start()
     config = config_dict(
