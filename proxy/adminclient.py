@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -16,6 +17,7 @@ from typing import Any
 
 DEFAULT_ADMIN = "http://127.0.0.1:9090"
 DEFAULT_TOKEN_ENV = "ROLLOUT_ADMIN_TOKEN"
+ADMIN_URL_ENV = "ROLLOUT_ADMIN_URL"  # the admin listener's URL when --admin is not given
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +56,13 @@ def call(
         except ValueError:
             return Reply(exc.code, {"error": body.decode("utf-8", "replace")})
     except (urllib.error.URLError, OSError) as exc:
-        raise AdminUnreachable(f"cannot reach the admin listener at {admin}: {exc}") from exc
+        reason = getattr(exc, "reason", exc)
+        raise AdminUnreachable(
+            f"cannot reach the admin listener at {admin} ({reason}).\n"
+            "Is the proxy running? Point at its admin listener (the config's admin.listen; "
+            "`rollout-proxy run` prints it when it starts) with --admin http://HOST:PORT or "
+            f"{ADMIN_URL_ENV}=http://HOST:PORT."
+        ) from exc
 
 
 def _percent(value: float) -> str:
@@ -111,6 +119,20 @@ def _act(admin: str, service: str, command: str, token: str | None) -> Reply:
     return call(admin, "POST", f"/api/v1/services/{service}/{command}", token, version)
 
 
+def _next_step(status: int, admin: str, token_env: str) -> str:
+    """What to do about a refusal, when the CLI can tell."""
+    if status == 401 and not os.environ.get(token_env):
+        return (
+            f"{token_env} is not set: set it to the proxy's admin token (the value of the "
+            "variable its admin.token_env names), or name another variable with --token-env"
+        )
+    if status == 403 and os.environ.get(token_env):
+        return f"the token in {token_env} is not the one the proxy at {admin} was started with"
+    if status == 404:
+        return f"`rollout-proxy status --admin {admin}` lists the services"
+    return ""
+
+
 def run(command: str, service: str | None, admin: str, as_json: bool, token_env: str) -> int:
     """Execute one rollout command; the exit status (0 ok, 1 refused or failed)."""
     if command == "status":
@@ -118,14 +140,21 @@ def run(command: str, service: str | None, admin: str, as_json: bool, token_env:
         reply = call(admin, "GET", path)
     else:
         if not service:
-            print(f"rollout-proxy {command}: name the service (rollout-proxy status lists them)")
+            print(
+                f"rollout-proxy {command}: name the service (rollout-proxy status lists them)",
+                file=sys.stderr,
+            )
             return 1
         token = os.environ.get(token_env)
         reply = _act(admin, service, command, token)
     if as_json:
         print(json.dumps(reply.body, indent=2))
     elif reply.status >= 400:
-        print(f"rollout-proxy {command}: {reply.status}: {reply.body.get('error', reply.body)}")
+        error = reply.body.get("error", reply.body) if isinstance(reply.body, dict) else reply.body
+        print(f"rollout-proxy {command}: {reply.status}: {error}", file=sys.stderr)
+        hint = _next_step(reply.status, admin, token_env)
+        if hint:
+            print(f"rollout-proxy {command}: {hint}", file=sys.stderr)
     else:
         body = reply.body
         print(render(body.get("services", [body])))

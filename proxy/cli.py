@@ -1,7 +1,7 @@
 """The `rollout-proxy` command: one function per subcommand, `main(argv) -> int`.
 
 Exit status: 0 on success, 2 for a bad configuration or bad arguments, 1 for a failure while
-running.
+running. Every error says what to do next.
 """
 
 from __future__ import annotations
@@ -9,13 +9,33 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 from collections.abc import Sequence
 
 from proxy import __version__
+from proxy.adminclient import ADMIN_URL_ENV, DEFAULT_ADMIN, DEFAULT_TOKEN_ENV
 from proxy.config import Config, load_config
 from proxy.errors import ConfigError
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+
+_DOCS = "docs/configuration.md"
+_CONFIG_ENV = f"""\
+environment:
+  The config names its secrets by environment variable, and they are read when it is loaded:
+  admin.token_env   the admin API's bearer token (e.g. {DEFAULT_TOKEN_ENV}); unset: mutations
+                    are refused
+  key_env           of each jwt_claim identity rule: the JWT verification key (must be set)
+  state.url_env     with state.backend: redis, the Redis URL (must be set)"""
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and epilogs keep their line breaks (the examples are commands)."""
+
+
+def _text(paragraph: str) -> str:
+    """A description, wrapped (the formatter keeps line breaks as they are)."""
+    return textwrap.fill(paragraph, 79)
 
 
 def _load(path: str) -> Config | None:
@@ -23,6 +43,12 @@ def _load(path: str) -> Config | None:
         return load_config(path, dict(os.environ))
     except ConfigError as exc:
         print(f"rollout-proxy: invalid config {path}: {exc}", file=sys.stderr)
+        if not os.path.isfile(path):
+            print(
+                "rollout-proxy: pass the path of your YAML config with -c "
+                f"(config/example.yaml is a complete one; every key: {_DOCS})",
+                file=sys.stderr,
+            )
         return None
 
 
@@ -32,6 +58,12 @@ def cmd_check(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     names = ", ".join(service.name for service in config.services)
     print(f"{args.config}: ok ({len(config.services)} service(s): {names})")
+    print(f"  data plane {config.listen}, admin {config.admin.listen}")
+    token_env = config.admin.token_env
+    if token_env and not os.environ.get(token_env):
+        print(f"  note: {token_env} is not set: the admin API will refuse promote/pause/abort")
+    elif not token_env:
+        print("  note: no admin.token_env: the admin API will refuse promote/pause/abort")
     return EXIT_OK
 
 
@@ -47,6 +79,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"rollout-proxy: not started: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except OSError as exc:
+        print(
+            f"rollout-proxy: not started: {exc}\n"
+            f"rollout-proxy: the data plane listens on {config.listen} (`listen`) and the admin "
+            f"API on {config.admin.listen} (`admin.listen`): stop what holds the address, or "
+            "change the config",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -90,30 +131,79 @@ def cmd_rollout(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
 
 
-_ROLLOUT_HELP = {
-    "status": "show every rollout (or one): step, split, time in step, latest verdict",
-    "promote": "advance SERVICE one step now",
-    "pause": "freeze automatic moves of SERVICE (a guardrail breach still rolls back)",
-    "resume": "let SERVICE move automatically again",
-    "abort": "roll SERVICE back: everything to stable",
-    "restart": "start SERVICE's rollout again from step 0",
+_ROLLOUT = {
+    "status": (
+        "show every rollout (or SERVICE's): status, step, what the step exposes, canary "
+        "percent, time in step, latest verdict",
+        "rollout-proxy status\n  rollout-proxy status checkout --admin http://10.0.0.5:9090 --json",
+    ),
+    "promote": (
+        "advance SERVICE one step now (conditional on the version seen: two people promoting "
+        "at once move it one step)",
+        "rollout-proxy promote checkout",
+    ),
+    "pause": (
+        "freeze automatic moves of SERVICE (a guardrail breach still rolls back)",
+        "rollout-proxy pause checkout",
+    ),
+    "resume": ("let SERVICE move automatically again", "rollout-proxy resume checkout"),
+    "abort": ("roll SERVICE back: everything to stable", "rollout-proxy abort checkout"),
+    "restart": (
+        "start SERVICE's rollout again from its first step (or its baseline period)",
+        "rollout-proxy restart checkout",
+    ),
 }
 
 
-def _add_rollout_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from proxy.adminclient import DEFAULT_ADMIN, DEFAULT_TOKEN_ENV
-
-    for name, text in _ROLLOUT_HELP.items():
-        command = sub.add_parser(name, help=text, description=text)
-        command.add_argument("service", nargs="?", metavar="SERVICE", help="service name")
-        command.add_argument(
-            "--admin", default=DEFAULT_ADMIN, help=f"admin listener URL (default {DEFAULT_ADMIN})"
+def _rollout_epilog(name: str, example: str) -> str:
+    label = "examples" if "\n" in example else "example"
+    lines = [f"{label}:\n  {example}", "", "environment:"]
+    lines.append(f"  {ADMIN_URL_ENV}    the admin listener's URL when --admin is not given")
+    if name == "status":
+        lines.append("  (status needs no token)")
+    else:
+        lines.append(
+            f"  {DEFAULT_TOKEN_ENV}  the admin token: the value of the variable the proxy's\n"
+            "                       admin.token_env names (--token-env NAME reads another)"
         )
-        command.add_argument("--json", action="store_true", help="print the API's JSON")
+    lines.append("\nexit status: 0 done, 1 refused (the reason is printed) or admin unreachable")
+    return "\n".join(lines)
+
+
+def _add_rollout_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    admin_default = os.environ.get(ADMIN_URL_ENV) or DEFAULT_ADMIN
+    for name, (text, example) in _ROLLOUT.items():
+        command = sub.add_parser(
+            name,
+            help=text,
+            description=_text(text + "."),
+            epilog=_rollout_epilog(name, example),
+            formatter_class=_Formatter,
+        )
+        command.add_argument(
+            "service",
+            nargs="?",
+            metavar="SERVICE",
+            help="one service (default: all)"
+            if name == "status"
+            else "the service's name (required; rollout-proxy status lists them)",
+        )
+        command.add_argument(
+            "--admin",
+            default=admin_default,
+            metavar="URL",
+            help=f"the proxy's admin listener (its admin.listen) (default: ${ADMIN_URL_ENV}, "
+            f"else {DEFAULT_ADMIN})",
+        )
+        command.add_argument(
+            "--json", action="store_true", help="print the API's JSON instead of a table"
+        )
         command.add_argument(
             "--token-env",
             default=DEFAULT_TOKEN_ENV,
-            help=f"env var holding the admin token for mutations (default {DEFAULT_TOKEN_ENV})",
+            metavar="NAME",
+            help=f"environment variable holding the admin token for mutations "
+            f"(default: {DEFAULT_TOKEN_ENV})",
         )
         command.set_defaults(func=cmd_rollout)
 
@@ -124,53 +214,130 @@ def default_workers() -> int:
     return count()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="rollout-proxy",
-        description="HTTP reverse proxy for progressive rollouts (stable/canary by tenant).",
+def _config_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "-c", "--config", required=True, metavar="FILE", help=f"the YAML config (required; {_DOCS})"
     )
-    parser.add_argument("--version", action="version", version=f"rollout-proxy {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    check = sub.add_parser("check", help="validate a config file (exit 2 naming the bad key)")
-    check.add_argument("-c", "--config", required=True, help="path of the YAML config")
+
+def _add_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    text = "validate a config file: exit 0 and a summary, or exit 2 naming the bad key"
+    check = sub.add_parser(
+        "check",
+        help=text,
+        description=_text(text + ". Nothing is started and nothing is contacted."),
+        epilog=f"example:\n  JWT_KEY=$(openssl rand -hex 32) rollout-proxy check -c "
+        f"config/example.yaml\n\n{_CONFIG_ENV}\n\nexit status: 0 valid, 2 invalid",
+        formatter_class=_Formatter,
+    )
+    _config_option(check)
     check.set_defaults(func=cmd_check)
 
-    run = sub.add_parser("run", help="serve until SIGTERM/SIGINT, then drain")
-    run.add_argument("-c", "--config", required=True, help="path of the YAML config")
+
+def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    text = "serve: the data plane, the admin listener and the controller, until SIGTERM/SIGINT"
+    run = sub.add_parser(
+        "run",
+        help=text,
+        description=_text(
+            text + ". On the signal readiness fails first (limits.drain_notice), then in-flight "
+            "requests finish (limits.drain). The first line on stderr names both listeners' "
+            'URLs; standard output carries the access log when access_log.path is "-".'
+        ),
+        epilog="example:\n  ROLLOUT_ADMIN_TOKEN=$(openssl rand -hex 24) rollout-proxy run -c "
+        f"proxy.yaml\n\n{_CONFIG_ENV}\n\nexit status: 0 after a drain, 1 when a listener cannot "
+        "start, 2 for an invalid config",
+        formatter_class=_Formatter,
+    )
+    _config_option(run)
+    workers = default_workers()
     run.add_argument(
         "--workers",
         type=_workers,
-        default=default_workers(),
-        help="processes serving the data port (default: one per CPU, here "
-        f"{default_workers()}); 1 serves it in this process",
+        default=workers,
+        metavar="N",
+        help=f"processes serving the data port (default: {workers}, one per CPU); 1 serves it "
+        "in this process",
     )
     run.set_defaults(func=cmd_run)
 
+
+def _add_worker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     # Started by `run --workers N`, not by people: one data-plane worker process.
-    worker = sub.add_parser("worker")
-    worker.add_argument("-c", "--config", required=True)
-    worker.add_argument("--port", type=int, required=True)
-    worker.add_argument("--channel-fd", type=int, required=True)
+    worker = sub.add_parser(
+        "worker",
+        description="one data-plane worker process, started by `rollout-proxy run --workers N` "
+        "(not meant to be run by hand)",
+    )
+    worker.add_argument("-c", "--config", required=True, metavar="FILE", help="the YAML config")
+    worker.add_argument("--port", type=int, required=True, help="the data port to share")
+    worker.add_argument(
+        "--channel-fd", type=int, required=True, help="the socket to the main process"
+    )
     worker.set_defaults(func=cmd_worker)
 
+
+def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    text = "run demo upstreams, the real proxy between them and steady multi-tenant traffic"
     demo = sub.add_parser(
-        "demo", help="run demo upstreams, the proxy and a burst of multi-tenant traffic"
+        "demo",
+        help=text,
+        description=_text(
+            text + ", with a live view of the rollout, then its outcome and decision journal. "
+            "Everything runs on loopback on free ports; no upstream of yours is needed."
+        ),
+        epilog="examples:\n  rollout-proxy demo\n  rollout-proxy demo --canary-error-rate 0.05"
+        "    # a bad canary, rolled back on evidence\n\nenvironment: none (a config given with "
+        "-c may name variables, as for run)",
+        formatter_class=_Formatter,
     )
     demo.add_argument(
-        "-c", "--config", default=None, help="demo config (default: the built-in demo.yaml)"
+        "-c",
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="demo config; its upstreams are replaced by the demo's (default: the packaged "
+        "demo.yaml)",
     )
     demo.add_argument(
-        "--duration", type=float, default=120.0, help="stop after this many seconds at most"
+        "--duration",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="stop after this many seconds at most (default: 120)",
     )
-    demo.add_argument("--concurrency", type=int, default=16, help="requests in flight")
+    demo.add_argument(
+        "--concurrency", type=int, default=16, metavar="N", help="requests in flight (default: 16)"
+    )
     demo.add_argument(
         "--canary-error-rate",
         type=float,
         default=0.0,
-        help="fraction of canary responses that fail with 500",
+        metavar="RATE",
+        help="fraction of canary responses that fail with 500, 0 to 1 (default: 0)",
     )
     demo.set_defaults(func=cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rollout-proxy",
+        description=_text(
+            "HTTP reverse proxy for progressive rollouts: each tenant or user is sent to the "
+            "stable or the canary version of a service by the current rollout step, and the "
+            "rollout advances or rolls back on evidence."
+        ),
+        epilog="examples:\n  rollout-proxy demo\n  rollout-proxy check -c proxy.yaml\n"
+        "  rollout-proxy run -c proxy.yaml\n  rollout-proxy status\n\n"
+        "`rollout-proxy COMMAND --help` describes each command. Every config key: " + _DOCS,
+        formatter_class=_Formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"rollout-proxy {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_check(sub)
+    _add_run(sub)
+    _add_worker(sub)
+    _add_demo(sub)
     _add_rollout_commands(sub)
     return parser
 

@@ -21,19 +21,23 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from proxy import adminapi, adminpage
+from proxy.accesslog import AccessLog
 from proxy.admin import REFRESH, Readiness, build_admin_app
 from proxy.config import Config
 from proxy.controller import Clock, Controller
 from proxy.core.identity import header_rule_names, relevant_headers
 from proxy.dataplane import Evidence, Router
 from proxy.fleet.batch import EvidenceBuffer, ServiceEvidence
+from proxy.http.exchange import Exchange
 from proxy.http.server import Engine
+from proxy.logexchange import AccessLines, logged_exchanges, path_id_patterns
 from proxy.metrics import Metrics
 from proxy.store import open_store
 from proxy.workers.supervisor import Supervisor
 
 if TYPE_CHECKING:
     from proxy.fleet.replica import Replica
+    from proxy.http.server import ExchangeFactory
 
 
 class Runtime:
@@ -68,6 +72,7 @@ class Runtime:
         self.workers = workers
         self.config_path = config_path
         self._engine: Engine | None = None
+        self.access_log: AccessLog | None = None
         self._admin: web.AppRunner | None = None
         self.sampler: adminpage.Sampler | None = None  # the admin page's history
 
@@ -114,7 +119,7 @@ class Runtime:
         else:
             assert self.router is not None
             self.router.recorder.evidence = evidence
-            self._engine = data_engine(config, self.router, self.metrics, loop)
+            self._engine, self.access_log = data_engine(config, self.router, self.metrics, loop)
             self.data_address = await self._engine.start(listen.host, listen.port)
         app = build_admin_app(self.registry, self.readiness)
         if self.supervisor is not None:
@@ -159,6 +164,9 @@ class Runtime:
             self._engine = None
         if self.supervisor is not None:
             await self.supervisor.stop(drain)
+        if self.access_log is not None:
+            await self.access_log.close()
+            self.access_log = None
         if self._admin is not None:
             await self._admin.cleanup()
             self._admin = None
@@ -179,16 +187,25 @@ def _replica(
 
 def data_engine(
     config: Config, router: Router, metrics: Metrics, loop: asyncio.AbstractEventLoop
-) -> Engine:
-    """The HTTP engine of the data plane (in this process, or in a worker process)."""
-    return Engine(
+) -> tuple[Engine, AccessLog | None]:
+    """The HTTP engine of the data plane (in this process, or in a worker process), and its
+    access log when the config turns it on (started; the caller closes it)."""
+    exchange: ExchangeFactory = Exchange
+    access_log = None
+    if config.access_log.enabled:
+        access_log = AccessLog(config.access_log.path, loop)
+        access_log.start()
+        exchange = logged_exchanges(AccessLines(access_log, path_id_patterns(config)))
+    engine = Engine(
         config,
         router,
         loop,
         identity_headers=header_rule_names(config),
         relevant_headers=relevant_headers(config),
         on_reject=lambda error: metrics.rejected(error.status),
+        exchange=exchange,
     )
+    return engine, access_log
 
 
 def observe_all(evidence: Evidence, parts: list[ServiceEvidence]) -> None:

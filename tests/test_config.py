@@ -98,6 +98,14 @@ def test_defaults() -> None:
     assert config.admin.token_env is None
     assert config.state == StateConfig()
     assert config.trusted_peers == ()
+    assert (config.access_log.enabled, config.access_log.path) == (False, "-")
+
+
+def test_access_log_to_a_file() -> None:
+    data = example_data()
+    data["access_log"] = {"enabled": True, "path": "/var/log/rollout-proxy/access.log"}
+    access_log = load_config_data(data).access_log
+    assert (access_log.enabled, access_log.path) == (True, "/var/log/rollout-proxy/access.log")
 
 
 def test_limits_and_durations() -> None:
@@ -225,7 +233,32 @@ BROKEN: list[tuple[str, Mutation, str, str]] = [
         "unknown top key",
         lambda d: d.update(listner=1),
         "listner",
-        "unknown key; expected one of: admin, limits, listen, services, state, trusted_peers",
+        "unknown key; expected one of: access_log, admin, limits, listen, services, state, "
+        "trusted_peers",
+    ),
+    (
+        "access log enabled not a boolean",
+        lambda d: d.update(access_log={"enabled": "yes"}),
+        "access_log.enabled",
+        "must be true or false",
+    ),
+    (
+        "access log unknown key",
+        lambda d: d.update(access_log={"file": "a.log"}),
+        "access_log.file",
+        "expected one of: enabled, path",
+    ),
+    (
+        "access log path a directory",
+        lambda d: d.update(access_log={"enabled": True, "path": "/var/log/"}),
+        "access_log.path",
+        "a file path",
+    ),
+    (
+        "access log path empty",
+        lambda d: d.update(access_log={"path": ""}),
+        "access_log.path",
+        "empty",
     ),
     ("listen no port", lambda d: d.update(listen="8080"), "listen", '"host:port"'),
     ("listen bad port", lambda d: d.update(listen="[::1]:99999"), "listen", "not in 0..65535"),

@@ -1,11 +1,12 @@
 """Configuration: YAML -> frozen, validated dataclasses; every error names its key path.
 
 This module owns the top level of the file (`listen`, `admin`, `state`, `services`,
-`trusted_peers`, `limits`) and loading YAML; services are read by proxy/config/services.py,
-identity rules and tiers by proxy/config/identity.py, scalar values by proxy/config/reader.py, and
-the dataclasses live in proxy/config/model.py (all re-exported here). Errors are
-`ConfigError(path, reason)` with paths like `services[0].rollout.steps[2].percent`; unknown keys
-are errors that list the allowed keys. docs/configuration.md is the reference of every key.
+`trusted_peers`, `limits`, `access_log`) and loading YAML; services are read by
+proxy/config/services.py, identity rules and tiers by proxy/config/identity.py, scalar values
+by proxy/config/reader.py, and the dataclasses live in proxy/config/model.py (all re-exported
+here). Errors are `ConfigError(path, reason)` with paths like
+`services[0].rollout.steps[2].percent`; unknown keys are errors that list the allowed keys.
+docs/configuration.md is the reference of every key.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import yaml
 
 from proxy.config import reader as read
 from proxy.config.model import (
+    AccessLogConfig,
     Address,
     AdminConfig,
     Config,
@@ -40,6 +42,7 @@ from proxy.core.routing import Variant
 from proxy.errors import ConfigError
 
 __all__ = [
+    "AccessLogConfig",
     "Address",
     "AdminConfig",
     "Config",
@@ -62,7 +65,7 @@ __all__ = [
     "parse_config",
 ]
 
-_TOP_KEYS = ("listen", "admin", "state", "services", "trusted_peers", "limits")
+_TOP_KEYS = ("listen", "admin", "state", "services", "trusted_peers", "limits", "access_log")
 DEFAULT_ADMIN_LISTEN = "127.0.0.1:9090"
 DEFAULT_STATE_PATH = "state/rollouts.json"
 DEFAULT_REDIS_PREFIX = "rollout-proxy"
@@ -152,6 +155,15 @@ def _state(value: object, path: str, env: Mapping[str, str]) -> StateConfig:
     return config
 
 
+def _access_log(value: object, path: str) -> AccessLogConfig:
+    data = read.mapping(value, path, ("enabled", "path"))
+    enabled = read.boolean(data.get("enabled", False), read.key(path, "enabled"))
+    file_path = read.string(data.get("path", "-"), read.key(path, "path"))
+    if file_path != "-" and (file_path.endswith("/") or "\0" in file_path):
+        raise ConfigError(read.key(path, "path"), 'must be "-" (standard output) or a file path')
+    return AccessLogConfig(enabled=enabled, path=file_path)
+
+
 def limit_keys() -> dict[str, str]:
     """YAML key -> Limits field: durations drop the `_s` suffix (`header_timeout: 10s`)."""
     return {f.name.removesuffix("_s"): f.name for f in dataclasses.fields(Limits)}
@@ -209,6 +221,7 @@ def parse_config(data: object, env: Mapping[str, str]) -> Config:
             read.network(p, read.index("trusted_peers", i)) for i, p in enumerate(peers)
         ),
         limits=_limits(top.get("limits", {}), "limits"),
+        access_log=_access_log(top.get("access_log", {}), "access_log"),
     )
 
 

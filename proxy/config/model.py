@@ -45,6 +45,12 @@ class AdminConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AccessLogConfig:
+    enabled: bool = False
+    path: str = "-"  # "-": standard output; otherwise a file, appended to
+
+
+@dataclass(frozen=True, slots=True)
 class StateConfig:
     backend: str = "file"  # "file" | "redis"
     path: str | None = "state/rollouts.json"  # file backend
@@ -170,3 +176,4 @@ class Config:
     services: tuple[ServiceConfig, ...]
     trusted_peers: tuple[IPv4Network | IPv6Network, ...] = ()
     limits: Limits = field(default_factory=Limits)
+    access_log: AccessLogConfig = field(default_factory=AccessLogConfig)

@@ -89,6 +89,13 @@ def string(value: object, path: str, pattern: re.Pattern[str] | None = None, wha
     return value
 
 
+def boolean(value: object, path: str) -> bool:
+    """`true` or `false` (YAML's booleans; not `yes`/`no` strings, not numbers)."""
+    if not isinstance(value, bool):
+        raise ConfigError(path, f"must be true or false, not {_kind(value)}")
+    return value
+
+
 def choice(value: object, path: str, options: Collection[str]) -> str:
     """One of `options` (exact, case-sensitive)."""
     if not isinstance(value, str) or value not in options:

@@ -147,7 +147,7 @@ class ClientConnection(asyncio.Protocol):
         self._parsing = None
         self.reading = False
         if refused is not None:
-            refused.refused()
+            refused.refused(error.status)
             if refused is self.current:
                 self.current = None
             elif refused in self._queue:

@@ -16,13 +16,13 @@ import httptools
 
 from proxy.errors import BadRequest, HttpError
 from proxy.http.connection import BODY, HEAD, IDLE, QUEUE_FULL, WAIT, ClientConnection
-from proxy.http.exchange import Exchange
 from proxy.http.head import RequestHead
 from proxy.http.request import invalid_method_status
 
 if TYPE_CHECKING:
     import asyncio
 
+    from proxy.http.exchange import Exchange
     from proxy.http.server import Engine
 
 _UPGRADE_PENDING = object()  # owner of the read pause while an upgrade awaits the 101
@@ -33,7 +33,7 @@ class DownstreamProtocol(ClientConnection):
 
     def __init__(self, engine: Engine) -> None:
         super().__init__(engine)
-        self.head = head = RequestHead(self.limits, engine.header_kinds)
+        self.head = head = RequestHead(self.limits, engine.header_kinds, engine.request_ids)
         # httptools looks its callbacks up once, by name: the head's fields go straight to it.
         self.on_url = head.on_url
         self.on_header = head.on_header
@@ -104,7 +104,8 @@ class DownstreamProtocol(ClientConnection):
         request = self.head.complete(self.draining)
         self.phase = BODY
         self.deadline = self.loop.time() + self.limits.body_timeout_s
-        exchange = Exchange(self, request, self.engine.router.route(request, self))
+        engine = self.engine
+        exchange = engine.exchange(self, request, engine.router.route(request, self))
         self._parsing = exchange
         if self.current is None:
             self._begin(exchange)

@@ -228,9 +228,10 @@ class Exchange(Relay):
         self.route.recorder.aborted(self.route)
         self._drop()
 
-    def refused(self) -> None:
+    def refused(self, status: int) -> None:
         """The proxy refused the request after its head (a bad body, a body deadline): the
-        exchange is dropped uncounted; the client gets the refusal from its connection."""
+        exchange is dropped uncounted; the client gets the refusal (`status`) from its
+        connection."""
         if self.finished:
             return
         self.abandoned = True

@@ -3,8 +3,9 @@
 A field of no kind is forwarded as it is. The kinds name the others: framing and Host (checked,
 then written by the proxy itself), hop-by-hop and rollout fields (dropped), X-Forwarded-* and
 Forwarded/X-Real-IP (believed only from trusted peers), identity fields (read for routing, only
-from trusted peers) and routing-relevant fields (read for routing). `header_kinds` builds the
-table once per listener; `RequestHead` acts on each kind as the head is parsed.
+from trusted peers), routing-relevant fields (read for routing) and X-Request-ID (kept only
+from trusted peers, written by the proxy). `header_kinds` builds the table once per listener;
+`RequestHead` acts on each kind as the head is parsed.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ if TYPE_CHECKING:
     H_TRUSTED_ONLY,
     H_RELEVANT,
     H_DROP_UNTRUSTED,
-) = range(13)
+    H_REQUEST_ID,
+) = range(14)
 
 
 def header_kinds(identity_headers: Iterable[str], relevant: Iterable[str]) -> dict[bytes, int]:
@@ -53,6 +55,7 @@ def header_kinds(identity_headers: Iterable[str], relevant: Iterable[str]) -> di
         b"x-forwarded-host": H_XFH,
         b"forwarded": H_DROP_UNTRUSTED,
         b"x-real-ip": H_DROP_UNTRUSTED,
+        b"x-request-id": H_REQUEST_ID,
     }
     for name in relevant:
         kinds.setdefault(name.encode("latin-1"), H_RELEVANT)

@@ -20,6 +20,7 @@ from proxy.http.fields import (
     H_HOST,
     H_LENGTH,
     H_RELEVANT,
+    H_REQUEST_ID,
     H_TE,
     H_TRUSTED_ONLY,
     H_UPGRADE,
@@ -35,8 +36,11 @@ from proxy.http.request import (
     check_transfer_encoding,
     split_target,
 )
+from proxy.http.requestid import INVALID, acceptable
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import httptools
 
     from proxy.config import Limits
@@ -69,6 +73,7 @@ class RequestHead:
         "limits",
         "max_header_bytes",
         "max_headers",
+        "new_id",
         "parser",
         "request",
         "scan",
@@ -81,8 +86,11 @@ class RequestHead:
 
     parser: httptools.HttpRequestParser  # set by the connection once it has created it
 
-    def __init__(self, limits: Limits, kinds: dict[bytes, int]) -> None:
+    def __init__(
+        self, limits: Limits, kinds: dict[bytes, int], new_id: Callable[[], bytes]
+    ) -> None:
         self.limits = limits
+        self.new_id = new_id  # makes the X-Request-ID of a request that brings none to keep
         self.max_headers = limits.max_headers
         self.max_header_bytes = limits.max_header_bytes
         self.kinds = kinds
@@ -186,6 +194,9 @@ class RequestHead:
             self.connection_tokens.append(value)
         elif kind == H_DROP_UNTRUSTED and self.trusted:
             request.headers.append((name, value))
+        elif kind == H_REQUEST_ID and self.trusted:
+            # Sent twice: neither is kept (checked, or replaced, when the head is complete).
+            request.request_id = INVALID if request.request_id else value or INVALID
 
     def _relevant(
         self, request: Request, kind: int, lower: bytes, name: bytes, value: bytes
@@ -217,6 +228,8 @@ class RequestHead:
             raise BadRequest("missing Host header")
         split_target(request, self.url)
         self._check_body(request)
+        if not request.request_id or not acceptable(request.request_id):
+            request.request_id = self.new_id()
         if self.connection_tokens:
             self._drop_connection_options(request)
         if not (request.websocket and parser.should_upgrade() and request.method == b"GET"):

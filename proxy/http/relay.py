@@ -127,7 +127,7 @@ class Relay:
             elif status == 101:
                 if not self.request.websocket:
                     raise UpstreamError("protocol", "101 to a request that asked for no upgrade")
-                self._upgrade = switching_head(headers)
+                self._upgrade = switching_head(headers, self.request.request_id)
             self.status = status
             return
         self.status = status
@@ -170,7 +170,14 @@ class Relay:
         self.status = error.status
         self.generated = True
         self.close_after = self.close_after or not self.request_done or self.client.draining
-        self.out.append(framing.error_response(error.status, error.reason, close=self.close_after))
+        self.out.append(
+            framing.error_response(
+                error.status,
+                error.reason,
+                close=self.close_after,
+                request_id=self.request.request_id,
+            )
+        )
         self.finish()
 
     def flush_client(self) -> None:

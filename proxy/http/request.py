@@ -5,7 +5,8 @@ Content-Length, obfuscated Transfer-Encoding, bare CR/LF, obs-fold, whitespace b
 control characters. The checks here cover what it lets through (RELIABILITY.md A-E): versions
 other than HTTP/1.0 and 1.1, underscores in field names, Host rules, target forms, dot-segments,
 and transfer codings other than a lone `chunked`. `upstream_head` writes what the upstream gets:
-the end-to-end fields, X-Forwarded-* and the proxy's own framing. Pure functions; no I/O.
+the end-to-end fields, X-Forwarded-*, X-Request-ID and the proxy's own framing. Pure functions;
+no I/O.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class Request:
         "path",
         "query",
         "relevant",
+        "request_id",
         "target",
         "version",
         "websocket",
@@ -61,6 +63,8 @@ class Request:
         self.websocket = False
         self.relevant: dict[str, str] = {}
         self.bucket = -1  # the routing bucket of its id (-1: not hashed)
+        # X-Request-ID: a trusted peer's, else the proxy's own (set when the head is complete).
+        self.request_id = b""
         # X-Forwarded-* as sent by a trusted peer (None otherwise: they are then overwritten).
         self.xff: bytes | None = None
         self.xfp: bytes | None = None
@@ -191,13 +195,13 @@ def upstream_head(request: Request, authority: bytes, peer_ip: str, extra: bytes
 
 
 def _forwarded_fields(request: Request, peer_ip: str) -> bytes:
-    """X-Forwarded-*: the peer appended to a trusted peer's chain, else the proxy's own view."""
+    """X-Forwarded-*: the peer appended to a trusted peer's chain, else the proxy's own view;
+    and the request's id."""
     peer = peer_ip.encode("ascii")
     xff = peer if request.xff is None else request.xff + b", " + peer
     proto = request.xfp or b"http"
     host = request.xfh or request.host or b""
-    return b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Host: %s\r\n" % (
-        xff,
-        proto,
-        host,
+    return (
+        b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Host: %s\r\n"
+        b"X-Request-ID: %s\r\n" % (xff, proto, host, request.request_id)
     )

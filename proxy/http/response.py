@@ -2,10 +2,11 @@
 
 An upstream's framing and hop-by-hop fields never cross the proxy (RFC 9110 7.6.1, RFC 9112 6):
 `response_head` drops them, with any field the upstream's Connection header names, and writes
-the proxy's own framing for the client's HTTP version: `Content-Length` when the length is
-known, `Transfer-Encoding: chunked` to an HTTP/1.1 client otherwise, and a closed connection
-for an HTTP/1.0 client. It also says how the body that follows must be delimited; moving that
-body is the exchange's business.
+the request's X-Request-ID (in place of any the upstream sent) and the proxy's own framing for
+the client's HTTP version: `Content-Length` when the length is known, `Transfer-Encoding:
+chunked` to an HTTP/1.1 client otherwise, and a closed connection for an HTTP/1.0 client. It
+also says how the body that follows must be delimited; moving that body is the exchange's
+business.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
 NO_BODY, LENGTH, CHUNKED, CLOSE = 0, 1, 2, 3
 
 _UPGRADED = b"Connection: upgrade\r\nUpgrade: websocket\r\n\r\n"
+# The upstream's own X-Request-ID would contradict the one the proxy returns.
+_DROPPED = HOP_BY_HOP | {b"x-request-id"}
 
 
 def response_head(
@@ -35,7 +38,7 @@ def response_head(
     """
     length: bytes | None = None
     chunked = False
-    drop = HOP_BY_HOP
+    drop = _DROPPED
     parts = [status_line(status)]
     append = parts.append
     for name, value in headers:
@@ -51,8 +54,10 @@ def response_head(
                     drop = drop | named
             continue
         append(b"%s: %s\r\n" % (name, value))
-    if drop is not HOP_BY_HOP:
+    if drop is not _DROPPED:
         parts = [parts[0], *_without(headers, drop)]
+    if request.request_id:
+        parts.append(b"X-Request-ID: %s\r\n" % request.request_id)
     framing = _framing(status, length, chunked, request)
     if framing == LENGTH or (framing == NO_BODY and length and status != 204):
         parts.append(b"Content-Length: %s\r\n" % length)
@@ -76,12 +81,14 @@ def _framing(status: int, length: bytes | None, chunked: bool, request: Request)
     return CHUNKED if request.version == b"1.1" else CLOSE
 
 
-def switching_head(headers: list[tuple[bytes, bytes]]) -> bytes:
+def switching_head(headers: list[tuple[bytes, bytes]], request_id: bytes = b"") -> bytes:
     """The head of an upstream's 101 to a WebSocket upgrade, as relayed to the client."""
     parts = [status_line(101)]
     for name, value in headers:
-        if name.lower() not in HOP_BY_HOP:
+        if name.lower() not in _DROPPED:
             parts += (name, b": ", value, CRLF)
+    if request_id:
+        parts += (b"X-Request-ID: ", request_id, CRLF)
     parts.append(_UPGRADED)
     return b"".join(parts)
 

@@ -2,8 +2,10 @@
 
 One `Engine` per listening socket. It owns what every downstream connection shares: the limits,
 the router, the table of header names that need special handling, the trusted-peer check, the
-set of live connections, and one sweeper timer that enforces every connection's deadline (a
-per-request timer would cost more than the request).
+maker of request ids, the kind of exchange a request gets (`exchange`: an `Exchange`, or a
+subclass that also writes access logs), the set of live connections, and one sweeper timer
+that enforces every connection's deadline (a per-request timer would cost more than the
+request).
 """
 
 from __future__ import annotations
@@ -16,12 +18,17 @@ from typing import TYPE_CHECKING
 
 from proxy.http.connection import ClientConnection
 from proxy.http.downstream import DownstreamProtocol
+from proxy.http.exchange import Exchange
 from proxy.http.fields import header_kinds
+from proxy.http.requestid import RequestIds
 
 if TYPE_CHECKING:
     from proxy.config import Config
-    from proxy.dataplane import Router
+    from proxy.dataplane import Route, Router
     from proxy.errors import HttpError
+    from proxy.http.request import Request
+
+    ExchangeFactory = Callable[[DownstreamProtocol, Request, Route], Exchange]
 
 _TRUST_CACHE_SIZE = 4096
 
@@ -38,11 +45,14 @@ class Engine:
         identity_headers: Iterable[str] = (),
         relevant_headers: Iterable[str] = (),
         on_reject: Callable[[HttpError], None] | None = None,
+        exchange: ExchangeFactory = Exchange,
     ) -> None:
         self.loop = loop
         self.limits = config.limits
         self.router = router
         self.header_kinds = header_kinds(identity_headers, relevant_headers)
+        self.request_ids = RequestIds()
+        self.exchange = exchange
         self.connections: set[ClientConnection] = set()
         self.draining = False
         self._trusted = config.trusted_peers

@@ -85,7 +85,8 @@ async def serve_worker(config: Config, port: int, channel_fd: int) -> int:
     if first is None or first[0] != PLAN:
         return 1
     worker.apply(first[1])
-    engine = worker.engine = data_engine(config, worker.router, worker.metrics, loop)
+    engine, access_log = data_engine(config, worker.router, worker.metrics, loop)
+    worker.engine = engine
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, worker.stop.set)
     await engine.start(config.listen.host, port, reuse_port=True)
@@ -97,6 +98,8 @@ async def serve_worker(config: Config, port: int, channel_fd: int) -> int:
     await worker.stop.wait()
     await engine.drain(config.limits.drain_s)
     await engine.close()
+    if access_log is not None:
+        await access_log.close()
     worker.router.close()
     for task in tasks:
         task.cancel()

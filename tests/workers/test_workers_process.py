@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from tests.faults.harness import load, metric, report, tally
@@ -130,3 +131,23 @@ async def test_a_killed_worker_is_replaced_and_the_other_serves_on(
     await asyncio.sleep(0.6)
     total = await metric(workers.admin_url, "rollout_requests_total")
     assert 0.8 * counts["200"] <= total <= len(outcomes), (total, counts)
+
+
+async def test_every_worker_writes_the_access_log(
+    tmp_path: Path, upstreams: tuple[NameUpstream, NameUpstream]
+) -> None:
+    stable, canary = upstreams
+    data = _config(tmp_path, stable.url, canary.url)
+    log = tmp_path / "access.jsonl"
+    data["access_log"] = {"enabled": True, "path": str(log)}
+    proxy = await ProxyProcess(data, tmp_path, {"ADMIN_TOKEN": TOKEN}, ("--workers", "2")).start()
+    try:
+        requests = [get("/", {"X-Tenant-ID": i}) for i in IDS[:500]]
+        await bodies_for(port(proxy), requests, connections=32, depth=2)
+    finally:
+        assert proxy.proc is not None
+        proxy.proc.terminate()  # a drain flushes each worker's log
+        await proxy.proc.wait()
+    lines = [orjson.loads(line) for line in log.read_bytes().splitlines()]
+    assert len(lines) == 500
+    assert len({line["request_id"] for line in lines}) == 500
