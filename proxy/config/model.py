@@ -147,6 +147,8 @@ class Limits:
     header_timeout_s: float = 10.0
     idle_timeout_s: float = 60.0
     body_timeout_s: float = 30.0
+    body_total_timeout_s: float = 300.0  # a whole request body, from the end of its head
+    send_timeout_s: float = 60.0  # response bytes the client does not take, at most this long
     connect_timeout_s: float = 3.0
     response_timeout_s: float = 30.0
     max_connections: int = 10000

@@ -100,9 +100,14 @@ control's bound with the canary's rate, so the test needs far more than "half fa
 20% incident on both arms it takes 15 or more canary failures in a row (probability < 1e-10),
 and a control failing at guardrail_max_error_rate or more carries no weight at all. A dead
 canary (every request failing) against a stable arm at 0.5% gains log(1/u) ~ 3.5 nats per
-failure, so the 10th failing request trips it (1 s at a 1% step of 1,000 requests/s). The
-guardrail counts every request, capping no id: it needs most of the canary's recent requests to
-fail, and a canary failing most of its traffic is what it is for.
+failure, so the 10th failing request trips it (1 s at a 1% step of 1,000 requests/s). No one
+id can trip it: each id adds at most 5 canary requests per 2 s to it (its first ones, whatever
+their outcome, so the test stays valid for the requests it keeps), and a trip needs failures
+from at least 3 distinct ids. An id sending most of the canary's requests, all failing, thus
+adds 5 failures against everyone else's successes, while a dead canary fails for every id
+(its first 10 failures come from about 10 ids). A step whose canary traffic comes from fewer
+than 3 ids (one pinned tenant) is left to the checks, where every id contributes evidence up
+to its cap.
 
 *Assumptions.* Requests are independent given their tier and time, and both arms of a tier see the
 same event rate when the canary is no worse (over the guardrail's 2 s, the same rate on both
@@ -319,7 +324,7 @@ class StepAnalysis:
         share.add(canary)
         if self._prefixes:
             self._observe_routes(state, tier, canary, error, path, id_hash, now, calm)
-        self._guard.add(tier, canary, error, now)
+        self._guard.add(tier, canary, error, now, id_hash)
         if not canary:
             self._incident.add(error, now)
             return None

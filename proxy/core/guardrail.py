@@ -9,7 +9,17 @@ pre-exposure rate bound (outside incidents). It trips when those canary requests
 requests * kl(failure rate, control bound) >= log(1 / (half the look's level)), where the
 control bound is the requests-weighted mean of the tiers' upper bounds (recent stable counts at
 the other half of the look's level, split per tier). Look j (the step's j-th canary request) is
-held to level / (j * (j + 1)), so all looks of a step together spend at most `level`. Pure.
+held to level / (j * (j + 1)), so all looks of a step together spend at most `level`.
+
+No single id can trip it (rollback abuse, RELIABILITY 3.3): each id counts for at most
+`ID_CAP` canary requests per `WINDOW_S` (its first ones, failing or not: which requests count
+does not depend on their outcome, so the test above stays valid for those it sees), and a
+trip needs failures from at least `MIN_FAILING_IDS` distinct ids among them. One id sending
+most of the canary's requests, all failing, then adds at most ID_CAP failures against
+everybody else's successes; a dead canary fails for every id, and its first failing requests
+come from as many ids as requests. A canary whose traffic comes from fewer ids than that (a
+step exposing one or two tenants) is left to the checks, whose per-id cap lets every id
+contribute evidence over time. Ids are the caller's hashes (the routing bucket). Pure.
 """
 
 from __future__ import annotations
@@ -19,9 +29,12 @@ from dataclasses import dataclass
 from math import log
 
 from proxy.core.baseline import RateCount, kl, rate_upper
-from proxy.core.traffic import RecentWindow
+from proxy.core.traffic import WINDOW_S, RecentWindow
 
 TAIL_SPLIT = 0.5  # of a look's level for the canary's tail; the rest for the stable bounds
+ID_CAP = 5  # canary requests one id adds to the guardrail per WINDOW_S
+MIN_FAILING_IDS = 3  # distinct ids among the failing canary requests a trip needs
+ID_TRACKED = 50_000  # ids remembered per window; beyond that new ids count uncapped
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,11 +63,59 @@ class _TierWindows:
         self.stable = RecentWindow()
 
 
+class _IdWindow:
+    """Canary requests and failures per id over one WINDOW_S, and the window before."""
+
+    __slots__ = ("counts", "failing", "previous", "start")
+
+    def __init__(self) -> None:
+        self.counts: dict[int, int] = {}
+        self.failing: set[int] = set()
+        self.previous: set[int] = set()  # the failing ids of the window before
+        self.start = 0.0
+
+    def admit(self, id_hash: int, error: bool, now: float) -> bool:
+        """Count one canary request of `id_hash`; False when the id is over its cap."""
+        if now - self.start >= WINDOW_S:
+            self.previous, self.failing = self.failing, set()
+            self.counts, self.start = {}, now
+        seen = self.counts.get(id_hash, 0)
+        if seen >= ID_CAP:
+            return False
+        if seen or len(self.counts) < ID_TRACKED:
+            self.counts[id_hash] = seen + 1
+        if error:
+            self.failing.add(id_hash)
+        return True
+
+    def enough_failing(self) -> bool:
+        """Failures from MIN_FAILING_IDS distinct ids, over this window and the one before
+        (the canary windows reach that far back)."""
+        failing = self.failing
+        if len(failing) >= MIN_FAILING_IDS:
+            return True
+        extra = len(failing)
+        for id_hash in self.previous:
+            if id_hash not in failing:
+                extra += 1
+                if extra >= MIN_FAILING_IDS:
+                    return True
+        return False
+
+
 class Guardrail:
     """The guardrail of one step; `references` maps a tier to its pre-exposure counts and
     their rate's upper bound (valid at the rollback level they were drawn at)."""
 
-    __slots__ = ("_looks", "_tiers", "level", "max_error_rate", "min_requests", "references")
+    __slots__ = (
+        "_ids",
+        "_looks",
+        "_tiers",
+        "level",
+        "max_error_rate",
+        "min_requests",
+        "references",
+    )
 
     def __init__(
         self,
@@ -69,21 +130,23 @@ class Guardrail:
         self.references = references
         self._tiers: dict[str, _TierWindows] = {}
         self._looks = 0  # canary requests of the step so far
+        self._ids = _IdWindow()
 
-    def add(self, tier: str, canary: bool, error: bool, now: float) -> None:
+    def add(self, tier: str, canary: bool, error: bool, now: float, id_hash: int) -> None:
         windows = self._tiers.get(tier)
         if windows is None:
             windows = self._tiers[tier] = _TierWindows()
         if canary:
             self._looks += 1
-            windows.canary.add(error, now)
+            if self._ids.admit(id_hash, error, now):
+                windows.canary.add(error, now)
         else:
             windows.stable.add(error, now)
 
     def look(self, now: float, incident: bool) -> Trip | None:
         """After a failing canary request: the trip, or None."""
         rows = self._rows(now, incident)
-        if not self._breached(rows):
+        if not self._breached(rows) or not self._ids.enough_failing():
             return None
         j = self._looks
         level = self.level / (j * (j + 1))

@@ -3,8 +3,9 @@
 `ClientConnection` admits the connection, runs the exchanges of its requests one at a time in
 arrival order (pipelined ones wait in a bounded queue), answers a refused request in its turn and
 then closes, and enforces the deadline of the phase the connection is in (idle, reading a head,
-reading a body; none while it only waits for its exchanges, or while the proxy itself holds the
-reading) when the engine's sweeper asks. It owns the socket as the data plane uses it:
+reading a body, and the whole body's total; none while it only waits for its exchanges, or while
+the proxy itself holds the reading), and the send deadline of response bytes the client does not
+take (slow read), when the engine's sweeper asks. It owns the socket as the data plane uses it:
 writes that stop once closing, reading paused while any owner asks for it, a lingering close,
 and a reset when a response must be seen cut. Reading requests off the socket is its subclass's
 business (`DownstreamProtocol`); a request costs no timer here.
@@ -14,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import socket
 import struct
+import termios
 from collections import deque
 from typing import TYPE_CHECKING, cast
 
@@ -30,6 +33,7 @@ if TYPE_CHECKING:
 IDLE, HEAD, BODY, WAIT = range(4)
 _LINGER_S = 2.0
 _LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset
+_INT = struct.pack("i", 0)
 QUEUE_FULL = object()  # owner of the read pause while the pipelined queue is full
 
 
@@ -48,6 +52,14 @@ class ClientConnection(asyncio.Protocol):
         self.reading = False  # a request is being read (between its first byte and its end)
         self.phase = IDLE
         self.deadline = 0.0
+        self.body_deadline = 0.0  # the whole request body's (BODY phase)
+        self._paused_at = 0.0
+        # Slow read: what was written may still wait in the proxy's buffer or the kernel's.
+        self.unsent = False  # written since the sweeper last saw nothing waiting
+        self._written = 0
+        self._taken = -1  # bytes the client had taken (acknowledged) at the last look
+        self._send_deadline = 0.0
+        self._fd = -1
         self.current: Exchange | None = None
         self._parsing: Exchange | None = None  # the exchange whose request is being read
         self._unstarted: Exchange | None = None  # begun during a read: started after it
@@ -63,6 +75,8 @@ class ClientConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        self._fd = sock.fileno() if sock is not None else -1
         engine = self.engine
         if len(engine.connections) >= self.limits.max_connections:
             self.transport.abort()
@@ -168,16 +182,27 @@ class ClientConnection(asyncio.Protocol):
 
     def check_deadline(self, now: float) -> None:
         """Called by the engine's sweeper about every `sweep` seconds."""
+        if self.unsent and self._send_stalled(now):
+            # The client has taken nothing of what waits for it for send_timeout, whether the
+            # response is still streaming or long complete: reset, which frees the kernel's
+            # buffer too (an unfinished exchange is counted as an abort by connection_lost).
+            self.abort()
+            return
         current = self.current
         if current is not None:
             current.check_deadline(now)
         if self.closing:
-            if self._linger_until and now >= self._linger_until and self.transport is not None:
+            # A client still taking its response is let finish (a stall is cut above).
+            linger = self._linger_until
+            if linger and now >= linger and not self.unsent and self.transport is not None:
                 self.transport.abort()
+            return
+        phase = self.phase
+        if phase == BODY and now >= self.body_deadline and not self._pausers:
+            self._body_late("request body not received within body_total_timeout")
             return
         if not self.deadline or now < self.deadline:
             return
-        phase = self.phase
         if phase == IDLE:
             self.close()
         elif phase not in (HEAD, BODY) or self._pausers:
@@ -187,7 +212,44 @@ class ClientConnection(asyncio.Protocol):
         elif phase == HEAD:
             self._fail(BadRequest("request head not received in time", 408))
         else:
-            self._fail(BadRequest("request body not received in time", 408))
+            self._body_late("request body not received in time")
+
+    def _body_late(self, reason: str) -> None:
+        """The client is too slow with a request body: 408 and close, unless part of the
+        response already went out, when no status can follow and the connection is reset.
+        Either way the exchange is dropped uncounted (an upstream that got part of the request
+        sees its connection reset) and the refusal is counted once, as a 408."""
+        error = BadRequest(reason, 408)
+        exchange = self._parsing
+        if exchange is not None and exchange.response_started and not self._failed():
+            self.engine.rejected(error)
+            self._parsing = None
+            exchange.refused(error.status)
+            self.abort()
+            return
+        self._fail(error)
+
+    def _send_stalled(self, now: float) -> bool:
+        """Has the client taken no byte of what waits for it (the transport's buffer and the
+        kernel's unacknowledged bytes, which alone can hold megabytes) for send_timeout?"""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            self.unsent = False  # its socket may be gone, and the number reused
+            return False
+        waiting = transport.get_write_buffer_size()
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                waiting += struct.unpack("i", fcntl.ioctl(self._fd, termios.TIOCOUTQ, _INT))[0]
+        if not waiting:
+            self.unsent = False
+            self._taken = -1
+            return False
+        taken = self._written - waiting
+        if taken != self._taken:
+            self._taken = taken
+            self._send_deadline = now + self.limits.send_timeout_s
+            return False
+        return now >= self._send_deadline
 
     def drain(self) -> None:
         """Stop keeping the connection alive; close it now if it is idle."""
@@ -201,10 +263,13 @@ class ClientConnection(asyncio.Protocol):
         transport = self.transport
         if transport is not None and not self.closing:
             transport.write(data)
+            self.unsent = True
+            self._written += len(data)
 
     def pause_reading_for(self, owner: object) -> None:
         if not self._pausers and self.transport is not None and not self.closing:
             self.transport.pause_reading()
+            self._paused_at = self.loop.time()
         self._pausers.add(owner)
 
     def resume_reading_for(self, owner: object) -> None:
@@ -214,10 +279,12 @@ class ClientConnection(asyncio.Protocol):
         if not self._pausers and self.transport is not None and not self.closing:
             self.transport.resume_reading()
             if self.phase in (HEAD, BODY):
-                # The request was held up by the proxy: the client's time starts again.
-                limits = self.limits
+                # The request was held up by the proxy: the client's time starts again, and
+                # the time held does not count against the whole body either.
+                limits, now = self.limits, self.loop.time()
                 timeout = limits.header_timeout_s if self.phase == HEAD else limits.body_timeout_s
-                self.deadline = self.loop.time() + timeout
+                self.deadline = now + timeout
+                self.body_deadline += now - self._paused_at
 
     def abort_after_flush(self, *, reset: bool) -> None:
         """The response cannot be completed: end the connection once the exchange is done.

@@ -103,7 +103,9 @@ class DownstreamProtocol(ClientConnection):
     def on_headers_complete(self) -> None:
         request = self.head.complete(self.draining)
         self.phase = BODY
-        self.deadline = self.loop.time() + self.limits.body_timeout_s
+        now = self.loop.time()
+        self.deadline = now + self.limits.body_timeout_s
+        self.body_deadline = now + self.limits.body_total_timeout_s
         engine = self.engine
         exchange = engine.exchange(self, request, engine.router.route(request, self))
         self._parsing = exchange

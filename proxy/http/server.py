@@ -66,7 +66,9 @@ class Engine:
             limits.header_timeout_s,
             limits.idle_timeout_s,
             limits.body_timeout_s,
+            limits.body_total_timeout_s,
             limits.response_timeout_s,
+            limits.send_timeout_s,
         )
         self.sweep_s = max(0.02, min(0.5, shortest / 10))
 
