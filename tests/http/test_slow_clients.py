@@ -111,7 +111,7 @@ async def test_a_body_late_after_the_response_began_is_reset_not_answered_twice(
         samples = await scrape(proxy)
     await upstream.close()
     assert answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer
-    assert b"408" not in answer
+    assert answer.count(b"HTTP/1.1 ") == 1  # no 408 after the 200
     assert 3 < len(answer.partition(b"\r\n\r\n")[2]) < 1000, "the response must be seen cut"
     assert 1.0 <= ended - start < 1.0 + SLACK, ended - start
     assert value(samples, "rollout_rejected_requests_total", status="408") == 1

@@ -36,7 +36,8 @@ async def start_fleet(
     proxies = []
     for i in range(replicas):
         (workdir / f"r{i}").mkdir()
-        proxies.append(ProxyProcess(config, workdir / f"r{i}", env))
+        # Two worker processes each: the fleet and the workers together, as users run them.
+        proxies.append(ProxyProcess(config, workdir / f"r{i}", env, ("--workers", "2")))
     await asyncio.gather(*(p.start() for p in proxies))
     return proxies
 

@@ -26,7 +26,9 @@ class ProxyProcess:
         env: Mapping[str, str],
         args: tuple[str, ...] = (),
     ) -> None:
-        self.args = args  # more `run` options, e.g. ("--workers", "2")
+        # More `run` options. One process unless a test asks for workers: the drills measure
+        # per-connection behaviour, the same in every worker (tests/workers covers them).
+        self.args = args if "--workers" in args else ("--workers", "1", *args)
         self.path = workdir / "proxy.yaml"
         self.path.write_text(yaml.safe_dump(dict(config)))
         self.env = {**os.environ, **env}
