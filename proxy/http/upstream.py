@@ -90,10 +90,8 @@ class UpstreamConnection(asyncio.Protocol):
         if self.exchange is not None:
             self.exchange.client_resume_reading()
 
-    # httptools callbacks
-
-    def on_message_begin(self) -> None:
-        self._headers = []
+    # httptools callbacks (no on_message_begin: one callback less per response; the fields
+    # are emptied when a message completes)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
@@ -112,6 +110,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.exchange.response_body(body)
 
     def on_message_complete(self) -> None:
+        self._headers = []  # with any trailer fields, which are never forwarded
         if self.exchange is not None:
             self.exchange.response_complete()
 

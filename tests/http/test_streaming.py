@@ -225,6 +225,9 @@ async def test_upstream_chunked_response_is_chunked_to_the_client() -> None:
         assert response.header("transfer-encoding") == "chunked"
         assert response.header("content-length") is None
         assert response.header("x-kind") == "chunked"
+        # The trailer is not relayed, nor taken for a field of the next response on the
+        # same upstream connection.
+        assert response.header("x-trailer") is None
 
 
 async def close_delimited(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
