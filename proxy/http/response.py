@@ -37,7 +37,6 @@ def response_head(
     chunked = False
     drop = HOP_BY_HOP
     parts = [status_line(status)]
-    append = parts.append
     for name, value in headers:
         lower = name.lower()
         if lower in drop:
@@ -50,12 +49,14 @@ def response_head(
                 if named:
                     drop = drop | named
             continue
-        append(b"%s: %s\r\n" % (name, value))
+        parts += (name, b": ", value, CRLF)  # joined once below: no bytes per field line
     if drop is not HOP_BY_HOP:
         parts = [parts[0], *_without(headers, drop)]
     framing = _framing(status, length, chunked, request)
-    if framing == LENGTH or (framing == NO_BODY and length and status != 204):
-        parts.append(b"Content-Length: %s\r\n" % length)
+    if length is not None and (
+        framing == LENGTH or (framing == NO_BODY and length and status != 204)
+    ):
+        parts += (b"Content-Length: ", length, CRLF)
     elif framing == CHUNKED:
         parts.append(b"Transfer-Encoding: chunked\r\n")
     close = close or framing == CLOSE
