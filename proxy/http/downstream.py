@@ -88,7 +88,7 @@ class DownstreamProtocol(ClientConnection):
             if unstarted is self.current:
                 self._start(unstarted)
         current = self.current
-        if current is not None:
+        if current is not None and current.up_out:
             current.flush_upstream()
 
     # --- httptools callbacks (on_url and on_header are the head's) ----------------------

@@ -34,7 +34,7 @@ class Exchange(Relay):
     __slots__ = ("abandoned", "admitted", "endpoint", "retried", "route", "started")
 
     def __init__(self, client: DownstreamProtocol, request: Request, route: Route) -> None:
-        super().__init__(client, request)
+        Relay.__init__(self, client, request)
         self.route = route
         self.endpoint: Endpoint | None = None
         self.started = 0.0
@@ -61,11 +61,12 @@ class Exchange(Relay):
         self.up_out.append(
             upstream_head(self.request, endpoint.authority, client.peer_ip, self.route.extra)
         )
-        self.up_out.extend(self.pending)
-        self.pending = []
-        if self.pending_size > PENDING_LIMIT:
-            client.resume_reading_for(self)
-        self.pending_size = 0
+        if self.pending:  # body bytes that arrived before the connection
+            self.up_out += self.pending
+            self.pending = []
+            if self.pending_size > PENDING_LIMIT:
+                client.resume_reading_for(self)
+            self.pending_size = 0
         if self.request_done:
             self._arm(client.limits.response_timeout_s)
         if not client.in_feed:

@@ -72,7 +72,8 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self.usable = False
             exchange.upstream_failed(UpstreamError("protocol", str(exc)), self.endpoint)
-        exchange.flush_client()
+        if exchange.out:
+            exchange.flush_client()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.usable = False
