@@ -42,6 +42,7 @@ class ClientConnection(asyncio.Protocol):
         self.limits: Limits = engine.limits
         self.transport: asyncio.Transport | None = None
         self.peer_ip = ""
+        self.peer_bytes = b""  # peer_ip as it is written in X-Forwarded-For
         self.trusted = False
         self.draining = False
         self.in_feed = False  # a read is being parsed
@@ -70,6 +71,7 @@ class ClientConnection(asyncio.Protocol):
         engine.connections.add(self)
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0] if isinstance(peer, tuple) else ""
+        self.peer_bytes = self.peer_ip.encode("ascii")
         self.trusted = engine.is_trusted(self.peer_ip)
         self.draining = engine.draining
         self.deadline = self.loop.time() + self.limits.idle_timeout_s

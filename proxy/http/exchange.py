@@ -59,7 +59,7 @@ class Exchange(Relay):
         conn.exchange = self
         client = self.client
         self.up_out.append(
-            upstream_head(self.request, endpoint.authority, client.peer_ip, self.route.extra)
+            upstream_head(self.request, endpoint.authority, client.peer_bytes, self.route.extra)
         )
         if self.pending:  # body bytes that arrived before the connection
             self.up_out += self.pending

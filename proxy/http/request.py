@@ -171,16 +171,26 @@ def invalid_method_status(head: bytes) -> int:
     return 501 if _TOKEN_RE.match(method) else 400
 
 
-def upstream_head(request: Request, authority: bytes, peer_ip: str, extra: bytes) -> bytes:
-    """The head sent upstream; `extra`: the route's own fields, `authority`: the upstream's."""
-    parts = [request.method, b" ", request.target, b" HTTP/1.1\r\nHost: "]
+def upstream_head(request: Request, authority: bytes, peer: bytes, extra: bytes) -> bytes:
+    """The head sent upstream; `extra`: the route's own fields, `authority`: the upstream's,
+    `peer`: the client's address (ASCII)."""
+    host = request.host
     # An HTTP/1.0 request may come without Host: the upstream then gets its own authority.
-    parts.append(request.host or authority)
-    parts.append(CRLF)
+    parts = [request.method, b" ", request.target, b" HTTP/1.1\r\nHost: ", host or authority, CRLF]
     for name, value in request.headers:
         parts += (name, b": ", value, CRLF)
-    parts.append(_forwarded_fields(request, peer_ip))
-    parts.append(extra)
+    # X-Forwarded-*: the peer appended to a trusted peer's chain, else the proxy's own view.
+    xff = request.xff
+    parts += (
+        b"X-Forwarded-For: ",
+        peer if xff is None else xff + b", " + peer,
+        b"\r\nX-Forwarded-Proto: ",
+        request.xfp or b"http",
+        b"\r\nX-Forwarded-Host: ",
+        request.xfh or host or b"",
+        CRLF,
+        extra,
+    )
     if request.websocket:
         parts.append(b"Connection: upgrade\r\nUpgrade: websocket\r\n")
     if request.chunked:
@@ -191,16 +201,3 @@ def upstream_head(request: Request, authority: bytes, peer_ip: str, extra: bytes
         parts.append(b"Expect: 100-continue\r\n")
     parts.append(CRLF)
     return b"".join(parts)
-
-
-def _forwarded_fields(request: Request, peer_ip: str) -> bytes:
-    """X-Forwarded-*: the peer appended to a trusted peer's chain, else the proxy's own view."""
-    peer = peer_ip.encode("ascii")
-    xff = peer if request.xff is None else request.xff + b", " + peer
-    proto = request.xfp or b"http"
-    host = request.xfh or request.host or b""
-    return b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Host: %s\r\n" % (
-        xff,
-        proto,
-        host,
-    )
