@@ -228,25 +228,28 @@ class Exchange(Relay):
         # Reading may be paused for this exchange's upstream back-pressure; once it is over,
         # nothing else would resume it.
         self.client.resume_reading_for(self)
-        self._cancel_timer()
+        self._deadline = 0.0  # no deadline once finished
         conn = self.conn
         if conn is not None:
             self.conn = None
-            if self.upstream_keep_alive and self.request_done and conn.usable:
-                conn.detach()
-                if self.endpoint is not None:
-                    self.endpoint.succeeded()
-                    self.endpoint.release(conn)
+            endpoint = self.endpoint
+            if (
+                self.upstream_keep_alive
+                and self.request_done
+                and conn.usable
+                and endpoint is not None
+            ):
+                endpoint.reuse(conn)
             else:
                 conn.close()
         self._release_slot()
         self.flush_client()
         final = status if status is not None else self.status
         if final:
-            self.record(final, generated=status is not None or self.generated)
+            self.record(final, status is not None or self.generated)
         self.client.exchange_done(self)
 
-    def record(self, status: int, *, generated: bool = False) -> None:
+    def record(self, status: int, generated: bool = False) -> None:
         """Count the outcome once: metrics, and the rollout analysis as evidence."""
         duration = self.client.loop.time() - self.started
         self.route.recorder.completed(self.route, status, duration, self.request, generated)

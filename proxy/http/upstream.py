@@ -131,10 +131,6 @@ class UpstreamConnection(asyncio.Protocol):
             self.paused = False
             self.transport.resume_reading()
 
-    def detach(self) -> None:
-        """The exchange is done with this connection (it will be pooled or closed)."""
-        self.exchange = None
-
     def close(self) -> None:
         self.usable = False
         self.exchange = None
