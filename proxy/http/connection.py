@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import socket
 import struct
-from collections import deque
 from typing import TYPE_CHECKING, cast
 
 from proxy.errors import BadRequest, HttpError, Overloaded
@@ -52,11 +51,14 @@ class ClientConnection(asyncio.Protocol):
         self.current: Exchange | None = None
         self._parsing: Exchange | None = None  # the exchange whose request is being read
         self._unstarted: Exchange | None = None  # begun during a read: started after it
-        self._queue: deque[Exchange] = deque()
+        # Lists, not a deque and a set: both stay tiny (max_pipelined; a few owners), and an
+        # empty list costs 56 bytes where a deque costs 760 and a set 216, on every idle
+        # keep-alive connection.
+        self._queue: list[Exchange] = []
         self._fatal: HttpError | None = None
         self.closing = False
         self.truncated = False  # the response is cut and delimited by the close: reset instead
-        self._pausers: set[object] = set()
+        self._pausers: list[object] = []  # who holds the reading paused (each once)
         self._linger_until = 0.0
 
     # --- asyncio callbacks --------------------------------------------------------------
@@ -124,7 +126,7 @@ class ClientConnection(asyncio.Protocol):
             return
         if self._queue:
             self.resume_reading_for(QUEUE_FULL)
-            self._begin(self._queue.popleft())
+            self._begin(self._queue.pop(0))
         elif self._fatal is not None:
             self._reply_and_close(self._fatal)
         elif self._parsing is None and not self.reading:
@@ -205,14 +207,16 @@ class ClientConnection(asyncio.Protocol):
             transport.write(data)
 
     def pause_reading_for(self, owner: object) -> None:
+        if owner in self._pausers:
+            return
         if not self._pausers and self.transport is not None and not self.closing:
             self.transport.pause_reading()
-        self._pausers.add(owner)
+        self._pausers.append(owner)
 
     def resume_reading_for(self, owner: object) -> None:
         if owner not in self._pausers:
             return  # it held nothing (every exchange lets go of the reading when it ends)
-        self._pausers.discard(owner)
+        self._pausers.remove(owner)
         if not self._pausers and self.transport is not None and not self.closing:
             self.transport.resume_reading()
             if self.phase in (HEAD, BODY):
