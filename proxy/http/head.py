@@ -119,6 +119,14 @@ class RequestHead:
         self.chunks.append(data)
         self.extra += len(data)
 
+    def forget_read(self) -> None:
+        """The latest read is parsed. Unless a head is still incomplete, let go of its bytes:
+        an idle keep-alive connection would otherwise keep its last read alive (up to a whole
+        read buffer of a request body)."""
+        if self.request is None:
+            self.chunk = self.scan_chunk = b""
+            self.chunks.clear()
+
     def too_large(self) -> bool:
         return self.extra > self.cap
 
