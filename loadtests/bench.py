@@ -5,11 +5,16 @@ blocks, "stable" and "canary", each adding an ``X-Pool`` header) and the load ge
 pinned to the first CPU; the proxy under test and the reference proxies to the second. Rounds are
 interleaved (nginx, haproxy, rollout-proxy, direct, nginx, ...) and medians reported.
 
+rollout-proxy runs as shipped: metrics on, and a rollout in progress (a 10% canary step held for
+a day), so the controller's analysis counts every request; the benchmark checks through the
+admin API that it did.
+
 Usage::
 
-    python loadtests/bench.py                      # 3 rounds x 10 s, every scenario, every target
+    python loadtests/bench.py                      # 3 rounds x 10 s, every scenario but soak
     python loadtests/bench.py --quick              # smoke run: 1 round x 2 s, tiny GET only
     python loadtests/bench.py --targets direct,nginx --scenarios tiny --json out.json
+    python loadtests/bench.py --scenarios soak     # RSS over 2 million requests (minutes)
 
 Exit status: 0 ok, 1 a target failed its checks or a run had errors, 2 a required tool is missing.
 """
@@ -44,10 +49,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
 BODY_BYTES = MIB
 ALL_TARGETS = ("direct", "nginx", "haproxy", "rollout-proxy")
-ALL_SCENARIOS = ("tiny", "tiny1", "body", "idle", "churn")
+ALL_SCENARIOS = ("tiny", "tiny1", "body", "idle", "churn", "soak")
+DEFAULT_SCENARIOS = ("tiny", "tiny1", "body", "idle", "churn")  # soak is long: asked for by name
 ROTATION = ("nginx", "haproxy", "rollout-proxy", "direct")
 INSTALL_HINT = "install them with: apt-get install -y wrk nginx-light   (HAProxy: haproxy)"
 TENANTS = 1000
+SOAK_IDS = 50_000  # distinct tenant ids in the soak: more than the proxy's routing caches hold
+FLAT_RSS = 0.10  # the soak's RSS counts as flat when the last sample is within 10% of the first
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # ---------------------------------------------------------------------------------------------
@@ -168,7 +176,7 @@ services:
       strategy: canary
       salt: bench-2026
       steps:
-        - {{percent: 10, observe: 10m}}
+        - {{percent: 10, observe: 24h}}
         - {{percent: 100}}
 """
 
@@ -222,7 +230,8 @@ class Scenario:
     body_bytes: int = 0
     response_bytes: int = 0
     close: bool = False
-    ids: int = TENANTS
+    ids: int = TENANTS  # request variants the Lua script cycles through
+    tenants: int = TENANTS  # distinct tenant ids among them
     timeout_s: float = 2.0
 
 
@@ -248,9 +257,13 @@ class RunResult:
     failure: str | None = None
 
     @property
+    def errors(self) -> int:
+        """Responses with a status >= 400 plus socket errors (connect, read, write, timeout)."""
+        return self.bad_status + sum(self.socket_errors.values())
+
+    @property
     def flagged(self) -> bool:
-        errors = sum(self.socket_errors.values())
-        return self.failure is not None or self.bad_status > 0 or errors > 0
+        return self.failure is not None or self.errors > 0
 
 
 @dataclass(slots=True)
@@ -271,6 +284,41 @@ class IdleResult:
 
 
 @dataclass(slots=True)
+class SoakResult:
+    """RSS of one target sampled while it serves `requested` tiny GETs (64 connections, many
+    distinct ids), after a warm-up of a tenth of them."""
+
+    target: str
+    requested: int
+    requests: int = 0
+    duration_s: float = 0.0
+    rps: float = 0.0
+    warmup_requests: int = 0
+    samples: list[tuple[int, float]] = field(default_factory=list)  # (requests so far, RSS MiB)
+    rss_first_mib: float | None = None  # the first sample after the warm-up
+    rss_last_mib: float | None = None
+    rss_max_mib: float | None = None  # the most seen after the warm-up (sampled every 50 ms)
+    growth: float | None = None  # last / first - 1
+    flat: bool | None = None  # growth within FLAT_RSS
+    errors: int = 0
+    cpu_us_per_req: float | None = None
+    failure: str | None = None
+
+
+@dataclass(slots=True)
+class RolloutCheck:
+    """What rollout-proxy's admin API says about the rollout after the timed runs."""
+
+    status: str = ""
+    step: int | None = None
+    canary_percent: float | None = None
+    verdict: str | None = None
+    canary_requests: int = 0  # counted by the analysis (its errors check) in this step
+    baseline_requests: int = 0
+    failure: str | None = None
+
+
+@dataclass(slots=True)
 class Summary:
     """Medians over the valid rounds of one scenario for one target."""
 
@@ -286,6 +334,7 @@ class Summary:
     mib_s: float | None = None
     cpu_us_per_req: float | None = None
     peak_rss_mib: float | None = None
+    errors: int = 0  # over every run, flagged ones included
 
 
 @dataclass(slots=True)
@@ -301,6 +350,7 @@ class Options:
     connections: int
     body_connections: int
     idle_n: int
+    soak_requests: int
     json_path: Path | None
     proxy_cmd: str
     quick: bool
@@ -422,10 +472,16 @@ class RssSampler:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def __enter__(self) -> RssSampler:
-        self._thread.start()
+        self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
         self._stop.set()
         self._thread.join()
 
@@ -537,6 +593,7 @@ class Target:
     port: int
     proc: Managed | None
     note: str = ""
+    admin_port: int | None = None
 
 
 class Bench:
@@ -656,7 +713,8 @@ class Bench:
             return pinned(self.target_cpu, argv), REPO_ROOT, env
 
         proc, ports = self._start("rollout-proxy", build, 2, 1)
-        return Target("rollout-proxy", ports[0], proc, "as configured: metrics on, 10% step")
+        note = "as shipped: metrics and analysis on, rollout at a 10% canary step"
+        return Target("rollout-proxy", ports[0], proc, note, admin_port=ports[1])
 
 
 def nginx_argv(prefix: Path) -> list[str]:
@@ -764,7 +822,7 @@ def preflight(target: Target, with_body: bool) -> tuple[str | None, str]:
 def write_lua(workdir: Path, sc: Scenario) -> Path:
     script = WRK_LUA.format(
         ids=sc.ids,
-        tenants=TENANTS,
+        tenants=sc.tenants,
         body=f'string.rep("x", {sc.body_bytes})' if sc.body_bytes else "nil",
         close_header='h["Connection"] = "close"' if sc.close else "",
         method=sc.method,
@@ -939,6 +997,123 @@ def measure_idle(target: Target, n: int, nofile: int, hold_s: float) -> IdleResu
 
 
 # ---------------------------------------------------------------------------------------------
+# Soak: RSS over millions of requests
+# ---------------------------------------------------------------------------------------------
+
+
+def soak_scenario(opts: Options) -> Scenario:
+    return Scenario(
+        "soak",
+        f"GET / tiny response, {opts.connections} connections, {SOAK_IDS:,} distinct ids",
+        opts.connections,
+        ids=SOAK_IDS,
+        tenants=SOAK_IDS,
+    )
+
+
+def measure_soak(bench: Bench, target: Target, total: int, segment_s: float) -> SoakResult:
+    """Serve `total` requests in wrk runs of `segment_s`, sampling RSS after each run; the
+    first tenth is the warm-up (caches and the analysis's windows filling up)."""
+    assert target.proc is not None
+    result = SoakResult(target.name, total, warmup_requests=total // 10)
+    sc = soak_scenario(bench.opts)
+    pids = target.proc.tree()
+    cpu0 = cpu_seconds(pids)
+    sampler: RssSampler | None = None
+    try:
+        while result.requests < total and result.failure is None:
+            raw = run_wrk(bench, sc, target.port, segment_s)
+            run = RunResult("soak", target.name, 0)
+            fill_result(run, sc, raw)
+            result.requests += run.requests
+            result.duration_s += run.duration_s
+            result.errors += run.errors
+            result.failure = run.failure or (None if target.proc.alive() else "it died")
+            rss = rss_mib(target.proc.tree())
+            result.samples.append((result.requests, rss))
+            if sampler is None and result.requests >= result.warmup_requests:
+                result.rss_first_mib = rss
+                sampler = RssSampler(target.proc.pid)
+                sampler.start()
+            print(
+                f"  soak {target.name:<14} {result.requests:>10,} requests  RSS {rss:7.1f} MiB"
+                f"  {run.rps:>8,.0f} rps",
+                flush=True,
+            )
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        result.failure = str(exc)
+    finally:
+        if sampler is not None:
+            sampler.stop()
+    if result.requests:
+        result.cpu_us_per_req = (cpu_seconds(pids) - cpu0) * 1e6 / result.requests
+        result.rps = result.requests / result.duration_s if result.duration_s else 0.0
+    after = [rss for done, rss in result.samples if done >= result.warmup_requests]
+    if after and result.rss_first_mib:
+        result.rss_last_mib = after[-1]
+        result.rss_max_mib = max(max(after), sampler.peak if sampler else 0.0)
+        result.growth = result.rss_last_mib / result.rss_first_mib - 1.0
+        result.flat = result.growth <= FLAT_RSS
+    if result.errors and result.failure is None:
+        result.failure = f"{result.errors} errors"
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# The rollout, as rollout-proxy's admin API reports it
+# ---------------------------------------------------------------------------------------------
+
+
+def check_rollout(target: Target, expect_traffic: bool) -> RolloutCheck:
+    """The rollout must still be progressing at its first (10%) step, and its analysis must
+    have counted requests on both arms (the step's baseline is the stable arm)."""
+    check = RolloutCheck()
+    if target.admin_port is None:
+        check.failure = "no admin port"
+        return check
+    try:
+        status = _admin_status(target.admin_port)
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        check.failure = f"admin API: {type(exc).__name__}: {exc}"
+        return check
+    check.status = str(status.get("status"))
+    check.step = status.get("step")
+    check.canary_percent = status.get("canary_percent")
+    verdict = status.get("verdict") or {}
+    check.verdict = verdict.get("verdict")
+    for evidence in verdict.get("checks", []):
+        if evidence.get("check") == "errors":
+            check.canary_requests = int(evidence["canary"]["requests"])
+            check.baseline_requests = int(evidence["baseline"]["requests"])
+    if check.status != "progressing" or check.step != 0:
+        check.failure = f"rollout {check.status} at step {check.step}, expected progressing at 0"
+    elif expect_traffic and not (check.canary_requests and check.baseline_requests):
+        check.failure = "the analysis counted no traffic on one arm"
+    return check
+
+
+def _admin_status(port: int, attempts: int = 20) -> dict[str, Any]:
+    """GET the bench service's rollout status (the verdict is taken every second: wait for
+    one when the proxy has just started)."""
+    status: dict[str, Any] = {}
+    for _ in range(attempts):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        try:
+            conn.request("GET", "/api/v1/services/bench")
+            resp = conn.getresponse()
+            body = resp.read()
+        finally:
+            conn.close()
+        if resp.status != 200:
+            raise ValueError(f"status {resp.status}: {body[:200]!r}")
+        status = json.loads(body)
+        if status.get("verdict"):
+            return status
+        time.sleep(0.25)
+    return status
+
+
+# ---------------------------------------------------------------------------------------------
 # Summary and report
 # ---------------------------------------------------------------------------------------------
 
@@ -963,6 +1138,7 @@ def summarize(runs: Sequence[RunResult], scenario: str, target: str) -> Summary:
         mib_s=_median([r.mib_s for r in valid]),
         cpu_us_per_req=_median([r.cpu_us_per_req for r in valid]),
         peak_rss_mib=max(peaks) if peaks else None,
+        errors=sum(r.errors for r in mine),
     )
 
 
@@ -1004,7 +1180,7 @@ def scenario_rows(summaries: Sequence[Summary], sc: Scenario) -> str:
     body = sc.body_bytes > 0
     head = ["target", "MiB/s" if body else "RPS", "vs nginx", "p50 ms", "p99 ms"]
     head += ["peak RSS MiB"] if body else ["p50-nginx us"] if sc.connections == 1 else []
-    head += ["CPU us/req", "runs ok/flagged"]
+    head += ["CPU us/req", "errors", "runs ok/flagged"]
     rows = []
     for s in summaries:
         row = [
@@ -1018,7 +1194,7 @@ def scenario_rows(summaries: Sequence[Summary], sc: Scenario) -> str:
             row.append(_fmt(s.peak_rss_mib, ".1f"))
         elif sc.connections == 1:
             row.append(_fmt(s.p50_minus_nginx_us, "+.0f"))
-        row += [_fmt(s.cpu_us_per_req, ".1f"), f"{s.valid_runs}/{s.flagged_runs}"]
+        row += [_fmt(s.cpu_us_per_req, ".1f"), str(s.errors), f"{s.valid_runs}/{s.flagged_runs}"]
         rows.append(row)
     return table(head, rows)
 
@@ -1164,6 +1340,47 @@ def progress(r: RunResult) -> None:
     )
 
 
+def soak_rows(results: Sequence[SoakResult]) -> str:
+    head = [
+        "target",
+        "requests",
+        "RPS",
+        "RSS after warm-up MiB",
+        "RSS last MiB",
+        "RSS max MiB",
+        "growth",
+        "flat",
+        "CPU us/req",
+        "errors",
+    ]
+    rows = [
+        [
+            r.target,
+            f"{r.requests:,}",
+            f"{r.rps:,.0f}",
+            _fmt(r.rss_first_mib, ".1f"),
+            _fmt(r.rss_last_mib, ".1f"),
+            _fmt(r.rss_max_mib, ".1f"),
+            _fmt(None if r.growth is None else 100 * r.growth, "+.1f") + "%",
+            "-" if r.flat is None else "yes" if r.flat else "NO",
+            _fmt(r.cpu_us_per_req, ".1f"),
+            str(r.errors),
+        ]
+        for r in results
+    ]
+    return table(head, rows)
+
+
+def rollout_line(check: RolloutCheck) -> str:
+    line = (
+        f"rollout-proxy's rollout: {check.status or '?'} at step {check.step} "
+        f"({_fmt(check.canary_percent, 'g')}% canary); its analysis counted "
+        f"{check.canary_requests:,} canary and {check.baseline_requests:,} baseline requests "
+        f"in this step (verdict: {check.verdict or '-'})"
+    )
+    return f"{line}\n  FAILED: {check.failure}" if check.failure else line
+
+
 def report(
     opts: Options,
     info: dict[str, Any],
@@ -1171,6 +1388,8 @@ def report(
     failures: dict[str, str],
     runs: Sequence[RunResult],
     idle: Sequence[IdleResult],
+    soak: Sequence[SoakResult],
+    rollout: RolloutCheck | None,
 ) -> dict[str, Any]:
     names = [t.name for t in rotation(targets)]
     print(
@@ -1190,6 +1409,12 @@ def report(
         print(f"\n{name}: {sc.title}\n{scenario_rows(summaries[name], sc)}")
     if idle:
         print(f"\nidle: keep-alive connections held open after one request each\n{idle_rows(idle)}")
+    if soak:
+        title = soak_scenario(opts).title
+        print(f"\nsoak: {title}, RSS sampled over {opts.soak_requests:,} requests")
+        print(soak_rows(soak))
+    if rollout is not None:
+        print(f"\n{rollout_line(rollout)}")
     for t in targets:
         print(f"  {t.name}: {t.note}")
     for line in flagged_lines(runs):
@@ -1202,8 +1427,10 @@ def report(
         "targets": {t.name: {"port": t.port, "note": t.note} for t in targets},
         "failures": failures,
         "summaries": {k: [asdict(s) for s in v] for k, v in summaries.items()},
-        "runs": [asdict(r) | {"flagged": r.flagged} for r in runs],
+        "runs": [asdict(r) | {"flagged": r.flagged, "errors": r.errors} for r in runs],
         "idle": [asdict(i) for i in idle],
+        "soak": [asdict(r) for r in soak],
+        "rollout": asdict(rollout) if rollout is not None else None,
     }
 
 
@@ -1227,10 +1454,24 @@ def execute(opts: Options, workdir: Path) -> int:
             for t in rotation(targets)
             if "idle" in opts.scenarios and t.proc is not None
         ]
-        data = report(opts, machine_info(), targets, failures, runs, idle)
+        segment_s = 1.0 if opts.quick else 5.0
+        soak = [
+            measure_soak(bench, t, opts.soak_requests, segment_s)
+            for t in rotation(targets)
+            if "soak" in opts.scenarios and t.proc is not None
+        ]
+        proxy = [t for t in targets if t.name == "rollout-proxy"]
+        rollout = check_rollout(proxy[0], bool(runs or soak)) if proxy else None
+        data = report(opts, machine_info(), targets, failures, runs, idle, soak, rollout)
     finally:
         bench.close()
-    ok = not failures and not any(r.flagged for r in runs) and not any(i.failure for i in idle)
+    ok = (
+        not failures
+        and not any(r.flagged for r in runs)
+        and not any(i.failure for i in idle)
+        and not any(r.failure for r in soak)
+        and (rollout is None or rollout.failure is None)
+    )
     data["ok"] = ok
     if opts.json_path:
         opts.json_path.write_text(json.dumps(data, indent=2) + "\n")
@@ -1254,7 +1495,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, help="also write every run and the medians here")
     p.add_argument("--rounds", type=int, help="interleaved rounds (default 3)")
     p.add_argument("--duration", type=float, help="seconds per wrk run (default 10)")
-    p.add_argument("--scenarios", help=f"comma list of {','.join(ALL_SCENARIOS)} (default all)")
+    p.add_argument(
+        "--scenarios",
+        help=f"comma list of {','.join(ALL_SCENARIOS)} (default: all but soak)",
+    )
     p.add_argument(
         "--targets", help=f"comma list of {','.join(ALL_TARGETS)} (default: all available)"
     )
@@ -1266,6 +1510,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="wrk connections for the 1 MiB body scenario (default 16)",
     )
     p.add_argument("--idle-n", type=int, help="idle connections (default 10000, quick 200)")
+    p.add_argument(
+        "--soak-requests",
+        type=int,
+        help="requests served in the soak scenario (default 2000000, quick 20000)",
+    )
     p.add_argument(
         "--proxy-cmd",
         default="{python} -m proxy run -c {config}",
@@ -1298,12 +1547,13 @@ def resolve(ns: argparse.Namespace) -> tuple[Options, dict[str, str | None]]:
         rounds=ns.rounds or (1 if quick else 3),
         duration=ns.duration or (2.0 if quick else 10.0),
         warmup=0.0 if quick else 1.0,
-        scenarios=scenarios or (("tiny",) if quick else ALL_SCENARIOS),
+        scenarios=scenarios or (("tiny",) if quick else DEFAULT_SCENARIOS),
         targets=chosen,
         explicit_targets=targets is not None,
         connections=ns.connections,
         body_connections=ns.body_connections,
         idle_n=ns.idle_n or (200 if quick else 10000),
+        soak_requests=ns.soak_requests or (20_000 if quick else 2_000_000),
         json_path=ns.json,
         proxy_cmd=ns.proxy_cmd,
         quick=quick,

@@ -2,9 +2,10 @@
 
 The `Router` holds, per service, an immutable `ServiceRoutes` snapshot: the routing plan of the
 current step, one prebuilt `Route` per (variant, tier), and the routes already decided for the
-subjects it has seen, so routing a request known before allocates nothing but its view and its
-subject. A new step (from the controller) is a new snapshot swapped in whole, never a change of
-the plan requests are reading.
+subjects it has seen. When a service identifies requests by headers only, its routes are also
+cached by those header values and the peer's trust (all the subject depends on), so routing a
+request known before costs one lookup instead of an identity extraction. A new step (from the
+controller) is a new snapshot swapped in whole, never a change of the plan requests are reading.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from proxy.config import Config, ServiceConfig
 from proxy.core.bucketing import bucket_for
-from proxy.core.identity import RequestView, subject_for
+from proxy.core.identity import RequestView, subject_for, subject_headers
 from proxy.core.retries import RetryBudget
 from proxy.core.routing import RoutingPlan, Subject, Variant, decide
 from proxy.errors import NoRoute
@@ -140,7 +141,16 @@ class Route:
 class ServiceRoutes:
     """One service's routing snapshot: its plan and its prebuilt routes."""
 
-    __slots__ = ("config", "decided", "host", "path_prefix", "plan", "routes")
+    __slots__ = (
+        "by_headers",
+        "config",
+        "decided",
+        "headers",
+        "host",
+        "path_prefix",
+        "plan",
+        "routes",
+    )
 
     def __init__(
         self,
@@ -164,19 +174,41 @@ class ServiceRoutes:
             for tier in config.tiers.names:
                 canary = self.routes[(Variant.CANARY, tier)]
                 canary.fallback = self.routes[(Variant.STABLE, tier)]
-        # Subject -> (its route, its decision's bucket) under this plan: routing is pure, and
-        # the same ids come back request after request. Bounded; emptied when full.
+        # Subject -> (its route, its bucket) under this plan: routing is pure, and the same
+        # ids come back request after request. Bounded; emptied when full.
         self.decided: dict[Subject, tuple[Route, int]] = {}
+        # The same, keyed by what the subject is made of when that is only headers (see
+        # `subject_headers`): (peer trusted, header values...) -> (route, bucket).
+        self.headers = subject_headers(config)
+        self.by_headers: dict[tuple[bool | str | None, ...], tuple[Route, int]] = {}
 
     def resolve(self, subject: Subject) -> tuple[Route, int]:
-        """The route of `subject` under this plan, and its bucket (-1: not hashed)."""
+        """The route of `subject` under this plan, and the bucket the analysis weighs it by:
+        its routing bucket, else the bucket of its key (a pinned tenant); -1 when it has no
+        key (the caller then hashes the peer's address)."""
         found = self.decided.get(subject)
         if found is None:
             decision = decide(self.plan, subject)
-            found = (self.routes[(decision.variant, subject.tier)], decision.bucket)
+            bucket = decision.bucket
+            if bucket < 0 and subject.key is not None:
+                bucket = bucket_for(self.plan.salt_prefix, subject.key)
+            found = (self.routes[(decision.variant, subject.tier)], bucket)
             if len(self.decided) >= _DECIDED_CACHE_SIZE:
                 self.decided.clear()
             self.decided[subject] = found
+        return found
+
+    def resolve_headers(
+        self, key: tuple[bool | str | None, ...], request: Request, client: DownstreamProtocol
+    ) -> tuple[Route, int]:
+        """`resolve` for a service whose subject is made of headers only, cached by `key`:
+        the peer's trust and the request's values of `self.headers`."""
+        found = self.by_headers.get(key)
+        if found is None:
+            found = self.resolve(subject_for(self.config, _view(request, client)))
+            if len(self.by_headers) >= _DECIDED_CACHE_SIZE:
+                self.by_headers.clear()
+            self.by_headers[key] = found
         return found
 
     def matches(self, host: str, path: str) -> bool:
@@ -237,21 +269,21 @@ class Router:
 
     @staticmethod
     def _route_in(service: ServiceRoutes, request: Request, client: DownstreamProtocol) -> Route:
-        view = RequestView(
-            path=request.path,
-            query=request.query,
-            headers=request.relevant,
-            peer_ip=client.peer_ip,
-            peer_trusted=client.trusted,
-        )
-        subject = subject_for(service.config, view)
-        route, bucket = service.resolve(subject)
-        # The analysis caps each id's weight by this number; pinned and unidentified requests
-        # are not hashed for routing, so they get one here (the peer stands for no id).
+        names = service.headers
+        if names is not None:
+            relevant = request.relevant
+            if len(names) == 1:  # the usual case, one identity header: a cheaper key
+                key: tuple[bool | str | None, ...] = (client.trusted, relevant.get(names[0]))
+            else:
+                key = (client.trusted, *[relevant.get(name) for name in names])
+            found = service.resolve_headers(key, request, client)
+        else:
+            found = service.resolve(subject_for(service.config, _view(request, client)))
+        route, bucket = found
+        # The analysis caps each id's weight by this number; a request without an id gets the
+        # bucket of its peer's address (the peer stands for no id).
         request.bucket = (
-            bucket
-            if bucket >= 0
-            else bucket_for(service.plan.salt_prefix, subject.key or client.peer_ip)
+            bucket if bucket >= 0 else bucket_for(service.plan.salt_prefix, client.peer_ip)
         )
         return route
 
@@ -259,6 +291,16 @@ class Router:
         for pools in self.pools.values():
             for pool in set(pools.values()):
                 pool.close()
+
+
+def _view(request: Request, client: DownstreamProtocol) -> RequestView:
+    return RequestView(
+        path=request.path,
+        query=request.query,
+        headers=request.relevant,
+        peer_ip=client.peer_ip,
+        peer_trusted=client.trusted,
+    )
 
 
 def _bare_host(host: bytes | None) -> str:

@@ -146,7 +146,7 @@ class LoggedExchange(Exchange):
             self.failure = error.reason
         super().upstream_failed(error, endpoint)
 
-    def record(self, status: int, *, generated: bool = False) -> None:
+    def record(self, status: int, generated: bool = False) -> None:
         super().record(status, generated=generated)
         if status != 101:  # a tunnel's line is written when it closes
             self.lines.write(self, status, generated, COMPLETED)

@@ -1,11 +1,13 @@
 """End to end: the real proxy on loopback routes tenants and users to stable or canary.
 
 Split ratios, stickiness, monotone growth, pins, tier and tenant rings, every identity source,
-trusted-peer stripping and service matching, checked on what real upstream servers receive.
+trusted-peer stripping and service matching, checked on what real upstream servers receive; and
+the router's caches, checked against the identity and routing rules request by request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -15,9 +17,17 @@ from urllib.parse import quote
 
 import jwt
 import pytest
+from prometheus_client import CollectorRegistry
 
+from proxy.config import parse_config
 from proxy.core.bucketing import BUCKETS, bucket_of
-from proxy.core.routing import RoutingPlan
+from proxy.core.identity import RequestView, subject_for
+from proxy.core.routing import RoutingPlan, decide
+from proxy.dataplane import Router
+from proxy.http.downstream import DownstreamProtocol
+from proxy.http.request import Request
+from proxy.http.server import Engine
+from proxy.metrics import Metrics
 from proxy.runtime import Runtime
 from tests.support.client import bodies_for, exchange, get, scrape, value
 from tests.support.proxy import config_dict, running_proxy, service
@@ -461,3 +471,53 @@ async def test_unidentified_requests_go_to_stable(percent: int) -> None:
         async with running_proxy(config) as proxy:
             got = await variants_of(proxy, [get("/")] * 20)
     assert got == ["stable"] * 20
+
+
+# --- the routing caches -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("unidentified", ["stable", "client_ip"])
+async def test_cached_routes_and_buckets_match_the_identity_and_routing_rules(
+    unidentified: str,
+) -> None:
+    """The router caches routes by subject and, for header-only identities, by header values
+    and trust: every request, first seen or cached, must get what the rules give it, and the
+    bucket the analysis weighs it by (a request without an id: its peer's)."""
+    rollout = {"salt": SALT, "pins": {"pinned": "canary"}, "steps": [{"percent": 30}]}
+    tiers = {"tenants": {"acme": "enterprise"}, "header": "X-Tenant-Tier", "default": "free"}
+    svc = service(
+        ["http://127.0.0.1:9"],
+        ["http://127.0.0.1:9"],
+        rollout=rollout,
+        tiers=tiers,
+        unidentified=unidentified,
+    )
+    config = parse_config(config_dict(svc), {})
+    loop = asyncio.get_running_loop()
+    router = Router(config, Metrics(CollectorRegistry()), loop)
+    engine = Engine(config, router, loop)
+    (service_config,) = config.services
+    plan = RoutingPlan.build(service_config.rollout, 0)
+    cases = [
+        ({"x-tenant-id": ident, **tier}, peer, trusted)
+        for ident in ["acme", "pinned", "t-1", "t-2", "t-3", None]
+        for tier in [{}, {"x-tenant-tier": "internal"}]
+        for peer, trusted in [("127.0.0.1", True), ("192.0.2.9", False)]
+    ]
+    for _ in range(2):  # the second pass is served from the caches
+        for headers, peer, trusted in cases:
+            client = DownstreamProtocol(engine)
+            client.peer_ip, client.trusted = peer, trusted
+            relevant = {k: v for k, v in headers.items() if v is not None and trusted}
+            request = Request()
+            request.host, request.path, request.relevant = b"example.test", "/p", relevant
+            route = router.route(request, client)
+            view = RequestView("/p", "", relevant, peer, trusted)
+            subject = subject_for(service_config, view)
+            decision = decide(plan, subject)
+            assert (route.variant, route.tier) == (decision.variant.value, subject.tier)
+            expected = decision.bucket
+            if expected < 0:
+                expected = bucket_of(SALT, subject.key or peer)
+            assert request.bucket == expected, (headers, peer, trusted)
+    router.close()

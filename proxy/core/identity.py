@@ -238,6 +238,26 @@ def subject_for(service: ServiceConfig, view: RequestView) -> Subject:
     return Subject(value, None, _header_tier(tiers, view) or tiers.default)
 
 
+def subject_headers(service: ServiceConfig) -> tuple[str, ...] | None:
+    """The headers `subject_for` reads for `service`, when those and the peer's trust are all
+    it reads (header and cookie rules, a tier header), so that the subject is a pure function
+    of them; None when it also reads the path, the query, a token (whose validity depends on
+    the time) or the peer's address."""
+    if service.unidentified is Unidentified.CLIENT_IP:
+        return None
+    names: list[str] = []
+    for rule in service.identity:
+        if rule.source is IdSource.HEADER:
+            names.append(rule.name)
+        elif rule.source is IdSource.COOKIE:
+            names.append("cookie")
+        else:
+            return None
+    if service.tiers.header is not None:
+        names.append(service.tiers.header)
+    return tuple(dict.fromkeys(names))
+
+
 def header_rule_names(config: Config) -> frozenset[str]:
     """Identity and tier headers (lower-cased) that must be stripped from untrusted peers."""
     names: set[str] = set()

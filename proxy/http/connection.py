@@ -19,7 +19,6 @@ import fcntl
 import socket
 import struct
 import termios
-from collections import deque
 from typing import TYPE_CHECKING, cast
 
 from proxy.errors import BadRequest, HttpError, Overloaded
@@ -46,6 +45,7 @@ class ClientConnection(asyncio.Protocol):
         self.limits: Limits = engine.limits
         self.transport: asyncio.Transport | None = None
         self.peer_ip = ""
+        self.peer_bytes = b""  # peer_ip as it is written in X-Forwarded-For
         self.trusted = False
         self.draining = False
         self.in_feed = False  # a read is being parsed
@@ -63,11 +63,14 @@ class ClientConnection(asyncio.Protocol):
         self.current: Exchange | None = None
         self._parsing: Exchange | None = None  # the exchange whose request is being read
         self._unstarted: Exchange | None = None  # begun during a read: started after it
-        self._queue: deque[Exchange] = deque()
+        # Lists, not a deque and a set: both stay tiny (max_pipelined; a few owners), and an
+        # empty list costs 56 bytes where a deque costs 760 and a set 216, on every idle
+        # keep-alive connection.
+        self._queue: list[Exchange] = []
         self._fatal: HttpError | None = None
         self.closing = False
         self.truncated = False  # the response is cut and delimited by the close: reset instead
-        self._pausers: set[object] = set()
+        self._pausers: list[object] = []  # who holds the reading paused (each once)
         self._linger_until = 0.0
 
     # --- asyncio callbacks --------------------------------------------------------------
@@ -84,6 +87,7 @@ class ClientConnection(asyncio.Protocol):
         engine.connections.add(self)
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0] if isinstance(peer, tuple) else ""
+        self.peer_bytes = self.peer_ip.encode("ascii")
         self.trusted = engine.is_trusted(self.peer_ip)
         self.draining = engine.draining
         self.deadline = self.loop.time() + self.limits.idle_timeout_s
@@ -136,7 +140,7 @@ class ClientConnection(asyncio.Protocol):
             return
         if self._queue:
             self.resume_reading_for(QUEUE_FULL)
-            self._begin(self._queue.popleft())
+            self._begin(self._queue.pop(0))
         elif self._fatal is not None:
             self._reply_and_close(self._fatal)
         elif self._parsing is None and not self.reading:
@@ -267,15 +271,17 @@ class ClientConnection(asyncio.Protocol):
             self._written += len(data)
 
     def pause_reading_for(self, owner: object) -> None:
+        if owner in self._pausers:
+            return
         if not self._pausers and self.transport is not None and not self.closing:
             self.transport.pause_reading()
             self._paused_at = self.loop.time()
-        self._pausers.add(owner)
+        self._pausers.append(owner)
 
     def resume_reading_for(self, owner: object) -> None:
         if owner not in self._pausers:
             return  # it held nothing (every exchange lets go of the reading when it ends)
-        self._pausers.discard(owner)
+        self._pausers.remove(owner)
         if not self._pausers and self.transport is not None and not self.closing:
             self.transport.resume_reading()
             if self.phase in (HEAD, BODY):

@@ -87,8 +87,9 @@ class DownstreamProtocol(ClientConnection):
             self._unstarted = None
             if unstarted is self.current:
                 self._start(unstarted)
+        head.forget_read()
         current = self.current
-        if current is not None:
+        if current is not None and current.up_out:
             current.flush_upstream()
 
     # --- httptools callbacks (on_url and on_header are the head's) ----------------------

@@ -40,7 +40,7 @@ class Exchange(Relay):
     __slots__ = ("abandoned", "admitted", "endpoint", "rerouted", "retried", "route", "started")
 
     def __init__(self, client: DownstreamProtocol, request: Request, route: Route) -> None:
-        super().__init__(client, request)
+        Relay.__init__(self, client, request)
         self.route = route
         self.endpoint: Endpoint | None = None
         self.started = 0.0
@@ -68,13 +68,14 @@ class Exchange(Relay):
         conn.exchange = self
         client = self.client
         self.up_out.append(
-            upstream_head(self.request, endpoint.authority, client.peer_ip, self.route.extra)
+            upstream_head(self.request, endpoint.authority, client.peer_bytes, self.route.extra)
         )
-        self.up_out.extend(self.pending)
-        self.pending = []
-        if self.pending_size > PENDING_LIMIT:
-            client.resume_reading_for(self)
-        self.pending_size = 0
+        if self.pending:  # body bytes that arrived before the connection
+            self.up_out += self.pending
+            self.pending = []
+            if self.pending_size > PENDING_LIMIT:
+                client.resume_reading_for(self)
+            self.pending_size = 0
         if self.request_done:
             self._arm(client.limits.response_timeout_s)
         if not client.in_feed:
@@ -274,25 +275,28 @@ class Exchange(Relay):
         # Reading may be paused for this exchange's upstream back-pressure; once it is over,
         # nothing else would resume it.
         self.client.resume_reading_for(self)
-        self._cancel_timer()
+        self._deadline = 0.0  # no deadline once finished
         conn = self.conn
         if conn is not None:
             self.conn = None
-            if self.upstream_keep_alive and self.request_done and conn.usable:
-                conn.detach()
-                if self.endpoint is not None:
-                    self.endpoint.succeeded()
-                    self.endpoint.release(conn)
+            endpoint = self.endpoint
+            if (
+                self.upstream_keep_alive
+                and self.request_done
+                and conn.usable
+                and endpoint is not None
+            ):
+                endpoint.reuse(conn)
             else:
                 conn.close()
         self._release_slot()
         self.flush_client()
         final = status if status is not None else self.status
         if final:
-            self.record(final, generated=status is not None or self.generated)
+            self.record(final, status is not None or self.generated)
         self.client.exchange_done(self)
 
-    def record(self, status: int, *, generated: bool = False) -> None:
+    def record(self, status: int, generated: bool = False) -> None:
         """Count the outcome once: metrics, and the rollout analysis as evidence."""
         duration = self.client.loop.time() - self.started
         route = self.route

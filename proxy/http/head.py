@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 _PROTECTED = frozenset({b"host", b"content-length", b"transfer-encoding"})
 # RELIABILITY A11 (HAProxy's default): no body on these methods from an HTTP/1.0 client.
 _NO_BODY_10 = frozenset({b"GET", b"HEAD", b"DELETE"})
+_UNDERSCORE = ord("_")  # an int needle: see request.py
 
 
 class RequestHead:
@@ -126,6 +127,14 @@ class RequestHead:
         self.chunks.append(data)
         self.extra += len(data)
 
+    def forget_read(self) -> None:
+        """The latest read is parsed. Unless a head is still incomplete, let go of its bytes:
+        an idle keep-alive connection would otherwise keep its last read alive (up to a whole
+        read buffer of a request body)."""
+        if self.request is None:
+            self.chunk = self.scan_chunk = b""
+            self.chunks.clear()
+
     def too_large(self) -> bool:
         return self.extra > self.cap
 
@@ -149,7 +158,7 @@ class RequestHead:
         self.size += len(name) + len(value) + 4
         if self.count > self.max_headers or self.size > self.max_header_bytes:
             raise BadRequest("request header fields too large", 431)
-        if b"_" in name:
+        if _UNDERSCORE in name:
             raise BadRequest("underscore in a header field name")
         request = self.request
         if request is None:

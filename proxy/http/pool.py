@@ -67,8 +67,15 @@ class Endpoint:
         if conn in self.idle:
             self.idle.remove(conn)
 
-    def succeeded(self) -> None:
+    def reuse(self, conn: UpstreamConnection) -> None:
+        """An exchange completed on `conn`: the endpoint answered (its failures are forgotten)
+        and the connection is kept for the next exchange when there is room."""
+        conn.exchange = None
         self._failures = 0
+        if conn.usable and len(self.idle) < self.limits.pool_idle_per_endpoint:
+            self.idle.append(conn)
+        else:
+            conn.close()
 
     def failed(self, now: float) -> None:
         self._failures += 1

@@ -40,7 +40,6 @@ def response_head(
     chunked = False
     drop = _DROPPED
     parts = [status_line(status)]
-    append = parts.append
     for name, value in headers:
         lower = name.lower()
         if lower in drop:
@@ -53,14 +52,16 @@ def response_head(
                 if named:
                     drop = drop | named
             continue
-        append(b"%s: %s\r\n" % (name, value))
+        parts += (name, b": ", value, CRLF)  # joined once below: no bytes per field line
     if drop is not _DROPPED:
         parts = [parts[0], *_without(headers, drop)]
     if request.request_id:
         parts.append(b"X-Request-ID: %s\r\n" % request.request_id)
     framing = _framing(status, length, chunked, request)
-    if framing == LENGTH or (framing == NO_BODY and length and status != 204):
-        parts.append(b"Content-Length: %s\r\n" % length)
+    if length is not None and (
+        framing == LENGTH or (framing == NO_BODY and length and status != 204)
+    ):
+        parts += (b"Content-Length: ", length, CRLF)
     elif framing == CHUNKED:
         parts.append(b"Transfer-Encoding: chunked\r\n")
     close = close or framing == CLOSE

@@ -72,7 +72,8 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self.usable = False
             exchange.upstream_failed(UpstreamError("protocol", str(exc)), self.endpoint)
-        exchange.flush_client()
+        if exchange.out:
+            exchange.flush_client()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.usable = False
@@ -90,10 +91,8 @@ class UpstreamConnection(asyncio.Protocol):
         if self.exchange is not None:
             self.exchange.client_resume_reading()
 
-    # httptools callbacks
-
-    def on_message_begin(self) -> None:
-        self._headers = []
+    # httptools callbacks (no on_message_begin: one callback less per response; the fields
+    # are emptied when a message completes)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
@@ -112,6 +111,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.exchange.response_body(body)
 
     def on_message_complete(self) -> None:
+        self._headers = []  # with any trailer fields, which are never forwarded
         if self.exchange is not None:
             self.exchange.response_complete()
 
@@ -130,10 +130,6 @@ class UpstreamConnection(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.paused = False
             self.transport.resume_reading()
-
-    def detach(self) -> None:
-        """The exchange is done with this connection (it will be pooled or closed)."""
-        self.exchange = None
 
     def close(self) -> None:
         self.usable = False

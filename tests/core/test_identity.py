@@ -39,6 +39,7 @@ from proxy.core.identity import (
     identify,
     relevant_headers,
     subject_for,
+    subject_headers,
 )
 from proxy.core.routing import Subject
 
@@ -335,6 +336,30 @@ def test_unidentified_policies() -> None:
     assert subject_for(by_ip, request) == Subject("192.0.2.1", None, "internal")
     untrusted = view(peer="192.0.2.1", trusted=False)
     assert subject_for(by_ip, untrusted) == Subject("192.0.2.1", None, "free")
+
+
+def test_subject_headers_name_all_a_header_only_subject_reads() -> None:
+    assert subject_headers(service((HEADER,))) == ("x-tenant-id", "x-tenant-tier")
+    assert subject_headers(service((HEADER, COOKIE))) == ("x-tenant-id", "cookie", "x-tenant-tier")
+    for rules in [(HEADER, QUERY), (PATH,), (JWT_HS,)]:
+        assert subject_headers(service(rules)) is None  # path, query, a token: not headers only
+    assert subject_headers(service((HEADER,), Unidentified.CLIENT_IP)) is None  # the peer too
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+def test_a_header_only_subject_depends_on_those_headers_and_trust_alone(trusted: bool) -> None:
+    """What the router's cache relies on: same trust and header values, same subject."""
+    svc = service((HEADER, COOKIE))
+    for headers in [
+        {"x-tenant-id": "acme"},
+        {"x-tenant-id": "qa", "x-tenant-tier": "paid"},
+        {"cookie": "uid=u1", "x-tenant-tier": "paid"},
+        {"x-tenant-tier": "internal"},
+        {},
+    ]:
+        first = view("/a", "x=1", headers, trusted, peer="192.0.2.1")
+        second = view("/t/other/b", "user=u2", headers, trusted, peer="198.51.100.7")
+        assert subject_for(svc, first) == subject_for(svc, second)
 
 
 def example() -> Config:

@@ -225,6 +225,9 @@ async def test_upstream_chunked_response_is_chunked_to_the_client() -> None:
         assert response.header("transfer-encoding") == "chunked"
         assert response.header("content-length") is None
         assert response.header("x-kind") == "chunked"
+        # The trailer is not relayed, nor taken for a field of the next response on the
+        # same upstream connection.
+        assert response.header("x-trailer") is None
 
 
 async def close_delimited(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -390,6 +393,29 @@ async def test_keep_alive_reuses_client_and_upstream_connections() -> None:
         await conn.close()
     assert len(upstream.requests) == 10
     assert upstream.connections == 1
+
+
+async def test_an_idle_keep_alive_connection_keeps_none_of_its_last_read() -> None:
+    """After a request with a large body, the connection waits for the next request holding
+    no reference to what it read (up to a whole read buffer per idle connection otherwise)."""
+    upstream = RecordingUpstream(handler=echo)
+    body = b"b" * (1024 * 1024)
+    await upstream.start()
+    try:
+        config = config_dict(service([upstream.url], [upstream.url]))
+        async with running_proxy(config) as proxy:
+            conn = await RawConnection.open(proxy.data_address[1])
+            head = b"POST /big HTTP/1.1\r\nHost: app\r\nContent-Length: %d\r\n\r\n" % len(body)
+            await conn.send(head + body)
+            response = await conn.response()
+            assert response.body == b"POST /big 1048576"
+            assert proxy._engine is not None
+            (client,) = proxy._engine.connections
+            held = [client.head.chunk, client.head.scan_chunk, *client.head.chunks]
+            await conn.close()
+    finally:
+        await upstream.close()
+    assert [len(part) for part in held] == [0, 0]
 
 
 async def test_pipelined_requests_are_answered_in_order() -> None:
