@@ -195,12 +195,20 @@ class AnalysisConfig:
     false_rollback_rate: float = 0.01
 
 
+# The class and the text of every three-digit status, made once: classifying a response (on
+# every request) then builds no string and hashes none.
+_STATUS_CLASSES = tuple(status_class(n) for n in range(1000))
+_STATUS_TEXTS = tuple(str(n) for n in range(1000))
+
+
 def classify_status(
     status: int, error_statuses: frozenset[str], *, proxy_generated: bool = False
 ) -> bool:
     """Is this response an error? `error_statuses` holds classes ("5xx") or codes ("429")."""
     if proxy_generated and status in (502, 504):
         return True
+    if 0 <= status < 1000:
+        return _STATUS_CLASSES[status] in error_statuses or _STATUS_TEXTS[status] in error_statuses
     return status_class(status) in error_statuses or str(status) in error_statuses
 
 

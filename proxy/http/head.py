@@ -260,12 +260,16 @@ class RequestHead:
 
     def _drop_connection_options(self, request: Request) -> None:
         """Fields named in Connection are hop-by-hop too (RFC 9110 7.6.1)."""
-        named = framing.connection_tokens(self.connection_tokens) - framing.STANDARD_OPTIONS
+        values = self.connection_tokens
+        if len(values) == 1 and values[0].strip().lower() in framing.STANDARD_OPTIONS:
+            return  # the usual `Connection: close` or `keep-alive`, which names no field
+        named = framing.connection_tokens(values) - framing.STANDARD_OPTIONS
+        if not named:
+            return
         kinds = self.kinds
         if named & _PROTECTED or any(kinds.get(n) in (H_TRUSTED_ONLY, H_RELEVANT) for n in named):
             raise BadRequest("Connection names a framing, Host or identity field")
-        if named:
-            request.headers = [(n, v) for n, v in request.headers if n.lower() not in named]
+        request.headers = [(n, v) for n, v in request.headers if n.lower() not in named]
 
     def _check_body(self, request: Request) -> None:
         limit = self.limits.max_body_bytes

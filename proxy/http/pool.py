@@ -118,7 +118,9 @@ class UpstreamPool:
 
     def dispatch(self, waiter: Waiter, *, fresh: bool = False) -> None:
         """Attach an idle connection of the next endpoint, or connect a new one."""
-        endpoint = self._pick()
+        endpoints = self.endpoints
+        # One endpoint is used ejected or not (panic mode): no pick to make.
+        endpoint = endpoints[0] if len(endpoints) == 1 else self._pick()
         conn = None if fresh else endpoint.take_idle()
         if conn is not None:
             conn.reused = True
@@ -141,8 +143,6 @@ class UpstreamPool:
     def _pick(self) -> Endpoint:
         endpoints = self.endpoints
         count = len(endpoints)
-        if count == 1:
-            return endpoints[0]  # ejected or not, it is the only one (panic mode)
         now = self._loop.time()
         for _ in range(count):
             endpoint = endpoints[self._next % count]

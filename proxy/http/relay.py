@@ -60,7 +60,7 @@ class Relay:
         self.pending_size = 0
         self.up_out: list[bytes] = []
         self.out: list[bytes] = []
-        self.request_done = not request.has_body
+        self.request_done = not (request.chunked or request.content_length)  # has no body
         self.response_started = False
         self.informational = False
         self.status = 0

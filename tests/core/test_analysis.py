@@ -23,6 +23,7 @@ from proxy.core.analysis import (
     classify_status,
 )
 from proxy.core.budget import check_levels, error_grid, step_share
+from proxy.core.outcome import status_class
 from proxy.core.verdict import Source
 
 NORMAL = NormalDist()
@@ -95,6 +96,15 @@ def q(theta: float, share: float) -> float:
 )
 def test_classify_status(status: int, statuses: set[str], generated: bool, error: bool) -> None:
     assert classify_status(status, frozenset(statuses), proxy_generated=generated) is error
+
+
+@pytest.mark.parametrize("statuses", [{"5xx"}, {"4xx", "503"}, {"2xx", "429", "999"}, set()])
+def test_classify_status_by_class_or_code_for_every_status(statuses: set[str]) -> None:
+    """Every status, inside the precomputed range and out of it, against the rule itself."""
+    chosen = frozenset(statuses)
+    for status in [*range(-2, 1102), 10_000]:
+        expected = status_class(status) in chosen or str(status) in chosen
+        assert classify_status(status, chosen) is expected, status
 
 
 @pytest.mark.parametrize("steps", range(1, 9))
