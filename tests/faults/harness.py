@@ -159,8 +159,36 @@ def rss_kib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
+def _tcp_ports_by_inode() -> dict[str, tuple[int, int]]:
+    """Socket inode -> (local port, remote port), from /proc/net/tcp{,6}."""
+    found: dict[str, tuple[int, int]] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as handle:
+            for line in handle.readlines()[1:]:
+                fields = line.split()
+                local, remote, inode = fields[1], fields[2], fields[9]
+                found[inode] = (int(local.rsplit(":", 1)[1], 16), int(remote.rsplit(":", 1)[1], 16))
+    return found
+
+
+def fd_kinds(pid: int, data_port: int, upstream_port: int) -> dict[str, int]:
+    """The process's descriptors by kind: `client` (accepted on the data port), `upstream`
+    (connected to the upstream's port) and `other` (listeners, pipes, files, the rest)."""
+    ports = _tcp_ports_by_inode()
+    kinds = {"client": 0, "upstream": 0, "other": 0}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except FileNotFoundError:
+            continue
+        local, remote = ports.get(target.removeprefix("socket:[").rstrip("]"), (0, 0))
+        if local == data_port and remote != 0:
+            kinds["client"] += 1
+        elif remote == upstream_port:
+            kinds["upstream"] += 1
+        else:
+            kinds["other"] += 1
+    return kinds
 
 
 async def status(admin_url: str, service: str) -> Mapping[str, Any]:
