@@ -13,6 +13,7 @@ proxy refuses (`refused`) is neither.
 
 from __future__ import annotations
 
+from time import perf_counter
 from typing import TYPE_CHECKING
 
 from proxy.errors import UpstreamError
@@ -44,9 +45,12 @@ class Exchange(Relay):
 
     # --- start and attach -------------------------------------------------------------
 
-    def start(self, now: float) -> None:
+    def start(self) -> None:
         """Ask the route's pool for a connection (raises Overloaded when it cannot queue)."""
-        self.started = now
+        # The request's duration is timed with a high-resolution clock: the event loop's
+        # (uvloop) counts whole milliseconds, which would quantise every latency the metrics
+        # and the analysis see (deadlines are fine with it).
+        self.started = perf_counter()
         self.route.pool.acquire(self)
         self.admitted = True
 
@@ -251,5 +255,5 @@ class Exchange(Relay):
 
     def record(self, status: int, generated: bool = False) -> None:
         """Count the outcome once: metrics, and the rollout analysis as evidence."""
-        duration = self.client.loop.time() - self.started
+        duration = perf_counter() - self.started
         self.route.recorder.completed(self.route, status, duration, self.request, generated)
