@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Mapping
+from time import perf_counter
 from typing import TYPE_CHECKING
 
 import orjson
@@ -96,7 +97,7 @@ class AccessLines:
         if patterns is not None:
             path = redact(path, patterns)
         started = exchange.started
-        duration = exchange.client.loop.time() - started if started else 0.0
+        duration = perf_counter() - started if started else 0.0
         line = {
             "time": self._time(),
             "request_id": request.request_id.decode("ascii"),

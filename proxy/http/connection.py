@@ -126,7 +126,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _start(self, exchange: Exchange) -> None:
         try:
-            exchange.start(self.loop.time())
+            exchange.start()
         except Overloaded as exc:
             exchange.respond_error(exc)
 

@@ -19,6 +19,7 @@ never hides a broken canary; the stable answer is counted in the metrics only.
 
 from __future__ import annotations
 
+from time import perf_counter
 from typing import TYPE_CHECKING
 
 from proxy.errors import Overloaded, UpstreamError
@@ -51,9 +52,12 @@ class Exchange(Relay):
 
     # --- start and attach -------------------------------------------------------------
 
-    def start(self, now: float) -> None:
+    def start(self) -> None:
         """Ask the route's pool for a connection (raises Overloaded when it cannot queue)."""
-        self.started = now
+        # The request's duration is timed with a high-resolution clock: the event loop's
+        # (uvloop) counts whole milliseconds, which would quantise every latency the metrics
+        # and the analysis see (deadlines are fine with it).
+        self.started = perf_counter()
         route = self.route
         route.budget.deposit()
         route.pool.acquire(self)
@@ -177,7 +181,7 @@ class Exchange(Relay):
         canary = self.route
         stable = canary.fallback
         assert stable is not None
-        duration = self.client.loop.time() - self.started
+        duration = perf_counter() - self.started
         canary.recorder.completed(canary, 502, duration, self.request, True)
         self._release_slot()
         self.route = stable
@@ -298,7 +302,7 @@ class Exchange(Relay):
 
     def record(self, status: int, generated: bool = False) -> None:
         """Count the outcome once: metrics, and the rollout analysis as evidence."""
-        duration = self.client.loop.time() - self.started
+        duration = perf_counter() - self.started
         route = self.route
         route.recorder.completed(
             route, status, duration, self.request, generated, evidence_too=not self.rerouted
