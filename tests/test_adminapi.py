@@ -12,7 +12,11 @@ from proxy.runtime import Runtime
 from tests.support.proxy import config_dict, running_proxy, service
 
 TOKEN = "s3cret-token-for-tests"
-STEPS = [{"percent": 5, "observe": "1h"}, {"percent": 50, "observe": "1h"}, {"percent": 100}]
+STEPS: list[dict[str, Any]] = [
+    {"percent": 5, "observe": "1h"},
+    {"percent": 50, "observe": "1h"},
+    {"percent": 100},
+]
 
 
 def _config(token_env: str | None = "ADMIN_TOKEN") -> dict[str, Any]:

@@ -15,7 +15,10 @@ from proxy.runtime import Runtime
 from tests.support.proxy import config_dict, running_proxy, service
 from tests.support.upstream import Received, RecordingUpstream, Reply
 
-STEPS = [{"tiers": ["internal"], "percent": 100, "observe": "1h"}, {"percent": 30}]
+STEPS: list[dict[str, Any]] = [
+    {"tiers": ["internal"], "percent": 100, "observe": "1h"},
+    {"percent": 30},
+]
 TENANTS = {"staff-1": "internal", "staff-2": "internal"}
 
 

@@ -68,6 +68,7 @@ def test_each_commands_help_names_every_option_its_default_and_an_example(
             shown = f"{default:g}" if isinstance(default, float) else str(default)
             assert f"default: {shown}" in text or "else " + shown in text, (action.dest, text)
         if not action.option_strings and action.dest != "help":
+            assert isinstance(action.metavar, str), action.dest
             assert action.metavar in text
     assert "example" in text
     assert "environment" in text

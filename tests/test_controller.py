@@ -21,7 +21,11 @@ from proxy.metrics import Metrics
 from proxy.store.file import FileStore
 from tests.support.proxy import config_dict, service
 
-STEPS = [{"percent": 25, "observe": "10s"}, {"percent": 50, "observe": "10s"}, {"percent": 100}]
+STEPS: list[dict[str, Any]] = [
+    {"percent": 25, "observe": "10s"},
+    {"percent": 50, "observe": "10s"},
+    {"percent": 100},
+]
 
 
 class FakeClock:
@@ -157,7 +161,7 @@ async def test_a_changed_spec_starts_a_new_rollout(tmp_path: Path, clock: FakeCl
     first = await started(make_config(tmp_path), clock)
     await first.controller.apply("shop", Event.PROMOTE, "admin:x")
     await first.controller.close()
-    steps = [{"percent": 5, "observe": "10s"}, {"percent": 100}]
+    steps: list[dict[str, Any]] = [{"percent": 5, "observe": "10s"}, {"percent": 100}]
     second = await started(make_config(tmp_path, steps), clock)
     state = second.controller.rollouts["shop"].state
     assert (state.status, state.step, state.version) == (Status.PROGRESSING, 0, 3)

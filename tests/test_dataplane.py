@@ -283,7 +283,7 @@ async def test_every_identity_source_routes_by_its_id() -> None:
 async def test_identity_rules_apply_in_order_and_refuse_bad_values() -> None:
     (on_canary, *_), (on_stable, *_) = ids_by_side("order-", 50, 1)
     expired = token(on_canary, exp=int(time.time()) - 60)
-    unsigned = jwt.encode({"sub": on_canary}, None, algorithm="none")
+    unsigned = jwt.encode({"sub": on_canary}, "", algorithm="none")
     cases = {
         # The first rule that yields a value wins.
         "header before cookie": (

@@ -158,7 +158,7 @@ def _start(args: list[str]) -> subprocess.Popen[str]:
 
 def _finish(proc: subprocess.Popen[str]) -> None:
     out, _ = proc.communicate(timeout=240)
-    assert proc.returncode == 0, f"{proc.args} failed:\n{out}"
+    assert proc.returncode == 0, f"{proc.args!r} failed:\n{out}"
 
 
 @pytest.fixture(scope="module")

@@ -49,7 +49,8 @@ class Example:
 
     @property
     def container(self) -> dict[str, Any]:
-        (found,) = [c for c in self.pod["containers"] if c["name"] == PROXY_CONTAINER]
+        containers: list[dict[str, Any]] = self.pod["containers"]
+        (found,) = [c for c in containers if c["name"] == PROXY_CONTAINER]
         return found
 
     @property

@@ -36,7 +36,7 @@ TENANTS = {
     "internal": list(INTERNAL),
 }
 WEIGHTS = {"free": 0.5, "enterprise": 0.2, "internal": 0.3}
-STEPS = [
+STEPS: list[dict[str, Any]] = [
     {"tiers": ["internal"], "observe": "1h"},
     {"percent": 25, "observe": "1h"},
     {"percent": 100},

@@ -16,7 +16,11 @@ from tests.support.proxy import config_dict, service
 from tests.support.servers import NameUpstream
 
 TOKEN = "process-test-token"
-STEPS = [{"percent": 10, "observe": "1h"}, {"percent": 40, "observe": "1h"}, {"percent": 100}]
+STEPS: list[dict[str, Any]] = [
+    {"percent": 10, "observe": "1h"},
+    {"percent": 40, "observe": "1h"},
+    {"percent": 100},
+]
 IDS = [f"user-{i}" for i in range(400)]
 
 

@@ -32,7 +32,7 @@ from tests.support.process import ProxyProcess
 from tests.support.proxy import config_dict, service
 
 CONCURRENCY = 8
-STEPS = [{"percent": 20, "observe": "1h"}, {"percent": 100}]
+STEPS: list[dict[str, Any]] = [{"percent": 20, "observe": "1h"}, {"percent": 100}]
 
 
 def _config(directory: Path, stable: str, canary: str) -> dict[str, Any]:

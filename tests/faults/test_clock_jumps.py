@@ -15,6 +15,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from proxy.store.file import FileStore
 from tests.faults.harness import load, origin, report, status
@@ -22,7 +23,11 @@ from tests.support.process import ProxyProcess
 from tests.support.proxy import config_dict, service
 
 LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
-STEPS = [{"percent": 20, "observe": "30s"}, {"percent": 60, "observe": "30s"}, {"percent": 100}]
+STEPS: list[dict[str, Any]] = [
+    {"percent": 20, "observe": "30s"},
+    {"percent": 60, "observe": "30s"},
+    {"percent": 100},
+]
 
 
 async def _wall_offset(env: dict[str, str]) -> float:

@@ -17,6 +17,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -30,7 +31,11 @@ from tests.support.servers import NameUpstream
 
 TOKEN = "disk-token"
 IDS = [f"user-{i}" for i in range(200)]
-STEPS = [{"percent": 20, "observe": "1h"}, {"percent": 60, "observe": "1h"}, {"percent": 100}]
+STEPS: list[dict[str, Any]] = [
+    {"percent": 20, "observe": "1h"},
+    {"percent": 60, "observe": "1h"},
+    {"percent": 100},
+]
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 from proxy.core.machine import Status
 from tests.faults.harness import load, report, tally
@@ -20,7 +21,11 @@ from tests.support.process import ProxyProcess
 from tests.support.redis import RedisServer
 from tests.support.servers import NameUpstream
 
-STEPS = [{"percent": 20, "observe": "1h"}, {"percent": 60, "observe": "1h"}, {"percent": 100}]
+STEPS: list[dict[str, Any]] = [
+    {"percent": 20, "observe": "1h"},
+    {"percent": 60, "observe": "1h"},
+    {"percent": 100},
+]
 RECONCILE_S = 0.5
 OUTAGE_S = 1.5
 

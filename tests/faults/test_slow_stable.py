@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 from tests.faults.harness import load, origin, percentile, report, rss_kib, status, tally
 from tests.support.process import ProxyProcess
@@ -24,7 +25,7 @@ LIMITS = {"response_timeout": TIMEOUT_S, "pool_max_concurrency": 4, "pool_queue"
 async def test_a_slow_stable_gives_timely_504s_fast_503s_and_no_rollback(tmp_path: Path) -> None:
     stable = await origin("stable", "--delay", "0.6")
     canary = await origin("canary")
-    steps = [{"percent": 50, "observe": "1h"}, {"percent": 100}]
+    steps: list[dict[str, Any]] = [{"percent": 50, "observe": "1h"}, {"percent": 100}]
     data = config_dict(service([stable.url], [canary.url], name="shop", steps=steps))
     data["limits"] = LIMITS
     data["state"] = {"backend": "file", "path": str(tmp_path / "state.json")}

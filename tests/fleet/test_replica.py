@@ -14,7 +14,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from proxy.controller import Controller
 from proxy.core.machine import Status
+from proxy.dataplane import Router
 from proxy.fleet.replica import backoff
 from proxy.runtime import Runtime
 from proxy.store.redis_store import RedisStore
@@ -23,7 +25,11 @@ from tests.support.redis import RedisServer
 from tests.support.servers import NameUpstream
 
 TOKEN = "fleet-token"
-STEPS = [{"percent": 10, "observe": "1h"}, {"percent": 50, "observe": "1h"}, {"percent": 100}]
+STEPS: list[dict[str, Any]] = [
+    {"percent": 10, "observe": "1h"},
+    {"percent": 50, "observe": "1h"},
+    {"percent": 100},
+]
 
 
 def test_backoff_doubles_with_jitter_up_to_the_cap() -> None:
@@ -53,15 +59,25 @@ def fleet_data(redis_url_env: str, stable: str, canary: str, **analysis: Any) ->
     return data
 
 
+def router(runtime: Runtime) -> Router:
+    assert runtime.router is not None, "the runtime has not started"
+    return runtime.router
+
+
+def controller(runtime: Runtime) -> Controller:
+    assert runtime.controller is not None, "the runtime has not started"
+    return runtime.controller
+
+
 class Fleet:
     def __init__(self, runtimes: list[Runtime]) -> None:
         self.runtimes = runtimes
 
     def steps(self) -> list[int]:
-        return [r.router.services[0].plan.step_index for r in self.runtimes]  # type: ignore[union-attr]
+        return [router(r).services[0].plan.step_index for r in self.runtimes]
 
     def statuses(self) -> list[Status]:
-        return [r.controller.rollouts["shop"].state.status for r in self.runtimes]  # type: ignore[union-attr]
+        return [controller(r).rollouts["shop"].state.status for r in self.runtimes]
 
     def deciders(self) -> list[int]:
         return [i for i, r in enumerate(self.runtimes) if r.controller and r.controller.deciding]
@@ -158,7 +174,7 @@ async def test_the_decider_judges_the_whole_fleets_traffic(
         from tests.support.client import bodies_for
 
         await bodies_for(port, requests)
-        analysis = fleet.runtimes[decider].controller.rollouts["shop"].analysis  # type: ignore[union-attr]
+        analysis = controller(fleet.runtimes[decider]).rollouts["shop"].analysis
         await until(lambda: analysis.errors.baseline_requests() >= 300, within=2.0)
         assert analysis.errors.canary_requests() + analysis.errors.baseline_requests() == 400
 
@@ -197,8 +213,8 @@ async def test_redis_down_serves_the_last_state_and_an_abort_is_written_back(
     took = await until(lambda: fleet.statuses() == [Status.ROLLED_BACK] * 3, within=2.0)
     assert took < 2 * 0.3 + 0.5
     for runtime in fleet.runtimes:
-        await until(lambda r=runtime: r.replica is not None and r.replica.error is None, 1.0)  # type: ignore[misc]
-    journal = await fleet.runtimes[0].controller.history("shop")  # type: ignore[union-attr]
+        await until(lambda r=runtime: r.replica is not None and r.replica.error is None, 1.0)
+    journal = await controller(fleet.runtimes[0]).history("shop")
     # The abort is journaled as the person's, on top of the record written back (by this
     # replica with the abort, or by another just before).
     assert (journal[0].action, journal[0].actor) == ("abort", "admin:127.0.0.1")
@@ -236,7 +252,7 @@ async def test_a_hung_redis_costs_no_request(
         await store.close()
 
     def versions() -> set[int]:
-        return {r.controller.rollouts["shop"].state.version for r in fleet.runtimes}  # type: ignore[union-attr]
+        return {controller(r).rollouts["shop"].state.version for r in fleet.runtimes}
 
     await until(lambda: versions() == {stored}, within=1.0)
     step = fleet.steps()[0]

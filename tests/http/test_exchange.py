@@ -24,7 +24,7 @@ async def test_durations_are_finer_than_the_event_loops_milliseconds(tmp_path: P
         port = int(proxy.data_url.rsplit(":", 1)[1])
         requests = [get("/", {"X-Tenant-ID": f"t-{i}"}) for i in range(200)]
         bodies = await bodies_for(port, requests)
-        samples = await scrape(proxy)  # type: ignore[arg-type]  # it reads only admin_url
+        samples = await scrape(proxy)
     finally:
         await proxy.kill()
         await stable.close()

@@ -46,7 +46,7 @@ HOP_BY_HOP = (
     b"proxy-authorization",
 )
 UNTRUSTED_ONLY = (b"forwarded", b"x-real-ip")  # dropped from untrusted peers
-ONCE = (b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host")
+ONCE: tuple[bytes, ...] = (b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host")
 ONCE += (b"x-rollout-variant", b"x-rollout-step")
 
 
@@ -243,7 +243,7 @@ REFUSED = [
     *(
         Refused(
             "A11",
-            f"HTTP/1.0 {m} with body",
+            f"HTTP/1.0 {m.decode()} with body",
             req(m + b" / HTTP/1.0", b"Content-Length: 5", body=b"hello"),
             400,
         )

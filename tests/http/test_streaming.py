@@ -21,6 +21,7 @@ import pytest
 import yaml
 from aiohttp import web
 
+from proxy.http.downstream import DownstreamProtocol
 from tests.support.client import RawConnection, exchange, get
 from tests.support.proxy import config_dict, running_proxy, service
 from tests.support.servers import ScriptedUpstream, answering, read_head, target_of
@@ -411,6 +412,7 @@ async def test_an_idle_keep_alive_connection_keeps_none_of_its_last_read() -> No
             assert response.body == b"POST /big 1048576"
             assert proxy._engine is not None
             (client,) = proxy._engine.connections
+            assert isinstance(client, DownstreamProtocol)
             held = [client.head.chunk, client.head.scan_chunk, *client.head.chunks]
             await conn.close()
     finally:

@@ -417,12 +417,13 @@ async def test_metric_values_equal_what_was_sent() -> None:
         ("stable", "enterprise"): 4,
         ("stable", "free"): 4,
     }
-    for (variant, tier), count in counts.items():
+    for (variant, tier), observed in counts.items():
         labels = {"service": "svc", "variant": variant, "tier": tier}
         assert (
-            value(samples, "rollout_request_duration_seconds_bucket", **labels, le="+Inf") == count
+            value(samples, "rollout_request_duration_seconds_bucket", **labels, le="+Inf")
+            == observed
         )
-        assert 0 < value(samples, "rollout_request_duration_seconds_sum", **labels) < count
+        assert 0 < value(samples, "rollout_request_duration_seconds_sum", **labels) < observed
     assert failures(samples) == {}
     assert aborts(samples) == {}
     assert value(samples, "rollout_step", service="svc") == 0

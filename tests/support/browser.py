@@ -71,7 +71,9 @@ class Browser:
 
     def severe_console_entries(self) -> list[str]:
         """Errors the page logged (JS exceptions, refused resources, CSP violations)."""
-        return [e["message"] for e in self.driver.get_log("browser") if e["level"] == "SEVERE"]
+        # Selenium leaves get_log unannotated; the entries are the driver's JSON objects.
+        entries: list[dict[str, Any]] = self.driver.get_log("browser")  # type: ignore[no-untyped-call]
+        return [e["message"] for e in entries if e["level"] == "SEVERE"]
 
     def screenshot(self, path: Path) -> None:
         """The whole page as PNG, beyond the window's height too."""

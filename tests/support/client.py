@@ -12,12 +12,11 @@ import contextlib
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import aiohttp
 import h11
 from prometheus_client.parser import text_string_to_metric_families
-
-from proxy.runtime import Runtime
 
 TIMEOUT_S = 5.0
 
@@ -177,11 +176,18 @@ async def bodies_for(
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-async def scrape(runtime: Runtime) -> Samples:
+class AdminServing(Protocol):
+    """What serves an admin port: a Runtime in this process, or a ProxyProcess."""
+
+    @property
+    def admin_url(self) -> str: ...
+
+
+async def scrape(proxy: AdminServing) -> Samples:
     """Every sample of the admin /metrics, keyed by (sample name, labels)."""
     async with (
         aiohttp.ClientSession() as session,
-        session.get(runtime.admin_url + "/metrics") as reply,
+        session.get(proxy.admin_url + "/metrics") as reply,
     ):
         assert reply.status == 200
         text = await reply.text()

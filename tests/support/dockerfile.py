@@ -93,8 +93,8 @@ def stages(path: Path) -> tuple[dict[str, str], list[Stage]]:
             args[name] = default
         elif item.keyword == "FROM":
             base = re.sub(r"\$\{(\w+)\}", lambda m: args[m[1]], item.args[0])
-            name = item.args[2] if len(item.args) == 3 and item.args[1].upper() == "AS" else None
-            found.append(Stage(base, name))
+            alias = item.args[2] if len(item.args) == 3 and item.args[1].upper() == "AS" else None
+            found.append(Stage(base, alias))
         else:
             assert found, f"{item.keyword} before the first FROM"
             found[-1].instructions.append(item)

@@ -22,7 +22,11 @@ from tests.support.process import ProxyProcess
 from tests.support.proxy import config_dict, running_proxy, service
 from tests.support.servers import NameUpstream
 
-STEPS = [{"percent": 20, "observe": "1h"}, {"percent": 60, "observe": "1h"}, {"percent": 100}]
+STEPS: list[dict[str, Any]] = [
+    {"percent": 20, "observe": "1h"},
+    {"percent": 60, "observe": "1h"},
+    {"percent": 100},
+]
 IDS = [f"user-{i}" for i in range(2_000)]
 
 
