@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 import orjson
@@ -499,8 +499,10 @@ def _baseline_summary(baselines: Mapping[str, TierBaseline]) -> str:
 
 
 def assessment_json(assessment: Assessment) -> dict[str, Any]:
-    """An assessment as plain JSON (journal and API): orjson handles the dataclasses."""
-    data = orjson.loads(orjson.dumps(assessment, default=_finite))
+    """An assessment as plain JSON (journal and API). Its dataclasses are made dicts first:
+    orjson reads a dataclass's fields from its memory layout, which a compiled build's
+    (mypyc) evidence classes do not share (it crashes the process)."""
+    data = orjson.loads(orjson.dumps(asdict(assessment), default=_finite))
     return data if isinstance(data, dict) else {}
 
 

@@ -37,11 +37,14 @@ from prometheus_client.registry import Collector
 
 from proxy.core.outcome import FAILURE_REASONS, status_class
 
-DURATION_BUCKETS: Final = (
+DURATION_BUCKETS: Final[tuple[float, ...]] = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 VARIANTS: Final = frozenset({"stable", "canary"})  # values of proxy.core.routing.Variant
-_LE: Final = (*(repr(b) for b in DURATION_BUCKETS), "+Inf")  # as prometheus_client spells `le`
+_LE: Final[tuple[str, ...]] = (
+    *(repr(b) for b in DURATION_BUCKETS),
+    "+Inf",
+)  # as prometheus_client spells `le`
 
 
 class RequestCounter:
