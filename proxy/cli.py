@@ -11,9 +11,11 @@ import os
 import sys
 import textwrap
 from collections.abc import Sequence
+from pathlib import Path
 
 from proxy import __version__
 from proxy.adminclient import ADMIN_URL_ENV, DEFAULT_ADMIN, DEFAULT_TOKEN_ENV
+from proxy.build import describe
 from proxy.config import Config, load_config
 from proxy.errors import ConfigError
 
@@ -74,6 +76,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if config is None:
         print("rollout-proxy: not started; fix the config and try again", file=sys.stderr)
         return EXIT_CONFIG
+    _warn_stale_build()
     try:
         return run_loop(serve(config, workers=args.workers, config_path=args.config))
     except ConfigError as exc:
@@ -88,6 +91,20 @@ def cmd_run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILURE
+
+
+def _warn_stale_build() -> None:
+    from proxy.build import stale_modules
+
+    stale = stale_modules(Path(__file__).parent)
+    if stale:
+        names = ", ".join(str(path) for path in stale)
+        print(
+            f"rollout-proxy: warning: edited after their compiled modules were built, so the "
+            f"edits do not run: {names}; rebuild (ROLLOUT_PROXY_COMPILE=1 pip install -e .) "
+            "or delete their .so files",
+            file=sys.stderr,
+        )
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -332,7 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
         "`rollout-proxy COMMAND --help` describes each command. Every config key: " + _DOCS,
         formatter_class=_Formatter,
     )
-    parser.add_argument("--version", action="version", version=f"rollout-proxy {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"rollout-proxy {__version__} ({describe()})"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_check(sub)
     _add_run(sub)

@@ -25,6 +25,7 @@ class ProxyProcess:
         workdir: Path,
         env: Mapping[str, str],
         args: tuple[str, ...] = (),
+        cwd: Path = ROOT,
     ) -> None:
         # More `run` options. One process unless a test asks for workers: the drills measure
         # per-connection behaviour, the same in every worker (tests/workers covers them).
@@ -32,6 +33,7 @@ class ProxyProcess:
         self.path = workdir / "proxy.yaml"
         self.path.write_text(yaml.safe_dump(dict(config)))
         self.env = {**os.environ, **env}
+        self.cwd = cwd  # where `python -m proxy` finds the package first
         self.proc: asyncio.subprocess.Process | None = None
         self.data_url = ""
         self.admin_url = ""
@@ -47,7 +49,7 @@ class ProxyProcess:
             *self.args,
             stderr=asyncio.subprocess.PIPE,
             env=self.env,
-            cwd=ROOT,
+            cwd=self.cwd,
         )
         assert self.proc.stderr is not None
         async with asyncio.timeout(15):
