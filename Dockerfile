@@ -3,7 +3,7 @@
 #   docker build -t rollout-proxy:0.1.0 .
 #   docker run --rm -p 8080:8080 rollout-proxy:0.1.0
 #
-# The builder stage turns the source into a wheel; the final stage installs that wheel and its
+# The builder stage compiles the source into a wheel; the final stage installs that wheel and its
 # runtime dependencies only (no build tools, no source tree) and runs as an unprivileged user.
 # The image starts with config/docker.yaml (no secret needed); mount your own config over
 # /etc/rollout-proxy/config.yaml. State is kept in /var/lib/rollout-proxy (mount a volume
@@ -14,8 +14,14 @@
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS builder
+# The data plane is compiled with mypyc (see setup.py): a C compiler for the builder only, the
+# final stage gets the wheel.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
+ENV ROLLOUT_PROXY_COMPILE=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY proxy ./proxy
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
