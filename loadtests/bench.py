@@ -1262,7 +1262,20 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "nginx": nginx_v.split("/")[-1],
         "wrk": wrk_v[0].split()[1] if wrk_v else "?",
+        "proxy_build": proxy_build(),
     }
+
+
+def proxy_build() -> str:
+    """Which build of rollout-proxy the default command runs: compiled (mypyc) or not."""
+    probe = subprocess.run(
+        [sys.executable, "-c", "from proxy.build import describe; print(describe())"],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
+    return probe.stdout.strip() or "unknown"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1404,7 +1417,7 @@ def report(
     print(
         f"\nrollout-proxy benchmark, {info['date']}, {info['cpu']} x{info['cpus']}, "
         f"Linux {info['kernel']}, nginx {info['nginx']}, wrk {info['wrk']}, "
-        f"Python {info['python']}"
+        f"Python {info['python']}, rollout-proxy: {info['proxy_build']}"
     )
     print(f"{opts.rounds} round(s) x {opts.duration:g} s, medians of runs without errors")
     summaries: dict[str, list[Summary]] = {}
