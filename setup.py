@@ -31,6 +31,7 @@ HOT_MODULES = [
     "proxy/http/upstream.py",
     "proxy/logexchange.py",
     "proxy/dataplane.py",
+    "proxy/feed.py",
     "proxy/metrics.py",
     "proxy/core/analysis.py",
     "proxy/core/bucketing.py",

@@ -33,10 +33,11 @@ from typing import Any, Protocol
 import orjson
 
 from proxy.config import Config, ServiceConfig
-from proxy.core.analysis import Assessment, TierBaseline, Verdict, classify_status
+from proxy.core.analysis import Assessment, TierBaseline, Verdict
 from proxy.core.machine import Event, RolloutState, Status, Transition, initial, step
 from proxy.core.routing import RoutingPlan
 from proxy.errors import StaleVersion, StateError, StoreUnavailable
+from proxy.feed import AnalysisFeed
 from proxy.fleet.batch import ServiceEvidence
 from proxy.rollout import Rollout, record_after
 from proxy.store.records import JournalEntry, RolloutRecord
@@ -104,8 +105,11 @@ class Controller:
         self.store = store
         self.sink = sink
         self.clock = clock or Clock()
-        self.deciding = deciding
         self.rollouts: dict[str, Rollout] = {}
+        # What the data plane feeds each finished request to (Controller.observe is the same).
+        self.feed = AnalysisFeed(
+            self.rollouts, self.clock.monotonic, self._guardrail_tripped, deciding=deciding
+        )
         self.pending: dict[str, Pending] = {}
         self.state_error: str | None = None
         self.resumed = False
@@ -263,6 +267,15 @@ class Controller:
 
     # --- evidence from the data plane -------------------------------------------------------
 
+    @property
+    def deciding(self) -> bool:
+        """Whether this process judges the rollouts (one replica of a fleet does)."""
+        return self.feed.deciding
+
+    @deciding.setter
+    def deciding(self, value: bool) -> None:
+        self.feed.deciding = value
+
     def observe(
         self,
         service: str,
@@ -275,27 +288,10 @@ class Controller:
         proxy_generated: bool,
     ) -> None:
         """One finished request (called by the data plane; never awaits)."""
-        rollout = self.rollouts.get(service)
-        if rollout is None or rollout.state.status not in (Status.PROGRESSING, Status.PAUSED):
-            return
-        analysis = rollout.analysis
-        error = classify_status(
-            status, analysis.config.error_statuses, proxy_generated=proxy_generated
-        )
-        tripped = analysis.observe(
-            tier=tier,
-            canary=canary,
-            error=error,
-            latency_s=latency_s,
-            path=path,
-            id_hash=id_hash,
-            now=self.clock.monotonic(),
-            timed=not proxy_generated,
-        )
-        if tripped is not None and not rollout.guardrail_pending and self.deciding:
-            rollout.guardrail_pending = True
-            rollout.last = tripped
-            self._schedule(service, Event.GUARDRAIL, tripped)
+        self.feed.observe(service, tier, canary, status, latency_s, path, id_hash, proxy_generated)
+
+    def _guardrail_tripped(self, service: str, tripped: Assessment) -> None:
+        self._schedule(service, Event.GUARDRAIL, tripped)
 
     def observe_evidence(self, parts: Iterable[ServiceEvidence]) -> int:
         """Requests other replicas served (fleet mode); only those served under the rollout

@@ -102,7 +102,7 @@ class Runtime:
         self.controller = Controller(
             config, plans, store, self.metrics, clock=self.clock, deciding=not fleet
         )
-        evidence: Evidence = self.controller
+        evidence: Evidence = self.controller.feed
         if fleet:
             evidence = buffer = EvidenceBuffer(config)
             self.replica = _replica(self.controller, store, buffer, config, self.clock)

@@ -1,0 +1,71 @@
+"""The per-request feed from the data plane into each rollout's analysis.
+
+It runs once for every request served, so it is compiled with the request path (setup.py).
+The controller owns it: it shares the controller's rollouts, holds whether this process judges
+them (`deciding`), and calls the controller back when the guardrail trips.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Final
+
+from proxy.core.analysis import Assessment, classify_status
+from proxy.core.machine import Status
+
+if TYPE_CHECKING:
+    from proxy.rollout import Rollout
+
+# A finished rollout (or one that has not started) gathers no evidence.
+_OBSERVED: Final = frozenset({Status.PROGRESSING, Status.PAUSED})
+
+
+class AnalysisFeed:
+    __slots__ = ("deciding", "now", "on_trip", "rollouts")
+
+    def __init__(
+        self,
+        rollouts: Mapping[str, Rollout],
+        now: Callable[[], float],
+        on_trip: Callable[[str, Assessment], None],
+        *,
+        deciding: bool,
+    ) -> None:
+        self.rollouts = rollouts
+        self.now = now
+        self.on_trip = on_trip
+        self.deciding = deciding
+
+    def observe(
+        self,
+        service: str,
+        tier: str,
+        canary: bool,
+        status: int,
+        latency_s: float,
+        path: str,
+        id_hash: int,
+        proxy_generated: bool,
+    ) -> None:
+        """One finished request (never awaits)."""
+        rollout = self.rollouts.get(service)
+        if rollout is None or rollout.state.status not in _OBSERVED:
+            return
+        analysis = rollout.analysis
+        error = classify_status(
+            status, analysis.config.error_statuses, proxy_generated=proxy_generated
+        )
+        tripped = analysis.observe(
+            tier=tier,
+            canary=canary,
+            error=error,
+            latency_s=latency_s,
+            path=path,
+            id_hash=id_hash,
+            now=self.now(),
+            timed=not proxy_generated,
+        )
+        if tripped is not None and not rollout.guardrail_pending and self.deciding:
+            rollout.guardrail_pending = True
+            rollout.last = tripped
+            self.on_trip(service, tripped)
