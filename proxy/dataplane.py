@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from proxy.config import Config, ServiceConfig
 from proxy.core.bucketing import bucket_for
@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     from proxy.http.request import Request
 
 
-_HOST_CACHE_SIZE = 1024
-_DECIDED_CACHE_SIZE = 16384
+_HOST_CACHE_SIZE: Final = 1024
+_DECIDED_CACHE_SIZE: Final = 16384
 
 
 class Evidence(Protocol):

@@ -19,7 +19,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from time import perf_counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import orjson
 
@@ -36,7 +36,9 @@ if TYPE_CHECKING:
     from proxy.http.request import Request
     from proxy.http.server import ExchangeFactory
 
-COMPLETED, ABORTED, REFUSED = "completed", "aborted", "refused"
+COMPLETED: Final = "completed"
+ABORTED: Final = "aborted"
+REFUSED: Final = "refused"
 
 
 def path_id_patterns(config: Config) -> dict[str, tuple[re.Pattern[str], ...]]:

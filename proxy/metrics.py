@@ -88,7 +88,7 @@ class ArmCounts:
     buckets: tuple[int, ...]
 
 
-ROLLOUT_STATUSES = frozenset({"progressing", "paused", "completed", "rolled_back"})
+ROLLOUT_STATUSES: Final = frozenset({"progressing", "paused", "completed", "rolled_back"})
 # The statuses of the refusals the proxy raises (BadRequest and NoRoute, proxy/errors.py).
 REJECT_STATUSES: Final = frozenset({400, 404, 405, 408, 413, 414, 417, 431, 501, 505})
 

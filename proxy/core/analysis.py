@@ -134,6 +134,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Final
 
 from proxy.core.baseline import RateCount, TierBaseline
 from proxy.core.budget import (
@@ -166,8 +167,8 @@ __all__ = [
     "classify_status",
 ]
 
-_NO_BASELINES: Mapping[str, TierBaseline] = MappingProxyType({})
-_NO_SHARES: Mapping[str, float] = MappingProxyType({})
+_NO_BASELINES: Final[Mapping[str, TierBaseline]] = MappingProxyType({})
+_NO_SHARES: Final[Mapping[str, float]] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,8 +198,8 @@ class AnalysisConfig:
 
 # The class and the text of every three-digit status, made once: classifying a response (on
 # every request) then builds no string and hashes none.
-_STATUS_CLASSES = tuple(status_class(n) for n in range(1000))
-_STATUS_TEXTS = tuple(str(n) for n in range(1000))
+_STATUS_CLASSES: Final = tuple(status_class(n) for n in range(1000))
+_STATUS_TEXTS: Final = tuple(str(n) for n in range(1000))
 
 
 def classify_status(

@@ -16,10 +16,11 @@ This module must stay pure: no I/O, no clock, no state.
 from __future__ import annotations
 
 import unicodedata
+from typing import Final
 
 import xxhash
 
-BUCKETS = 10_000
+BUCKETS: Final = 10_000
 """Buckets per rollout; a percentage p exposes buckets 0 .. p*100-1 (resolution 0.01 %)."""
 
 _hash = xxhash.xxh3_64_intdigest

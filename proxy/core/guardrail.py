@@ -27,14 +27,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from math import log
+from typing import Final
 
 from proxy.core.baseline import RateCount, kl, rate_upper
 from proxy.core.traffic import WINDOW_S, RecentWindow
 
-TAIL_SPLIT = 0.5  # of a look's level for the canary's tail; the rest for the stable bounds
-ID_CAP = 5  # canary requests one id adds to the guardrail per WINDOW_S
-MIN_FAILING_IDS = 3  # distinct ids among the failing canary requests a trip needs
-ID_TRACKED = 50_000  # ids remembered per window; beyond that new ids count uncapped
+TAIL_SPLIT: Final = 0.5  # of a look's level for the canary's tail; the rest for the stable bounds
+ID_CAP: Final = 5  # canary requests one id adds to the guardrail per WINDOW_S
+MIN_FAILING_IDS: Final = 3  # distinct ids among the failing canary requests a trip needs
+ID_TRACKED: Final = 50_000  # ids remembered per window; beyond that new ids count uncapped
 
 
 @dataclass(frozen=True, slots=True)

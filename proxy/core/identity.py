@@ -28,7 +28,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Final, NamedTuple
 from urllib.parse import parse_qs, unquote
 
 import jwt
@@ -41,9 +41,9 @@ if TYPE_CHECKING:
 
     from proxy.config import Config, IdentityRule, ServiceConfig, TierConfig
 
-MAX_ID_CHARS = 256
-MAX_TOKEN_CHARS = 8192
-MAX_QUERY_FIELDS = 1024
+MAX_ID_CHARS: Final = 256
+MAX_TOKEN_CHARS: Final = 8192
+MAX_QUERY_FIELDS: Final = 1024
 
 
 class IdSource(StrEnum):
@@ -90,9 +90,9 @@ class Identity:
     source: IdSource
 
 
-_REFUSED_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-_DOT_SEGMENTS = frozenset({".", "..", "%2e", "%2e%2e", ".%2e", "%2e."})
-_JWT_OPTIONS: Options = {"enforce_minimum_key_length": True}
+_REFUSED_CHARS: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_DOT_SEGMENTS: Final = frozenset({".", "..", "%2e", "%2e%2e", ".%2e", "%2e."})
+_JWT_OPTIONS: Final[Options] = {"enforce_minimum_key_length": True}
 
 
 def _from_header(rule: IdentityRule, view: RequestView) -> str | None:
@@ -179,7 +179,7 @@ def _from_jwt(rule: IdentityRule, view: RequestView) -> str | None:
     return None
 
 
-_EXTRACTORS: Mapping[IdSource, Callable[[IdentityRule, RequestView], str | None]] = {
+_EXTRACTORS: Final[Mapping[IdSource, Callable[[IdentityRule, RequestView], str | None]]] = {
     IdSource.HEADER: _from_header,
     IdSource.COOKIE: _from_cookie,
     IdSource.QUERY: _from_query,

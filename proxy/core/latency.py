@@ -14,13 +14,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from math import log
+from typing import Final
 
-LOW_S = 1e-4
-PER_DOUBLING = 16
-BUCKETS = 400
-GENERATION_S = 30.0
-_SCALE = PER_DOUBLING / log(2.0)
-_OFFSET = log(LOW_S)
+LOW_S: Final = 1e-4
+PER_DOUBLING: Final = 16
+BUCKETS: Final = 400
+GENERATION_S: Final = 30.0
+_SCALE: Final = PER_DOUBLING / log(2.0)
+_OFFSET: Final = log(LOW_S)
 
 
 def bucket_of(latency_s: float) -> int:

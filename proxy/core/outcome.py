@@ -8,8 +8,10 @@ Pure: no I/O.
 
 from __future__ import annotations
 
-FAILURE_REASONS = frozenset({"connect", "timeout", "reset", "protocol"})
-_STATUS_CLASSES = {n: f"{n}xx" for n in range(1, 6)}
+from typing import Final
+
+FAILURE_REASONS: Final = frozenset({"connect", "timeout", "reset", "protocol"})
+_STATUS_CLASSES: Final = {n: f"{n}xx" for n in range(1, 6)}
 
 
 def status_class(status: int) -> str:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 from proxy.core.bucketing import BUCKETS, bucket_for, salt_key
 
@@ -64,9 +64,9 @@ class Decision(NamedTuple):
 
 
 # Decisions that carry no bucket are shared constants (nothing to allocate on those paths).
-_INACTIVE = Decision(Variant.STABLE, Reason.INACTIVE, -1)
-_UNIDENTIFIED = Decision(Variant.STABLE, Reason.UNIDENTIFIED, -1)
-_PINNED = {variant: Decision(variant, Reason.PIN, -1) for variant in Variant}
+_INACTIVE: Final = Decision(Variant.STABLE, Reason.INACTIVE, -1)
+_UNIDENTIFIED: Final = Decision(Variant.STABLE, Reason.UNIDENTIFIED, -1)
+_PINNED: Final = {variant: Decision(variant, Reason.PIN, -1) for variant in Variant}
 
 
 def _threshold(step: Step) -> int:

@@ -19,20 +19,23 @@ Ids are the caller's hashes; nothing here leaves this module but counts and shar
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
-SHARE_MEMORY = 4096
-SHARE_MIN_PER_ARM = 25  # requests on each arm before a tier's share is used
-WHOLE_SHARE = 0.98  # a tier with at least this canary share is judged as wholly on the canary
-WINDOW_S = 2.0
-_SLOT_S = 0.5
-_SLOTS = int(WINDOW_S / _SLOT_S)
-INCIDENT_FACTOR = 4.0  # the baseline's recent error rate over its calm rate that is an incident
-INCIDENT_MIN_EVENTS = 10
-INCIDENT_MAX_S = 120.0  # an "incident" that lasts longer is the new normal
-CALM_MIN = 200  # stable requests that form the first calm rate
-ID_WINDOW_S = 10.0
-ID_CAP = 10
-ID_TRACKED = 50_000
+SHARE_MEMORY: Final = 4096
+SHARE_MIN_PER_ARM: Final = 25  # requests on each arm before a tier's share is used
+# A tier with at least this canary share is judged as wholly on the canary.
+WHOLE_SHARE: Final = 0.98
+WINDOW_S: Final = 2.0
+_SLOT_S: Final = 0.5
+_SLOTS: Final = int(WINDOW_S / _SLOT_S)
+# The baseline's recent error rate over its calm rate that is an incident.
+INCIDENT_FACTOR: Final = 4.0
+INCIDENT_MIN_EVENTS: Final = 10
+INCIDENT_MAX_S: Final = 120.0  # an "incident" that lasts longer is the new normal
+CALM_MIN: Final = 200  # stable requests that form the first calm rate
+ID_WINDOW_S: Final = 10.0
+ID_CAP: Final = 10
+ID_TRACKED: Final = 50_000
 
 
 class ShareEstimate:

@@ -19,7 +19,7 @@ import fcntl
 import socket
 import struct
 import termios
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 
 from proxy.errors import BadRequest, HttpError, Overloaded
 from proxy.http import framing
@@ -29,11 +29,14 @@ if TYPE_CHECKING:
     from proxy.http.exchange import Exchange
     from proxy.http.server import Engine
 
-IDLE, HEAD, BODY, WAIT = range(4)
-_LINGER_S = 2.0
-_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset
-_INT = struct.pack("i", 0)
-QUEUE_FULL = object()  # owner of the read pause while the pipelined queue is full
+IDLE: Final = 0
+HEAD: Final = 1
+BODY: Final = 2
+WAIT: Final = 3
+_LINGER_S: Final = 2.0
+_LINGER_RESET: Final = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset
+_INT: Final = struct.pack("i", 0)
+QUEUE_FULL: Final = object()  # owner of the read pause while the pipelined queue is full
 
 
 class ClientConnection(asyncio.Protocol):

@@ -10,7 +10,7 @@ refusals and the socket are its `ClientConnection` base's (`connection.py`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import httptools
 
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from proxy.http.exchange import Exchange
     from proxy.http.server import Engine
 
-_UPGRADE_PENDING = object()  # owner of the read pause while an upgrade awaits the 101
+_UPGRADE_PENDING: Final = object()  # owner of the read pause while an upgrade awaits the 101
 
 
 class DownstreamProtocol(ClientConnection):
@@ -33,7 +33,9 @@ class DownstreamProtocol(ClientConnection):
 
     def __init__(self, engine: Engine) -> None:
         super().__init__(engine)
-        self.head = head = RequestHead(self.limits, engine.header_kinds, engine.request_ids)
+        self.head = head = RequestHead(
+            self.limits, engine.header_kinds, engine.request_ids, engine.field_names
+        )
         # httptools looks its callbacks up once, by name: the head's fields go straight to it.
         self.on_url = head.on_url
         self.on_header = head.on_header

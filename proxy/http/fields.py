@@ -11,27 +11,25 @@ from trusted peers, written by the proxy). `header_kinds` builds the table once 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from proxy.http.request import Request
 
-(
-    H_HOST,
-    H_LENGTH,
-    H_TE,
-    H_CONNECTION,
-    H_UPGRADE,
-    H_EXPECT,
-    H_DROP,
-    H_XFF,
-    H_XFP,
-    H_XFH,
-    H_TRUSTED_ONLY,
-    H_RELEVANT,
-    H_DROP_UNTRUSTED,
-    H_REQUEST_ID,
-) = range(14)
+H_HOST: Final = 0
+H_LENGTH: Final = 1
+H_TE: Final = 2
+H_CONNECTION: Final = 3
+H_UPGRADE: Final = 4
+H_EXPECT: Final = 5
+H_DROP: Final = 6
+H_XFF: Final = 7
+H_XFP: Final = 8
+H_XFH: Final = 9
+H_TRUSTED_ONLY: Final = 10
+H_RELEVANT: Final = 11
+H_DROP_UNTRUSTED: Final = 12
+H_REQUEST_ID: Final = 13
 
 
 def header_kinds(identity_headers: Iterable[str], relevant: Iterable[str]) -> dict[bytes, int]:
@@ -72,3 +70,28 @@ def forwarded(request: Request, kind: int, value: bytes) -> None:
         request.xfp = value
     else:
         request.xfh = value
+
+
+# Spellings a `FieldNames` table holds before it starts again.
+_SPELLINGS_MAX: Final = 512
+
+
+class FieldNames:
+    """Field names lower-cased through a table of the spellings seen. Clients and upstreams
+    spell a name the same way every time, so a name costs one lookup instead of a `lower()`,
+    whose new object would be hashed again in every table it is looked up in. Bounded: a peer
+    sending endless spellings only makes it start again."""
+
+    __slots__ = ("_seen",)
+
+    def __init__(self) -> None:
+        self._seen: dict[bytes, bytes] = {}
+
+    def lower(self, name: bytes) -> bytes:
+        lower = self._seen.get(name)
+        if lower is None:
+            lower = name.lower()
+            if len(self._seen) >= _SPELLINGS_MAX:
+                self._seen.clear()
+            self._seen[name] = lower
+        return lower

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from http import HTTPStatus
+from typing import Final
 
 # Never forwarded, whatever the Connection header says (RFC 9110 7.6.1, plus fields that name
 # framing or were used for smuggling).
-HOP_BY_HOP: frozenset[bytes] = frozenset(
+HOP_BY_HOP: Final[frozenset[bytes]] = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -30,10 +31,10 @@ HOP_BY_HOP: frozenset[bytes] = frozenset(
 )
 
 # Connection options that name no field (any other token makes that field hop-by-hop).
-STANDARD_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade"})
+STANDARD_OPTIONS: Final = frozenset({b"close", b"keep-alive", b"upgrade"})
 
-CRLF = b"\r\n"
-LAST_CHUNK = b"0\r\n\r\n"
+CRLF: Final = b"\r\n"
+LAST_CHUNK: Final = b"0\r\n\r\n"
 
 
 def reason_phrase(status: int) -> bytes:
@@ -44,7 +45,7 @@ def reason_phrase(status: int) -> bytes:
         return b"Unknown"
 
 
-_STATUS_LINES: dict[int, bytes] = {
+_STATUS_LINES: Final[dict[int, bytes]] = {
     code.value: b"HTTP/1.1 %d %s\r\n" % (code.value, code.phrase.encode("ascii"))
     for code in HTTPStatus
 }

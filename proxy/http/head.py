@@ -9,7 +9,7 @@ or an exchange: those are the connection's business.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from proxy.errors import BadRequest
 from proxy.http import framing
@@ -27,6 +27,7 @@ from proxy.http.fields import (
     H_XFF,
     H_XFH,
     H_XFP,
+    FieldNames,
     forwarded,
 )
 from proxy.http.request import (
@@ -46,10 +47,10 @@ if TYPE_CHECKING:
     from proxy.config import Limits
 
 # Fields a client may not declare hop-by-hop through Connection (RFC 9110 7.6.1; RELIABILITY C10).
-_PROTECTED = frozenset({b"host", b"content-length", b"transfer-encoding"})
+_PROTECTED: Final = frozenset({b"host", b"content-length", b"transfer-encoding"})
 # RELIABILITY A11 (HAProxy's default): no body on these methods from an HTTP/1.0 client.
-_NO_BODY_10 = frozenset({b"GET", b"HEAD", b"DELETE"})
-_UNDERSCORE = ord("_")  # an int needle: see request.py
+_NO_BODY_10: Final = frozenset({b"GET", b"HEAD", b"DELETE"})
+_UNDERSCORE: Final = ord("_")  # an int needle: see request.py
 
 
 class RequestHead:
@@ -74,6 +75,7 @@ class RequestHead:
         "limits",
         "max_header_bytes",
         "max_headers",
+        "names",
         "new_id",
         "parser",
         "request",
@@ -88,9 +90,14 @@ class RequestHead:
     parser: httptools.HttpRequestParser  # set by the connection once it has created it
 
     def __init__(
-        self, limits: Limits, kinds: dict[bytes, int], new_id: Callable[[], bytes]
+        self,
+        limits: Limits,
+        kinds: dict[bytes, int],
+        new_id: Callable[[], bytes],
+        names: FieldNames | None = None,
     ) -> None:
         self.limits = limits
+        self.names = names or FieldNames()
         self.new_id = new_id  # makes the X-Request-ID of a request that brings none to keep
         self.max_headers = limits.max_headers
         self.max_header_bytes = limits.max_header_bytes
@@ -165,7 +172,7 @@ class RequestHead:
             # A trailer field (after the head): checked by llhttp and bounded above, never
             # merged into the request and never forwarded (RELIABILITY A8).
             return
-        lower = name.lower()
+        lower = self.names.lower(name)
         kind = self.kinds.get(lower)
         if kind is None:
             request.headers.append((name, value))

@@ -10,7 +10,7 @@ the `Exchange` subclass.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from proxy.errors import HttpError, UpstreamError
 from proxy.http import framing
@@ -22,8 +22,8 @@ if TYPE_CHECKING:
     from proxy.http.request import Request
     from proxy.http.upstream import UpstreamConnection
 
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-PENDING_LIMIT = 256 * 1024  # request body held before an upstream is attached
+_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+PENDING_LIMIT: Final = 256 * 1024  # request body held before an upstream is attached
 
 
 class Relay:
@@ -140,7 +140,7 @@ class Relay:
             self.close_after or not request.keep_alive or not self.request_done or client.draining
         )
         head, self._framing, self._eof_ends, self.close_after = response_head(
-            status, headers, request, close
+            status, headers, request, close, client.head.names
         )
         self.out.append(head)
         if self._framing == NO_BODY and request.method == b"HEAD":

@@ -12,19 +12,23 @@ no I/O.
 from __future__ import annotations
 
 import re
+from typing import Final
 
 from proxy.errors import BadRequest
 from proxy.http.framing import CRLF
 
-_HOST_RE = re.compile(
+_HOST_RE: Final = re.compile(
     rb"(?:[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252})|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?\Z"
 )
-_VERSIONS = (b"HTTP/1.1\r\n", b"HTTP/1.0\r\n")
-_DOT_SEGMENT_RE = re.compile(rb"(?:^|/)(?:\.|%2e){1,2}(?:/|\?|$)", re.IGNORECASE)
-_TOKEN_RE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+_VERSIONS: Final = (b"HTTP/1.1\r\n", b"HTTP/1.0\r\n")
+_DOT_SEGMENT_RE: Final = re.compile(rb"(?:^|/)(?:\.|%2e){1,2}(?:/|\?|$)", re.IGNORECASE)
+_TOKEN_RE: Final = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 # Single bytes as ints: `int in bytes` is a plain byte search, while a bytes needle is first
 # tried as an int by CPython (building and dropping a TypeError), several times slower.
-_HASH, _DOT, _PERCENT, _BACKSLASH = b"#.%\\"
+_HASH: Final = ord("#")
+_DOT: Final = ord(".")
+_PERCENT: Final = ord("%")
+_BACKSLASH: Final = ord("\\")
 
 
 class Request:

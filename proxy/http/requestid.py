@@ -11,11 +11,12 @@ from __future__ import annotations
 import itertools
 import os
 import re
+from typing import Final
 
-MAX_LENGTH = 128
-_VALID = re.compile(rb"[\x21-\x7e]{1,%d}\Z" % MAX_LENGTH)
+MAX_LENGTH: Final = 128
+_VALID: Final = re.compile(rb"[\x21-\x7e]{1,%d}\Z" % MAX_LENGTH)
 # What a request head holds when its X-Request-ID cannot be kept (sent twice, or empty).
-INVALID = b" "
+INVALID: Final = b" "
 
 
 def acceptable(value: bytes) -> bool:

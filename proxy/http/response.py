@@ -11,37 +11,46 @@ business.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
+from proxy.http.fields import FieldNames
 from proxy.http.framing import CRLF, HOP_BY_HOP, STANDARD_OPTIONS, connection_tokens, status_line
 
 if TYPE_CHECKING:
     from proxy.http.request import Request
 
 # How the response body is delimited towards the client.
-NO_BODY, LENGTH, CHUNKED, CLOSE = 0, 1, 2, 3
+NO_BODY: Final = 0
+LENGTH: Final = 1
+CHUNKED: Final = 2
+CLOSE: Final = 3
 
-_UPGRADED = b"Connection: upgrade\r\nUpgrade: websocket\r\n\r\n"
+_UPGRADED: Final = b"Connection: upgrade\r\nUpgrade: websocket\r\n\r\n"
 # The upstream's own X-Request-ID would contradict the one the proxy returns.
-_DROPPED = HOP_BY_HOP | {b"x-request-id"}
+_DROPPED: Final = HOP_BY_HOP | {b"x-request-id"}
 
 
 def response_head(
-    status: int, headers: list[tuple[bytes, bytes]], request: Request, close: bool
+    status: int,
+    headers: list[tuple[bytes, bytes]],
+    request: Request,
+    close: bool,
+    names: FieldNames,
 ) -> tuple[bytes, int, bool, bool]:
     """The final response head for the client of `request`; `close`: the connection must end.
 
     Returns (head, framing, eof_ends, close): `framing` is one of NO_BODY, LENGTH, CHUNKED and
     CLOSE; `eof_ends` is true when the upstream delimits the body by closing (RFC 9112 6.3
     rule 8); `close` is true when the connection ends after this response (asked by the
-    caller, or because the body is delimited by the close).
+    caller, or because the body is delimited by the close). `names`: the listener's table of
+    field-name spellings.
     """
     length: bytes | None = None
     chunked = False
     drop = _DROPPED
     parts = [status_line(status)]
     for name, value in headers:
-        lower = name.lower()
+        lower = names.lower(name)
         if lower in drop:
             if lower == b"content-length":
                 length = value.strip()
@@ -56,7 +65,7 @@ def response_head(
     if drop is not _DROPPED:
         parts = [parts[0], *_without(headers, drop)]
     if request.request_id:
-        parts.append(b"X-Request-ID: %s\r\n" % request.request_id)
+        parts += (b"X-Request-ID: ", request.request_id, CRLF)
     framing = _framing(status, length, chunked, request)
     if length is not None and (
         framing == LENGTH or (framing == NO_BODY and length and status != 204)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from proxy.http.connection import ClientConnection
 from proxy.http.downstream import DownstreamProtocol
 from proxy.http.exchange import Exchange
-from proxy.http.fields import header_kinds
+from proxy.http.fields import FieldNames, header_kinds
 from proxy.http.requestid import RequestIds
 
 if TYPE_CHECKING:
@@ -51,6 +51,7 @@ class Engine:
         self.limits = config.limits
         self.router = router
         self.header_kinds = header_kinds(identity_headers, relevant_headers)
+        self.field_names = FieldNames()
         self.request_ids = RequestIds()
         self.exchange = exchange
         self.connections: set[ClientConnection] = set()

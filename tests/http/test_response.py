@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from proxy.http.fields import FieldNames
 from proxy.http.request import Request
 from proxy.http.response import CHUNKED, CLOSE, LENGTH, NO_BODY, response_head, switching_head
 
@@ -41,7 +42,9 @@ def test_framing_follows_the_clients_version_and_the_response(
     eof_ends: bool,
     field: bytes | None,
 ) -> None:
-    head, got_framing, got_eof_ends, close = response_head(status, headers, req, False)
+    head, got_framing, got_eof_ends, close = response_head(
+        status, headers, req, False, FieldNames()
+    )
     assert (got_framing, got_eof_ends) == (framing, eof_ends)
     assert close is (framing == CLOSE)
     assert head.startswith(b"HTTP/1.1 %d " % status)
@@ -63,7 +66,7 @@ def test_hop_by_hop_fields_and_those_named_in_connection_are_dropped() -> None:
         (b"Upgrade", b"h2c"),
         (b"Content-Length", b"2"),
     ]
-    head, *_ = response_head(200, headers, request(), False)
+    head, *_ = response_head(200, headers, request(), False, FieldNames())
     assert head == b"HTTP/1.1 200 OK\r\nX-Keep: 1\r\nContent-Length: 2\r\n\r\n"
 
 
@@ -78,13 +81,15 @@ def test_hop_by_hop_fields_and_those_named_in_connection_are_dropped() -> None:
 def test_connection_field_says_whether_the_connection_ends(
     req: Request, close: bool, connection: bytes | None
 ) -> None:
-    head, _, _, ends = response_head(200, [], req, close)
+    head, _, _, ends = response_head(200, [], req, close, FieldNames())
     assert ends is (connection is not None)
     assert (b"Connection: close\r\n" in head) is (connection is not None)
 
 
 def test_an_http10_client_kept_alive_is_told_so() -> None:
-    head, framing, _, close = response_head(200, LENGTH_5, request(version=b"1.0"), False)
+    head, framing, _, close = response_head(
+        200, LENGTH_5, request(version=b"1.0"), False, FieldNames()
+    )
     assert (framing, close) == (LENGTH, False)
     assert b"Connection: keep-alive\r\n" in head
 
