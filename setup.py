@@ -32,6 +32,7 @@ HOT_MODULES = [
     "proxy/logexchange.py",
     "proxy/dataplane.py",
     "proxy/feed.py",
+    "proxy/fleet/batch.py",
     "proxy/metrics.py",
     "proxy/core/analysis.py",
     "proxy/core/bucketing.py",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Final
 
 from proxy.config import Config, ServiceConfig
 from proxy.core.bucketing import bucket_for
@@ -32,8 +32,12 @@ _HOST_CACHE_SIZE: Final = 1024
 _DECIDED_CACHE_SIZE: Final = 16384
 
 
-class Evidence(Protocol):
-    """Where finished requests feed the rollout analysis (the controller)."""
+class Evidence:
+    """Where finished requests feed the rollout analysis: the controller's analysis feed, or
+    a buffer shipping them to where they are judged. A base class rather than a protocol: the
+    compiled build then calls the sink's `observe` directly."""
+
+    __slots__ = ()
 
     def observe(
         self,
@@ -45,7 +49,8 @@ class Evidence(Protocol):
         path: str,
         id_hash: int,
         proxy_generated: bool,
-    ) -> None: ...
+    ) -> None:
+        raise NotImplementedError
 
 
 class Recorder:
@@ -69,7 +74,7 @@ class Recorder:
     ) -> None:
         """`evidence_too=False`: metrics only (a retry on stable of a request the routing
         plan gave the canary is no sample of the stable arm)."""
-        self.metrics.observe(route.service, route.variant, route.tier, status, duration_s)
+        route.series.observe(status, duration_s)
         evidence = self.evidence
         if evidence is not None and evidence_too:
             evidence.observe(
@@ -106,6 +111,7 @@ class Route:
         "fallback",
         "pool",
         "recorder",
+        "series",
         "service",
         "step",
         "tier",
@@ -129,6 +135,7 @@ class Route:
         self.step = step
         self.pool = pool
         self.recorder = recorder
+        self.series = recorder.metrics.arm(service, self.variant, tier)
         self.budget = budget
         self.fallback: Route | None = None
         # Added to the upstream request; the same names are stripped from incoming requests.

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Final
 
 from proxy.core.analysis import Assessment, classify_status
 from proxy.core.machine import Status
+from proxy.dataplane import Evidence
 
 if TYPE_CHECKING:
     from proxy.rollout import Rollout
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 _OBSERVED: Final = frozenset({Status.PROGRESSING, Status.PAUSED})
 
 
-class AnalysisFeed:
+class AnalysisFeed(Evidence):
     __slots__ = ("deciding", "now", "on_trip", "rollouts")
 
     def __init__(

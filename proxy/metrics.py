@@ -102,11 +102,37 @@ def _check(name: str, value: str, allowed: frozenset[str]) -> None:
         raise ValueError(f"{name} must be one of {sorted(allowed)}, got {value!r}")
 
 
+class ArmSeries:
+    """What one (service, variant, tier) counts into: its request counter per status code and
+    its duration histogram. A route holds its arm's, so a finished request costs a lookup by
+    status code alone."""
+
+    __slots__ = ("_by_status", "_metrics", "key", "latency")
+
+    def __init__(self, metrics: Metrics, key: tuple[str, str, str], latency: _Latency) -> None:
+        self._metrics = metrics
+        self.key = key
+        self.latency = latency
+        self._by_status: dict[int, RequestCounter] = {}
+
+    def observe(self, status: int, duration_s: float) -> None:
+        """Count one finished request and record its duration (seconds)."""
+        counter = self._by_status.get(status)
+        if counter is None:
+            service, variant, tier = self.key
+            counter = self._metrics.requests(service, variant, tier, status_class(status))
+            self._by_status[status] = counter
+        counter.value += 1.0
+        latency = self.latency
+        latency.buckets[bisect_left(DURATION_BUCKETS, duration_s)] += 1
+        latency.total += duration_s
+
+
 class Metrics(Collector):
     """The proxy's metric families; `observe` is the one call per finished request."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self._hot: dict[tuple[str, str, str, int], tuple[RequestCounter, _Latency]] = {}
+        self._arms: dict[tuple[str, str, str], ArmSeries] = {}
         self._requests: dict[tuple[str, str, str, str], RequestCounter] = {}
         self._latency: dict[tuple[str, str, str], _Latency] = {}
         self._failures: dict[tuple[str, str, str], int] = {}
@@ -132,20 +158,16 @@ class Metrics(Collector):
         self, service: str, variant: str, tier: str, status: int, duration_s: float
     ) -> None:
         """Count one finished request and record its duration (seconds)."""
-        series = self._hot.get((service, variant, tier, status))
-        if series is None:
-            series = self._new_hot(service, variant, tier, status)
-        series[0].value += 1.0
-        latency = series[1]
-        latency.buckets[bisect_left(DURATION_BUCKETS, duration_s)] += 1
-        latency.total += duration_s
+        self.arm(service, variant, tier).observe(status, duration_s)
 
-    def _new_hot(
-        self, service: str, variant: str, tier: str, status: int
-    ) -> tuple[RequestCounter, _Latency]:
-        counter = self.requests(service, variant, tier, status_class(status))
-        latency = self._latency.setdefault((service, variant, tier), _Latency())
-        series = self._hot[(service, variant, tier, status)] = (counter, latency)
+    def arm(self, service: str, variant: str, tier: str) -> ArmSeries:
+        """The series of one arm of a tier (the data plane's routes hold theirs)."""
+        key = (service, variant, tier)
+        series = self._arms.get(key)
+        if series is None:
+            _check("variant", variant, VARIANTS)
+            latency = self._latency.setdefault(key, _Latency())
+            series = self._arms[key] = ArmSeries(self, key, latency)
         return series
 
     def arm_counts(self) -> dict[str, dict[tuple[str, str], ArmCounts]]:

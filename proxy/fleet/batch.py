@@ -18,6 +18,7 @@ from typing import NamedTuple
 import orjson
 
 from proxy.config import Config
+from proxy.dataplane import Evidence
 from proxy.errors import StateError
 
 # tier, canary (0/1), status, latency_s, route prefix ("" for none), id hash, generated (0/1)
@@ -33,7 +34,7 @@ class ServiceEvidence(NamedTuple):
     records: list[Record]
 
 
-class EvidenceBuffer:
+class EvidenceBuffer(Evidence):
     """Collects finished requests between flushes (bounded)."""
 
     __slots__ = ("_held", "_records", "_routes", "dropped", "limit")

@@ -13,24 +13,17 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from proxy.errors import Overloaded, UpstreamError
 
 if TYPE_CHECKING:
     from proxy.config import Limits, Upstream
+
+    # What waits for a connection. Named as the class itself, not as a protocol: the
+    # compiled build then calls its methods directly.
+    from proxy.http.exchange import Exchange as Waiter
     from proxy.http.upstream import UpstreamConnection
-
-
-class Waiter(Protocol):
-    """What a pool needs from an exchange that asks for a connection."""
-
-    @property
-    def abandoned(self) -> bool: ...
-
-    def attach(self, conn: UpstreamConnection, endpoint: Endpoint) -> None: ...
-
-    def upstream_failed(self, error: UpstreamError, endpoint: Endpoint | None) -> None: ...
 
 
 class Endpoint:

@@ -186,7 +186,11 @@ def upstream_head(request: Request, authority: bytes, peer: bytes, extra: bytes)
     # An HTTP/1.0 request may come without Host: the upstream then gets its own authority.
     parts = [request.method, b" ", request.target, b" HTTP/1.1\r\nHost: ", host or authority, CRLF]
     for name, value in request.headers:
-        parts += (name, b": ", value, CRLF)
+        # appended one by one: compiled, that is list appends, not a tuple per field
+        parts.append(name)
+        parts.append(b": ")
+        parts.append(value)
+        parts.append(CRLF)
     # X-Forwarded-*: the peer appended to a trusted peer's chain, else the proxy's own view;
     # and the request's id.
     xff = request.xff

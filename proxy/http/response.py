@@ -61,7 +61,12 @@ def response_head(
                 if named:
                     drop = drop | named
             continue
-        parts += (name, b": ", value, CRLF)  # joined once below: no bytes per field line
+        # Joined once below (no bytes object per field line); appended one by one, which
+        # compiles to plain list appends where `+=` of a tuple builds the tuple first.
+        parts.append(name)
+        parts.append(b": ")
+        parts.append(value)
+        parts.append(CRLF)
     if drop is not _DROPPED:
         parts = [parts[0], *_without(headers, drop)]
     if request.request_id:
