@@ -22,6 +22,8 @@ _OBSERVED: Final = frozenset({Status.PROGRESSING, Status.PAUSED})
 
 
 class AnalysisFeed(Evidence):
+    """Feeds each finished request to its rollout's analysis while the rollout runs."""
+
     __slots__ = ("deciding", "now", "on_trip", "rollouts")
 
     def __init__(
