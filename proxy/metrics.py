@@ -129,7 +129,8 @@ class ArmSeries:
 
 
 class Metrics(Collector):
-    """The proxy's metric families; `observe` is the one call per finished request."""
+    """The proxy's metric families. A finished request is counted once, through the series
+    of its arm (`arm`, held by each route; `observe` is the same by labels)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self._arms: dict[tuple[str, str, str], ArmSeries] = {}
