@@ -4,8 +4,11 @@ proxy writes its own framing for the client's version and says how the body is d
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from proxy.http.fields import FieldNames
+from proxy.http.framing import HOP_BY_HOP
 from proxy.http.request import Request
 from proxy.http.response import CHUNKED, CLOSE, LENGTH, NO_BODY, response_head, switching_head
 
@@ -100,3 +103,58 @@ def test_switching_head_relays_end_to_end_fields_and_names_the_upgrade() -> None
         b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: abc\r\n"
         b"Connection: upgrade\r\nUpgrade: websocket\r\n\r\n"
     )
+
+
+_POOL = [
+    b"Connection",
+    b"Keep-Alive",
+    b"TE",
+    b"Trailer",
+    b"Upgrade",
+    b"Proxy-Connection",
+    b"X-Request-ID",
+    b"Expect",
+    b"Content-Type",
+    b"X-Secret",
+    b"Server",
+    b"Date",
+    b"X-A",
+]
+_NAMES = st.builds(
+    lambda name, flips: bytes(
+        c ^ 0x20 if chr(c).isalpha() and flip else c
+        for c, flip in zip(name, flips + [False] * len(name), strict=False)
+    ),
+    st.sampled_from(_POOL),
+    st.lists(st.booleans(), max_size=20),
+)
+_CONNECTION_VALUES = st.lists(st.sampled_from([*_POOL, b"close", b"keep-alive"]), max_size=3).map(
+    b", ".join
+)
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(_NAMES, st.sampled_from([b"v", b"1"])),
+            st.tuples(st.just(b"Connection"), _CONNECTION_VALUES),
+        ),
+        max_size=10,
+    )
+)
+def test_every_field_but_the_hop_by_hop_ones_is_relayed_in_order(
+    headers: list[tuple[bytes, bytes]],
+) -> None:
+    """Whatever the case of the names: the fields kept are those no hop-by-hop rule names."""
+    named = {
+        token.strip().lower()
+        for name, value in headers
+        if name.lower() == b"connection"
+        for token in value.split(b",")
+    } - {b"close", b"keep-alive", b"upgrade", b""}
+    dropped = HOP_BY_HOP | {b"x-request-id"} | named
+    kept = [b"%s: %s\r\n" % (n, v) for n, v in headers if n.lower() not in dropped]
+    head, *_ = response_head(200, headers, request(), False, FieldNames())
+    lines = head.split(b"\r\n")[1:]
+    relayed = [line + b"\r\n" for line in lines if line and not line.startswith(b"Transfer")]
+    assert relayed == kept
