@@ -1,11 +1,12 @@
 # rollout-proxy container image.
 #
 #   docker build -t rollout-proxy:0.1.0 .
-#   docker run --rm -p 8080:8080 rollout-proxy:0.1.0
+#   docker run --rm -p 8080:8080 -e ROLLOUT_ADMIN_TOKEN="$(openssl rand -hex 24)" rollout-proxy:0.1.0
 #
 # The builder stage compiles the source into a wheel; the final stage installs that wheel and its
 # runtime dependencies only (no build tools, no source tree) and runs as an unprivileged user.
-# The image starts with config/docker.yaml (no secret needed); mount your own config over
+# The image starts with config/docker.yaml, which needs the admin token in ROLLOUT_ADMIN_TOKEN
+# (its admin listener is off loopback); mount your own config over
 # /etc/rollout-proxy/config.yaml. State is kept in /var/lib/rollout-proxy (mount a volume
 # there to keep it across containers). Data plane on 8080, admin listener (/metrics,
 # /healthz, /readyz, rollout API) on 9090. On SIGTERM (docker stop) readiness fails and
