@@ -38,7 +38,7 @@ from proxy.core.machine import Event, RolloutState, Status, Transition, initial,
 from proxy.core.routing import RoutingPlan
 from proxy.errors import StaleVersion, StateError, StoreUnavailable
 from proxy.feed import AnalysisFeed
-from proxy.fleet.batch import ServiceEvidence
+from proxy.fleet.batch import ServiceEvidence, replay
 from proxy.rollout import Rollout, record_after
 from proxy.store.records import JournalEntry, RolloutRecord
 
@@ -106,7 +106,7 @@ class Controller:
         self.sink = sink
         self.clock = clock or Clock()
         self.rollouts: dict[str, Rollout] = {}
-        # What the data plane feeds each finished request to (Controller.observe is the same).
+        # What the data plane feeds each finished request to.
         self.feed = AnalysisFeed(
             self.rollouts, self.clock.monotonic, self._guardrail_tripped, deciding=deciding
         )
@@ -276,20 +276,6 @@ class Controller:
     def deciding(self, value: bool) -> None:
         self.feed.deciding = value
 
-    def observe(
-        self,
-        service: str,
-        tier: str,
-        canary: bool,
-        status: int,
-        latency_s: float,
-        path: str,
-        id_hash: int,
-        proxy_generated: bool,
-    ) -> None:
-        """One finished request (called by the data plane; never awaits)."""
-        self.feed.observe(service, tier, canary, status, latency_s, path, id_hash, proxy_generated)
-
     def _guardrail_tripped(self, service: str, tripped: Assessment) -> None:
         self._schedule(service, Event.GUARDRAIL, tripped)
 
@@ -304,17 +290,7 @@ class Controller:
                 rollout.state.version,
             ):
                 continue
-            for tier, canary, status, latency_s, route, id_hash, generated in part.records:
-                self.observe(
-                    part.service,
-                    tier,
-                    canary == 1,
-                    status,
-                    latency_s,
-                    route,
-                    id_hash,
-                    generated == 1,
-                )
+            replay(part, self.feed)
             counted += len(part.records)
         return counted
 

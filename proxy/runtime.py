@@ -27,7 +27,7 @@ from proxy.config import Config
 from proxy.controller import Clock, Controller
 from proxy.core.identity import header_rule_names, relevant_headers
 from proxy.dataplane import Evidence, Router
-from proxy.fleet.batch import EvidenceBuffer, ServiceEvidence
+from proxy.fleet.batch import EvidenceBuffer, ServiceEvidence, replay
 from proxy.http.exchange import Exchange
 from proxy.http.server import Engine
 from proxy.logexchange import AccessLines, logged_exchanges, path_id_patterns
@@ -211,10 +211,7 @@ def data_engine(
 def observe_all(evidence: Evidence, parts: list[ServiceEvidence]) -> None:
     """Requests a worker served, into this process's evidence sink."""
     for part in parts:
-        for tier, canary, status, latency_s, route, id_hash, generated in part.records:
-            evidence.observe(
-                part.service, tier, canary == 1, status, latency_s, route, id_hash, generated == 1
-            )
+        replay(part, evidence)
 
 
 async def serve(config: Config, *, workers: int = 1, config_path: str | None = None) -> int:

@@ -198,7 +198,7 @@ def feed(h: Harness, clock: FakeClock, seconds: float, canary_error: float, rate
         failing = rng.random() < (canary_error if canary else 0.01)
         latency = rng.lognormvariate(-4.0, 0.5)
         user = rng.randrange(5000)
-        h.controller.observe(
+        h.controller.feed.observe(
             "shop", "free", canary, 500 if failing else 200, latency, "/", user, False
         )
 

@@ -88,6 +88,13 @@ class EvidenceBuffer(Evidence):
         return orjson.dumps(parts) if parts else None
 
 
+def replay(part: ServiceEvidence, sink: Evidence) -> None:
+    """Feed a part's requests to `sink` as if they had been served here."""
+    service = part.service
+    for tier, canary, status, latency_s, route, id_hash, generated in part.records:
+        sink.observe(service, tier, canary == 1, status, latency_s, route, id_hash, generated == 1)
+
+
 def decode(batch: bytes) -> list[ServiceEvidence]:
     """A batch back into its parts; StateError when it is not one (another version wrote it)."""
     try:
