@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import sys
+import tomllib
+from pathlib import Path
 
 from setuptools import setup
 
@@ -62,17 +64,10 @@ def compiled_modules() -> list[object]:
     return list(mypycify(HOT_MODULES, opt_level="3"))
 
 
-# mypyc type-checks what it compiles, so the build needs the typed dependencies too.
-BUILD_REQUIRES = [
-    "mypy>=1.10",
-    "types-PyYAML",
-    "prometheus-client>=0.20",
-    "pyjwt>=2.8",
-    "orjson>=3.9",
-    "httptools>=0.6.4",
-    "xxhash>=3.4",
-    "aiohttp>=3.10",
-]
+# mypyc type-checks what it compiles, so the build needs the typed dependencies too: the
+# project's own (pyproject.toml) and the stubs of the one that ships none.
+PROJECT = tomllib.loads(Path(__file__).with_name("pyproject.toml").read_text())["project"]
+BUILD_REQUIRES = ["mypy>=1.10", "types-PyYAML", *PROJECT["dependencies"]]
 
 setup(
     ext_modules=compiled_modules(),
