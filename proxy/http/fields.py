@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Final
 
+from proxy.http.framing import HOP_BY_HOP
+
 if TYPE_CHECKING:
     from proxy.http.request import Request
 
@@ -72,6 +74,24 @@ def forwarded(request: Request, kind: int, value: bytes) -> None:
         request.xfh = value
 
 
+# What a response field is to the proxy (`FieldNames.response_kind`): relayed as it is, or one
+# of the fields the proxy reads (framing, Connection) or drops (the other hop-by-hop fields, and
+# the upstream's X-Request-ID, which would contradict the one the proxy returns).
+R_RELAY: Final = 0
+R_LENGTH: Final = 1
+R_TE: Final = 2
+R_CONNECTION: Final = 3
+R_DROP: Final = 4
+_RESPONSE_KINDS: Final[dict[bytes, int]] = {
+    **dict.fromkeys(HOP_BY_HOP, R_DROP),
+    b"x-request-id": R_DROP,
+    b"content-length": R_LENGTH,
+    b"transfer-encoding": R_TE,
+    b"connection": R_CONNECTION,
+}
+# Every response field that is not relayed as it is, lower-cased.
+RESPONSE_NOT_RELAYED: Final = frozenset(_RESPONSE_KINDS)
+
 # Spellings a `FieldNames` table holds before it starts again.
 _SPELLINGS_MAX: Final = 512
 
@@ -82,10 +102,11 @@ class FieldNames:
     whose new object would be hashed again in every table it is looked up in. Bounded: a peer
     sending endless spellings only makes it start again."""
 
-    __slots__ = ("_seen",)
+    __slots__ = ("_response", "_seen")
 
     def __init__(self) -> None:
         self._seen: dict[bytes, bytes] = {}
+        self._response: dict[bytes, int] = {}
 
     def lower(self, name: bytes) -> bytes:
         lower = self._seen.get(name)
@@ -95,3 +116,13 @@ class FieldNames:
                 self._seen.clear()
             self._seen[name] = lower
         return lower
+
+    def response_kind(self, name: bytes) -> int:
+        """What a response field named `name` is (R_*): one lookup for a spelling seen before."""
+        kind = self._response.get(name)
+        if kind is None:
+            kind = _RESPONSE_KINDS.get(name.lower(), R_RELAY)
+            if len(self._response) >= _SPELLINGS_MAX:
+                self._response.clear()
+            self._response[name] = kind
+        return kind

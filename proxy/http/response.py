@@ -13,8 +13,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
-from proxy.http.fields import FieldNames
-from proxy.http.framing import CRLF, HOP_BY_HOP, STANDARD_OPTIONS, connection_tokens, status_line
+from proxy.http.fields import (
+    R_CONNECTION,
+    R_LENGTH,
+    R_RELAY,
+    R_TE,
+    RESPONSE_NOT_RELAYED,
+    FieldNames,
+)
+from proxy.http.framing import CRLF, STANDARD_OPTIONS, connection_tokens, status_line
 
 if TYPE_CHECKING:
     from proxy.http.request import Request
@@ -26,8 +33,7 @@ CHUNKED: Final = 2
 CLOSE: Final = 3
 
 _UPGRADED: Final = b"Connection: upgrade\r\nUpgrade: websocket\r\n\r\n"
-# The upstream's own X-Request-ID would contradict the one the proxy returns.
-_DROPPED: Final = HOP_BY_HOP | {b"x-request-id"}
+_DROPPED: Final = RESPONSE_NOT_RELAYED
 
 
 def response_head(
@@ -50,13 +56,13 @@ def response_head(
     drop = _DROPPED
     parts = [status_line(status)]
     for name, value in headers:
-        lower = names.lower(name)
-        if lower in drop:
-            if lower == b"content-length":
+        kind = names.response_kind(name)
+        if kind != R_RELAY:
+            if kind == R_LENGTH:
                 length = value.strip()
-            elif lower == b"transfer-encoding":
+            elif kind == R_TE:
                 chunked = True
-            elif lower == b"connection" and value.strip().lower() not in STANDARD_OPTIONS:
+            elif kind == R_CONNECTION and value.strip().lower() not in STANDARD_OPTIONS:
                 named = connection_tokens([value]) - STANDARD_OPTIONS
                 if named:
                     drop = drop | named

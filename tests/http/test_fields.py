@@ -5,7 +5,15 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.http.fields import FieldNames
+from proxy.http.fields import (
+    R_CONNECTION,
+    R_LENGTH,
+    R_RELAY,
+    R_TE,
+    RESPONSE_NOT_RELAYED,
+    FieldNames,
+)
+from proxy.http.framing import HOP_BY_HOP
 
 NAMES = st.binary(min_size=1, max_size=40)
 
@@ -30,3 +38,20 @@ def test_endless_spellings_keep_the_table_bounded() -> None:
     for n in range(5000):
         assert table.lower(b"X-Spelling-%d" % n) == b"x-spelling-%d" % n
     assert 0 < len(table._seen) <= 512
+
+
+@given(st.lists(st.one_of(NAMES, st.sampled_from(sorted(RESPONSE_NOT_RELAYED))), max_size=600))
+def test_a_response_field_kind_follows_its_lower_cased_name(names: list[bytes]) -> None:
+    table = FieldNames()
+    for name in [*names, *(n.upper() for n in names), *names]:
+        kind = table.response_kind(name)
+        lower = name.lower()
+        assert (kind == R_RELAY) == (lower not in RESPONSE_NOT_RELAYED)
+        assert (kind == R_LENGTH) == (lower == b"content-length")
+        assert (kind == R_TE) == (lower == b"transfer-encoding")
+        assert (kind == R_CONNECTION) == (lower == b"connection")
+    assert len(table._response) <= 512
+
+
+def test_every_hop_by_hop_field_and_the_request_id_are_not_relayed() -> None:
+    assert HOP_BY_HOP | {b"x-request-id"} == RESPONSE_NOT_RELAYED
