@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import bisect
+
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.admin import Readiness, build_admin_app
 from proxy.core.outcome import status_class
-from proxy.metrics import DURATION_BUCKETS, Metrics
+from proxy.metrics import DURATION_BUCKETS, Metrics, duration_bucket
 from tests.support.promtool import promtool_check
 
 LABELS = {"service": "checkout", "variant": "canary", "tier": "free"}
@@ -206,3 +210,14 @@ def test_arm_counts_reads_a_copy_of_the_counters(
     metrics.observe("checkout", "canary", "free", 200, 0.003)
     assert canary.buckets[3] == 1  # a copy: later requests do not change it
     assert metrics.arm_counts()["checkout"][("canary", "free")].buckets[3] == 2
+
+
+@given(st.floats(allow_nan=False))
+def test_a_duration_falls_in_the_bucket_bisect_finds(duration_s: float) -> None:
+    assert duration_bucket(duration_s) == bisect.bisect_left(DURATION_BUCKETS, duration_s)
+
+
+def test_a_duration_on_a_bucket_bound_is_counted_in_that_bucket() -> None:
+    for index, bound in enumerate(DURATION_BUCKETS):
+        assert duration_bucket(bound) == index
+    assert duration_bucket(DURATION_BUCKETS[-1] * 2) == len(DURATION_BUCKETS)

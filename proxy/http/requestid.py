@@ -8,7 +8,6 @@ reads the system's random source for every request (about ten times the cost).
 
 from __future__ import annotations
 
-import itertools
 import os
 import re
 from typing import Final
@@ -17,6 +16,9 @@ MAX_LENGTH: Final = 128
 _VALID: Final = re.compile(rb"[\x21-\x7e]{1,%d}\Z" % MAX_LENGTH)
 # What a request head holds when its X-Request-ID cannot be kept (sent twice, or empty).
 INVALID: Final = b" "
+# The counter starts here so that every id it makes has 16 hex digits with no padding to
+# format (2**64 - 2**60 ids before a 17th digit).
+_FIRST: Final = 1 << 60
 
 
 def acceptable(value: bytes) -> bool:
@@ -27,13 +29,13 @@ def acceptable(value: bytes) -> bool:
 class RequestIds:
     """Makes ids unique across processes (64 random bits) and within one (a counter)."""
 
-    __slots__ = ("_counter", "_template")
+    __slots__ = ("_next", "_prefix")
 
     def __init__(self, prefix: bytes | None = None) -> None:
-        self._template = (prefix if prefix is not None else os.urandom(8).hex().encode()) + (
-            b"%016x"
-        )
-        self._counter = itertools.count(1)
+        self._prefix = prefix if prefix is not None else os.urandom(8).hex().encode()
+        self._next = _FIRST
 
     def __call__(self) -> bytes:
-        return self._template % next(self._counter)
+        n = self._next
+        self._next = n + 1
+        return self._prefix + b"%x" % n

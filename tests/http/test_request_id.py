@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
+from proxy.http.requestid import RequestIds
 from tests.support.client import Response, exchange, get
 from tests.support.proxy import config_dict, running_proxy, service
 from tests.support.rawhttp import UNTRUSTED
@@ -118,3 +119,15 @@ async def test_a_response_the_proxy_makes_carries_the_id(tmp_path: Path) -> None
     (line,) = [orjson.loads(line) for line in log.read_bytes().splitlines()]
     assert (line["request_id"], line["status"], line["generated"]) == ("trace-1", 502, True)
     assert line["upstream_failure"] == "connect"
+
+
+def test_ids_made_by_one_process_are_32_hex_digits_and_never_repeat() -> None:
+    ids = RequestIds()
+    made = [ids() for _ in range(10_000)]
+    assert all(GENERATED.match(i.decode()) for i in made)
+    assert len(set(made)) == len(made)
+
+
+def test_two_processes_make_different_ids() -> None:
+    first, second = RequestIds(), RequestIds()
+    assert {first() for _ in range(100)}.isdisjoint({second() for _ in range(100)})
