@@ -188,7 +188,7 @@ class Client(asyncio.Protocol):
         self.out: list[bytes] = []  # for the upstream: one write() per data_received
         self.url = b""
         self.headers: Headers = []
-        self.chunked = self.held = False
+        self.chunked = self.held = self.responded = self.reusable = False
         self.keep_alive = self.request_done = True
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -205,6 +205,9 @@ class Client(asyncio.Protocol):
         except PARSE_ERRORS:
             self.transport.close()
             return
+        self.flush()
+
+    def flush(self) -> None:
         if self.out and self.upstream is not None:
             self.upstream.send(b"".join(self.out))
             self.out.clear()
@@ -223,11 +226,15 @@ class Client(asyncio.Protocol):
             self.upstream.pause_reading(False)
 
     def response_done(self, upstream_keep_alive: bool) -> None:
-        upstream, self.upstream = self.upstream, None
-        # An early response (before the request body ended) spoils both connections.
+        self.responded, self.reusable = True, upstream_keep_alive
+        if self.request_done:  # else the rest of the request body is relayed first
+            self.finish()
+
+    def finish(self) -> None:
+        upstream, self.upstream, self.responded = self.upstream, None, False
         if upstream is not None:
-            upstream.detach(reuse=upstream_keep_alive and self.request_done)
-        if self.keep_alive and self.request_done:
+            upstream.detach(reuse=self.reusable)
+        if self.keep_alive:
             self.hold(False)
         else:
             self.transport.close()
@@ -258,6 +265,9 @@ class Client(asyncio.Protocol):
         if self.chunked:
             self.out.append(LAST_CHUNK)
         self.request_done = True
+        if self.responded:  # it came early: done now, before the client's next request
+            self.flush()
+            self.finish()
 
 
 def address(text: str) -> tuple[str, int]:

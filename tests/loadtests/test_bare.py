@@ -191,6 +191,40 @@ async def test_an_upstream_that_does_not_read_stops_the_client_being_read() -> N
     assert grown < LITTLE_MIB, f"{grown:.1f} MiB buffered for an upstream that does not read"
 
 
+async def test_an_early_response_lets_the_request_body_finish_and_the_connection_go_on() -> None:
+    bodies: list[bytes] = []
+
+    async def early(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await read_head(reader)  # answered at once, as nginx answers POST /body
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nearly\n")
+        bodies.append(await reader.readexactly(content_length(head)))
+        await answering(lambda _: b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nnext\n")(
+            reader, writer
+        )
+
+    upstream = await ScriptedUpstream(early).start()
+    try:
+        async with bare_proxy(upstream.port) as (port, _):
+            conn = await RawConnection.open(port)
+            request = post(PAYLOAD)
+            half = len(request) // 2
+            await conn.send(request[:half])
+            first = await conn.response("POST")
+            await conn.send(request[half:] + get("/next"))  # the body's end and the next request
+            second = await conn.response()
+            await conn.close()
+    finally:
+        await upstream.close()
+    assert (first.status, first.body, second.status, second.body) == (
+        200,
+        b"early\n",
+        200,
+        b"next\n",
+    )
+    assert bodies == [PAYLOAD]
+    assert upstream.connections == 1
+
+
 async def test_chunked_bodies_are_relayed_both_ways() -> None:
     chunked = (
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
