@@ -1,9 +1,13 @@
-"""Loopback benchmark: rollout-proxy against nginx, HAProxy and the bare upstream.
+"""Loopback benchmark: rollout-proxy against nginx, HAProxy, a bare Python proxy and the upstream.
 
 Everything runs on 127.0.0.1 with ports found by binding port 0. An nginx upstream (two server
 blocks, "stable" and "canary", each adding an ``X-Pool`` header) and the load generator (wrk) are
 pinned to the first CPU; the proxy under test and the reference proxies to the second. Rounds are
-interleaved (nginx, haproxy, rollout-proxy, direct, nginx, ...) and medians reported.
+interleaved (nginx, haproxy, rollout-proxy, bare, direct, nginx, ...) and medians reported.
+
+``bare`` is loadtests/bare.py: asyncio.Protocol + httptools both ways with a keep-alive upstream
+pool and nothing else (no routing, no metrics), the floor for a Python proxy on this stack. The
+report relates rollout-proxy to it (RPS and CPU per request) as well as to nginx.
 
 rollout-proxy runs as shipped: metrics on, and a rollout in progress (a 10% canary step held for
 a day), so the controller's analysis counts every request; the benchmark checks through the
@@ -26,6 +30,7 @@ import asyncio
 import contextlib
 import datetime
 import http.client
+import importlib
 import json
 import os
 import platform
@@ -48,10 +53,12 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
 BODY_BYTES = MIB
-ALL_TARGETS = ("direct", "nginx", "haproxy", "rollout-proxy")
+ALL_TARGETS = ("direct", "nginx", "haproxy", "rollout-proxy", "bare")
 ALL_SCENARIOS = ("tiny", "tiny1", "body", "idle", "churn", "soak")
 DEFAULT_SCENARIOS = ("tiny", "tiny1", "body", "idle", "churn")  # soak is long: asked for by name
-ROTATION = ("nginx", "haproxy", "rollout-proxy", "direct")
+ROTATION = ("nginx", "haproxy", "rollout-proxy", "bare", "direct")
+BARE_SCRIPT = REPO_ROOT / "loadtests" / "bare.py"
+BARE_MODULES = ("httptools", "uvloop")  # what bare.py needs besides the standard library
 INSTALL_HINT = "install them with: apt-get install -y wrk nginx-light   (HAProxy: haproxy)"
 TENANTS = 1000
 SOAK_IDS = 50_000  # distinct tenant ids in the soak: more than the proxy's routing caches hold
@@ -722,6 +729,22 @@ class Bench:
         note = "as shipped: metrics and analysis on, rollout at a 10% canary step"
         return Target("rollout-proxy", ports[0], proc, note, admin_port=ports[1])
 
+    def start_bare(self) -> Target:
+        def build(ports: list[int]) -> tuple[list[str], Path | None, dict[str, str] | None]:
+            argv = [
+                sys.executable,
+                str(BARE_SCRIPT),
+                "--listen",
+                f"127.0.0.1:{ports[0]}",
+                "--upstream",
+                f"127.0.0.1:{self.upstream_ports[0]}",
+            ]
+            return pinned(self.target_cpu, argv), None, None
+
+        proc, ports = self._start("bare", build, 1, 1)
+        note = "asyncio.Protocol + httptools both ways, keep-alive pool (reference only)"
+        return Target("bare", ports[0], proc, note)
+
 
 def nginx_argv(prefix: Path) -> list[str]:
     return ["nginx", "-p", f"{prefix}/", "-c", "nginx.conf", "-e", "stderr"]
@@ -1292,7 +1315,19 @@ def available_targets(proxy_cmd_overridden: bool) -> dict[str, str | None]:
         "rollout-proxy": None
         if proxy_cmd_overridden or (REPO_ROOT / "proxy" / "cli.py").is_file()
         else "proxy/cli.py not found (the proxy is not built yet)",
+        "bare": missing_modules(BARE_MODULES),
     }
+
+
+def missing_modules(names: Sequence[str]) -> str | None:
+    """None when every module imports in this interpreter (the one that runs bare.py)."""
+    missing = []
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    return f"{', '.join(missing)} not importable" if missing else None
 
 
 def choose_cpus() -> tuple[int | None, int | None, str | None]:
@@ -1312,6 +1347,7 @@ def start_targets(
         "nginx": bench.start_nginx,
         "haproxy": bench.start_haproxy,
         "rollout-proxy": bench.start_rollout_proxy,
+        "bare": bench.start_bare,
     }
     ready, failures = [], {}
     for name in names:
@@ -1391,6 +1427,28 @@ def soak_rows(results: Sequence[SoakResult]) -> str:
     return table(head, rows)
 
 
+def versus_bare(summaries: dict[str, list[Summary]]) -> dict[str, dict[str, float | None]]:
+    """Per scenario: rollout-proxy's RPS and CPU us/request, each divided by bare's."""
+    out: dict[str, dict[str, float | None]] = {}
+    for scenario, rows in summaries.items():
+        by_target = {s.target: s for s in rows}
+        ours, bare = by_target.get("rollout-proxy"), by_target.get("bare")
+        if ours is None or bare is None or not ours.rps or not bare.rps:
+            continue
+        cpu = None
+        if ours.cpu_us_per_req is not None and bare.cpu_us_per_req:
+            cpu = ours.cpu_us_per_req / bare.cpu_us_per_req
+        out[scenario] = {"rps": ours.rps / bare.rps, "cpu_us_per_req": cpu}
+    return out
+
+
+def bare_line(scenario: str, ratios: dict[str, float | None]) -> str:
+    return (
+        f"rollout-proxy vs bare: {_fmt(ratios['rps'], '.2f')}x RPS, "
+        f"CPU us/req ratio {_fmt(ratios['cpu_us_per_req'], '.2f')} ({scenario})"
+    )
+
+
 def rollout_line(check: RolloutCheck) -> str:
     line = (
         f"rollout-proxy's rollout: {check.status or '?'} at step {check.step} "
@@ -1435,6 +1493,11 @@ def report(
         title = soak_scenario(opts).title
         print(f"\nsoak: {title}, RSS sampled over {opts.soak_requests:,} requests")
         print(soak_rows(soak))
+    vs_bare = versus_bare(summaries)
+    if vs_bare:
+        print()
+    for scenario, ratios in vs_bare.items():
+        print(bare_line(scenario, ratios))
     if rollout is not None:
         print(f"\n{rollout_line(rollout)}")
     for t in targets:
@@ -1449,6 +1512,7 @@ def report(
         "targets": {t.name: {"port": t.port, "note": t.note} for t in targets},
         "failures": failures,
         "summaries": {k: [asdict(s) for s in v] for k, v in summaries.items()},
+        "vs_bare": vs_bare,
         "runs": [asdict(r) | {"flagged": r.flagged, "errors": r.errors} for r in runs],
         "idle": [asdict(i) for i in idle],
         "soak": [asdict(r) for r in soak],
@@ -1522,7 +1586,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"comma list of {','.join(ALL_SCENARIOS)} (default: all but soak)",
     )
     p.add_argument(
-        "--targets", help=f"comma list of {','.join(ALL_TARGETS)} (default: all available)"
+        "--targets",
+        help=f"comma list of {','.join(ALL_TARGETS)} (default: all available); bare is "
+        "loadtests/bare.py, a minimal asyncio.Protocol + httptools proxy measured as a reference",
     )
     p.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
     p.add_argument(
