@@ -37,6 +37,7 @@ class ProxyProcess:
         self.proc: asyncio.subprocess.Process | None = None
         self.data_url = ""
         self.admin_url = ""
+        self.before_ready: list[str] = []
 
     async def start(self) -> ProxyProcess:
         self.proc = await asyncio.create_subprocess_exec(
@@ -51,15 +52,26 @@ class ProxyProcess:
             env=self.env,
             cwd=self.cwd,
         )
-        assert self.proc.stderr is not None
-        async with asyncio.timeout(15):
-            line = (await self.proc.stderr.readline()).decode()
-        match = _READY.search(line)
-        if match is None:
-            rest = (await self.proc.stderr.read()).decode()
-            raise AssertionError(f"proxy did not start: {line}{rest}")
+        match = await self._ready_line(within=15.0)
         self.data_url, self.admin_url = match.group(1), match.group(2)
         return self
+
+    async def _ready_line(self, within: float) -> re.Match[str]:
+        """The ready line; lines before it (a warning) are kept in `before_ready`. Fails with
+        what the process said when it ends first or does not get there within `within`."""
+        assert self.proc is not None
+        assert self.proc.stderr is not None
+        try:
+            async with asyncio.timeout(within):
+                while line := (await self.proc.stderr.readline()).decode():
+                    match = _READY.search(line)
+                    if match is not None:
+                        return match
+                    self.before_ready.append(line)
+        except TimeoutError:
+            pass
+        said = "".join(self.before_ready)
+        raise AssertionError(f"proxy did not start within {within:g} s:\n{said}")
 
     @property
     def pid(self) -> int:
