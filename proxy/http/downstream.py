@@ -44,6 +44,9 @@ class DownstreamProtocol(ClientConnection):
         self._tunnel: Exchange | None = None
         self._early: list[bytes] = []
         self._upgraded = False
+        # When the read being parsed arrived: the parser's callbacks set their deadlines from
+        # it (every one of them runs inside `data_received`) instead of asking the loop each.
+        self._read_at = 0.0
 
     # --- asyncio callbacks --------------------------------------------------------------
 
@@ -64,6 +67,7 @@ class DownstreamProtocol(ClientConnection):
         if self.phase == HEAD:
             head.more(data)
         head.chunk = data
+        self._read_at = self.loop.time()
         self.in_feed = True
         try:
             self._parser.feed_data(data)
@@ -101,12 +105,12 @@ class DownstreamProtocol(ClientConnection):
         self.reading = True
         self._body_size = 0
         self.phase = HEAD
-        self.deadline = self.loop.time() + self.limits.header_timeout_s
+        self.deadline = self._read_at + self.limits.header_timeout_s
 
     def on_headers_complete(self) -> None:
         request = self.head.complete(self.draining)
         self.phase = BODY
-        now = self.loop.time()
+        now = self._read_at
         self.deadline = now + self.limits.body_timeout_s
         self.body_deadline = now + self.limits.body_total_timeout_s
         engine = self.engine
@@ -125,7 +129,7 @@ class DownstreamProtocol(ClientConnection):
             self._body_size += len(body)
             if self._body_size > limit:
                 raise BadRequest("request body too large", 413)
-        self.deadline = self.loop.time() + self.limits.body_timeout_s
+        self.deadline = self._read_at + self.limits.body_timeout_s
         if self._parsing is not None:
             self._parsing.request_body(body)
 
@@ -138,7 +142,7 @@ class DownstreamProtocol(ClientConnection):
             self.phase = WAIT
         elif self._fatal is None:
             self.phase = IDLE
-            self.deadline = self.loop.time() + self.limits.idle_timeout_s
+            self.deadline = self._read_at + self.limits.idle_timeout_s
         self.reading = False
 
     # --- upgrades -----------------------------------------------------------------------
