@@ -23,6 +23,7 @@ from aiohttp import web
 
 from proxy.http.downstream import DownstreamProtocol
 from tests.support.client import RawConnection, exchange, get
+from tests.support.process import ready_line
 from tests.support.proxy import config_dict, running_proxy, service
 from tests.support.servers import ScriptedUpstream, answering, read_head, target_of
 from tests.support.upstream import Received, RecordingUpstream, Reply
@@ -99,10 +100,7 @@ async def proxy_process(config: dict[str, Any], workdir: Path) -> AsyncIterator[
     )  # fmt: skip
     try:
         assert process.stderr is not None
-        async with asyncio.timeout(15):
-            line = (await process.stderr.readline()).decode()
-        found = re.search(r"data plane on (http://\S+?),", line)
-        assert found, f"the proxy did not start: {line!r}"
+        found = await ready_line(process.stderr, re.compile(r"data plane on (http://\S+?),"))
         yield process.pid, found.group(1)
     finally:
         with contextlib.suppress(ProcessLookupError):

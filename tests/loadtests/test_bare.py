@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from tests.support.client import RawConnection, Response, get
+from tests.support.process import ready_line
 from tests.support.servers import ScriptedUpstream, answering, content_length, read_head
 from tests.support.upstream import Received, RecordingUpstream, Reply
 
@@ -23,6 +24,9 @@ MIB = 1024 * 1024
 PAYLOAD = random.Random(2026).randbytes(MIB)  # no repeating pattern: a misplaced piece shows
 BIG = 16 * MIB  # much more than the kernel's socket buffers hold on loopback
 LITTLE_MIB = 6.0  # what the proxy may grow by while one side does not read (flow control)
+
+
+_READY = re.compile(r"bare proxy on http://127\.0\.0\.1:(\d+)")
 
 
 @asynccontextmanager
@@ -39,10 +43,7 @@ async def bare_proxy(upstream_port: int) -> AsyncIterator[tuple[int, int]]:
     )
     try:
         assert proc.stderr is not None
-        async with asyncio.timeout(15):
-            line = (await proc.stderr.readline()).decode()
-        match = re.search(r"bare proxy on http://127\.0\.0\.1:(\d+)", line)
-        assert match, f"bare.py did not start: {line}"
+        match = await ready_line(proc.stderr, _READY)
         yield int(match.group(1)), proc.pid
     finally:
         if proc.returncode is None:

@@ -16,6 +16,29 @@ ROOT = Path(__file__).resolve().parents[2]
 _READY = re.compile(r"data plane on (http://\S+), admin on (http://\S+)")
 
 
+async def ready_line(
+    stream: asyncio.StreamReader,
+    pattern: re.Pattern[str],
+    within: float = 15.0,
+    before: list[str] | None = None,
+) -> re.Match[str]:
+    """The first line of a starting process's `stream` that matches `pattern`; the lines before
+    it (a warning) go to `before`. Fails with what the process said when it ends first or does
+    not get there within `within`."""
+    seen = before if before is not None else []
+    try:
+        async with asyncio.timeout(within):
+            while line := (await stream.readline()).decode():
+                match = pattern.search(line)
+                if match is not None:
+                    return match
+                seen.append(line)
+    except TimeoutError:
+        pass
+    said = "".join(seen)
+    raise AssertionError(f"no line matching {pattern.pattern!r} within {within:g} s:\n{said}")
+
+
 class ProxyProcess:
     """A started `rollout-proxy run`; `data_url` and `admin_url` once it is serving."""
 
@@ -57,21 +80,9 @@ class ProxyProcess:
         return self
 
     async def _ready_line(self, within: float) -> re.Match[str]:
-        """The ready line; lines before it (a warning) are kept in `before_ready`. Fails with
-        what the process said when it ends first or does not get there within `within`."""
         assert self.proc is not None
         assert self.proc.stderr is not None
-        try:
-            async with asyncio.timeout(within):
-                while line := (await self.proc.stderr.readline()).decode():
-                    match = _READY.search(line)
-                    if match is not None:
-                        return match
-                    self.before_ready.append(line)
-        except TimeoutError:
-            pass
-        said = "".join(self.before_ready)
-        raise AssertionError(f"proxy did not start within {within:g} s:\n{said}")
+        return await ready_line(self.proc.stderr, _READY, within, self.before_ready)
 
     @property
     def pid(self) -> int:
