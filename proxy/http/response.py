@@ -33,6 +33,7 @@ CHUNKED: Final = 2
 CLOSE: Final = 3
 
 _UPGRADED: Final = b"Connection: upgrade\r\nUpgrade: websocket\r\n\r\n"
+# Hop-by-hop fields, and the upstream's own X-Request-ID (it would contradict the proxy's).
 _DROPPED: Final = RESPONSE_NOT_RELAYED
 
 

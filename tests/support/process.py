@@ -75,14 +75,10 @@ class ProxyProcess:
             env=self.env,
             cwd=self.cwd,
         )
-        match = await self._ready_line(within=15.0)
+        assert self.proc.stderr is not None
+        match = await ready_line(self.proc.stderr, _READY, before=self.before_ready)
         self.data_url, self.admin_url = match.group(1), match.group(2)
         return self
-
-    async def _ready_line(self, within: float) -> re.Match[str]:
-        assert self.proc is not None
-        assert self.proc.stderr is not None
-        return await ready_line(self.proc.stderr, _READY, within, self.before_ready)
 
     @property
     def pid(self) -> int:
