@@ -92,6 +92,22 @@ _RESPONSE_KINDS: Final[dict[bytes, int]] = {
 # Every response field that is not relayed as it is, lower-cased.
 RESPONSE_NOT_RELAYED: Final = frozenset(_RESPONSE_KINDS)
 
+
+def _first_letters_by_length(names: frozenset[bytes]) -> list[int]:
+    """For each name length, a mask of the names' first letters: bit `byte & 31`, the same for
+    both cases of a letter."""
+    masks = [0] * (max(len(name) for name in names) + 1)
+    for name in names:
+        masks[len(name)] |= 1 << (name[0] & 31)
+    return masks
+
+
+# A response field whose name differs in length or first letter from every name not relayed
+# (Server, Date, Content-Type...) is relayed with no lookup: a lookup hashes the name, a new
+# object in every response, and that costs more than the rest of the field's relay. The test
+# is native integer work once compiled.
+_MAY_NOT_RELAY: Final = _first_letters_by_length(RESPONSE_NOT_RELAYED)
+
 # Spellings a `FieldNames` table holds before it starts again.
 _SPELLINGS_MAX: Final = 512
 
@@ -119,6 +135,9 @@ class FieldNames:
 
     def response_kind(self, name: bytes) -> int:
         """What a response field named `name` is (R_*): one lookup for a spelling seen before."""
+        size = len(name)
+        if not 0 < size < len(_MAY_NOT_RELAY) or not _MAY_NOT_RELAY[size] >> (name[0] & 31) & 1:
+            return R_RELAY
         kind = self._response.get(name)
         if kind is None:
             kind = _RESPONSE_KINDS.get(name.lower(), R_RELAY)

@@ -53,5 +53,21 @@ def test_a_response_field_kind_follows_its_lower_cased_name(names: list[bytes]) 
     assert len(table._response) <= 512
 
 
+@st.composite
+def near_misses(draw: st.DrawFn) -> bytes:
+    """A name not relayed, one byte after the first changed and its case mixed: the same
+    length and first letter, so only the lookup can tell it apart."""
+    name = bytearray(draw(st.sampled_from(sorted(RESPONSE_NOT_RELAYED))))
+    name[draw(st.integers(1, len(name) - 1))] = draw(st.integers(0, 255))
+    return bytes(draw(st.sampled_from([bytes.lower, bytes.upper, bytes.title]))(bytes(name)))
+
+
+@given(st.lists(near_misses(), min_size=1, max_size=50))
+def test_a_name_alike_in_length_and_first_letter_is_looked_up(names: list[bytes]) -> None:
+    table = FieldNames()
+    for name in names:
+        assert (table.response_kind(name) == R_RELAY) == (name.lower() not in RESPONSE_NOT_RELAYED)
+
+
 def test_every_hop_by_hop_field_and_the_request_id_are_not_relayed() -> None:
     assert HOP_BY_HOP | {b"x-request-id"} == RESPONSE_NOT_RELAYED
