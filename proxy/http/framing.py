@@ -37,6 +37,14 @@ CRLF: Final = b"\r\n"
 LAST_CHUNK: Final = b"0\r\n\r\n"
 
 
+def names_no_field(connection: bytes) -> bool:
+    """A Connection value of one standard option, which makes no other field hop-by-hop. The
+    usual spellings compare without making a new object."""
+    if connection == b"keep-alive" or connection == b"close":
+        return True
+    return connection.strip().lower() in STANDARD_OPTIONS
+
+
 def reason_phrase(status: int) -> bytes:
     """The standard reason phrase of `status` (the upstream's own phrase is not relayed)."""
     try:

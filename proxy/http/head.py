@@ -268,7 +268,7 @@ class RequestHead:
     def _drop_connection_options(self, request: Request) -> None:
         """Fields named in Connection are hop-by-hop too (RFC 9110 7.6.1)."""
         values = self.connection_tokens
-        if len(values) == 1 and values[0].strip().lower() in framing.STANDARD_OPTIONS:
+        if len(values) == 1 and framing.names_no_field(values[0]):
             return  # the usual `Connection: close` or `keep-alive`, which names no field
         named = framing.connection_tokens(values) - framing.STANDARD_OPTIONS
         if not named:

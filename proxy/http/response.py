@@ -21,7 +21,13 @@ from proxy.http.fields import (
     RESPONSE_NOT_RELAYED,
     FieldNames,
 )
-from proxy.http.framing import CRLF, STANDARD_OPTIONS, connection_tokens, status_line
+from proxy.http.framing import (
+    CRLF,
+    STANDARD_OPTIONS,
+    connection_tokens,
+    names_no_field,
+    status_line,
+)
 
 if TYPE_CHECKING:
     from proxy.http.request import Request
@@ -63,7 +69,7 @@ def response_head(
                 length = value.strip()
             elif kind == R_TE:
                 chunked = True
-            elif kind == R_CONNECTION and value.strip().lower() not in STANDARD_OPTIONS:
+            elif kind == R_CONNECTION and not names_no_field(value):
                 named = connection_tokens([value]) - STANDARD_OPTIONS
                 if named:
                     drop = drop | named
