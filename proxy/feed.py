@@ -7,7 +7,7 @@ them (`deciding`), and calls the controller back when the guardrail trips.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 from proxy.core.analysis import Assessment, classify_status
@@ -28,7 +28,7 @@ class AnalysisFeed(Evidence):
 
     def __init__(
         self,
-        rollouts: Mapping[str, Rollout],
+        rollouts: dict[str, Rollout],  # a dict, so that compiled `get` is a dict lookup
         now: Callable[[], float],
         on_trip: Callable[[str, Assessment], None],
         *,
