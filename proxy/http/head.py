@@ -87,7 +87,8 @@ class RequestHead:
         "url",
     )
 
-    parser: httptools.HttpRequestParser  # set by the connection once it has created it
+    # Set by the connection once it has created it; None once the connection is lost.
+    parser: httptools.HttpRequestParser | None
 
     def __init__(
         self,
@@ -195,7 +196,9 @@ class RequestHead:
             request.content_length = int(value)
         elif kind == H_TE:
             request.chunked = True
-            http10 = self.parser.get_http_version() == "1.0"
+            parser = self.parser
+            assert parser is not None  # a field is parsed by it
+            http10 = parser.get_http_version() == "1.0"
             check_transfer_encoding(value, b"1.0" if http10 else b"1.1")
         elif kind == H_EXPECT:
             if value.strip().lower() != b"100-continue":
@@ -236,6 +239,7 @@ class RequestHead:
         request = self.request
         assert request is not None
         parser = self.parser
+        assert parser is not None
         request.method = parser.get_method()
         self._check_line(request)
         if request.method == b"CONNECT":

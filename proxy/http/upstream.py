@@ -40,7 +40,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.reused = False
         self.usable = False
         self.paused = False  # reading paused because the client is not reading
-        self._parser = httptools.HttpResponseParser(self)
+        self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self._headers: list[tuple[bytes, bytes]] = []
 
     # asyncio callbacks
@@ -59,8 +59,10 @@ class UpstreamConnection(asyncio.Protocol):
         if exchange.tunnel:
             exchange.client_write(data)
             return
+        parser = self._parser
+        assert parser is not None  # let go of only once the connection is lost
         try:
-            self._parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             exchange.switch_protocols(data[upgrade.args[0] :])
         except httptools.HttpParserCallbackError as exc:
@@ -76,6 +78,9 @@ class UpstreamConnection(asyncio.Protocol):
             exchange.flush_client()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # The parser and this connection hold each other: let go of it, so that the
+        # connection is freed at once instead of by the cycle collector.
+        self._parser = None
         self.usable = False
         self.endpoint.forget(self)
         exchange = self.exchange
@@ -98,8 +103,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        if self.exchange is not None:
-            parser = self._parser
+        parser = self._parser
+        if self.exchange is not None and parser is not None:
             self.exchange.response_head(
                 parser.get_status_code(),
                 self._headers,
