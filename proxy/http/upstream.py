@@ -104,7 +104,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         parser = self._parser
-        if self.exchange is not None and parser is not None:
+        assert parser is not None  # this is its own callback
+        if self.exchange is not None:
             self.exchange.response_head(
                 parser.get_status_code(),
                 self._headers,
