@@ -8,7 +8,7 @@ reused, how a failure is reported and what the client sees are the exchange's bu
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
@@ -18,12 +18,21 @@ if TYPE_CHECKING:
     from proxy.http.exchange import Exchange
     from proxy.http.pool import Endpoint
 
+# The largest response head taken (502 beyond): nginx refuses one larger than its
+# proxy_buffer_size (4 or 8 KiB); this lets big cookie and policy fields through. Without a
+# bound, llhttp would hand over a field of any size, grown read after read.
+MAX_RESPONSE_HEAD: Final = 65536
+
 
 class UpstreamConnection(asyncio.Protocol):
     """A client connection to an upstream, driven by the exchange it is attached to."""
 
     __slots__ = (
+        "_ended",
+        "_final",
+        "_head_size",
         "_headers",
+        "_in_head",
         "_parser",
         "endpoint",
         "exchange",
@@ -42,6 +51,13 @@ class UpstreamConnection(asyncio.Protocol):
         self.paused = False  # reading paused because the client is not reading
         self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self._headers: list[tuple[bytes, bytes]] = []
+        # `_in_head`: the bytes read are (the rest of) a response head, `_head_size` of them
+        # so far; `_final`: the last head was a final (not 1xx) one; `_ended`: a final
+        # response ended in the read being parsed.
+        self._in_head = True
+        self._head_size = 0
+        self._final = False
+        self._ended = False
 
     # asyncio callbacks
 
@@ -61,21 +77,36 @@ class UpstreamConnection(asyncio.Protocol):
             return
         parser = self._parser
         assert parser is not None  # let go of only once the connection is lost
+        self._ended = False
+        if self._in_head:
+            self._head_size += len(data)
         try:
             parser.feed_data(data)
+            if self._in_head and self._head_size > MAX_RESPONSE_HEAD:
+                raise UpstreamError("protocol", "response head too large")
         except httptools.HttpParserUpgrade as upgrade:
             exchange.switch_protocols(data[upgrade.args[0] :])
         except httptools.HttpParserCallbackError as exc:
             error = exc.__context__
             if not isinstance(error, UpstreamError):
                 raise
-            self.usable = False
-            exchange.upstream_failed(error, self.endpoint)
+            self._failed(error)
         except httptools.HttpParserError as exc:
-            self.usable = False
-            exchange.upstream_failed(UpstreamError("protocol", str(exc)), self.endpoint)
+            self._failed(UpstreamError("protocol", str(exc)))
+        except UpstreamError as error:
+            self._failed(error)
         if exchange.out:
             exchange.flush_client()
+
+    def _failed(self, error: UpstreamError) -> None:
+        """The upstream broke the protocol. The exchange that gets the error is the one
+        attached now: within a read, the connection may have gone to a queued exchange."""
+        self.usable = False
+        exchange = self.exchange
+        if exchange is None:
+            self.close()
+        else:
+            exchange.upstream_failed(error, self.endpoint)
 
     def connection_lost(self, exc: Exception | None) -> None:
         # The parser and this connection hold each other: let go of it, so that the
@@ -105,12 +136,16 @@ class UpstreamConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         parser = self._parser
         assert parser is not None  # this is its own callback
+        status = parser.get_status_code()
+        self._final = status >= 200
+        self._in_head = not self._final
+        self._head_size = 0
         if self.exchange is not None:
-            self.exchange.response_head(
-                parser.get_status_code(),
-                self._headers,
-                parser.should_keep_alive(),
-            )
+            if self._ended:
+                # The head began in the read that ended the previous response: bytes the
+                # exchange now attached did not ask for.
+                raise UpstreamError("protocol", "response after the end of the response")
+            self.exchange.response_head(status, self._headers, parser.should_keep_alive())
 
     def on_body(self, body: bytes) -> None:
         if self.exchange is not None:
@@ -118,6 +153,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self._headers = []  # with any trailer fields, which are never forwarded
+        self._ended = self._final
+        self._in_head = True
         if self.exchange is not None:
             self.exchange.response_complete()
 
