@@ -139,7 +139,7 @@ class ClientConnection(asyncio.Protocol):
             return
         self.current = None
         if exchange.close_after or self.draining:
-            self.close()
+            self.close(linger=not self._said_its_last(exchange))
             return
         if self._queue:
             self.resume_reading_for(QUEUE_FULL)
@@ -149,6 +149,23 @@ class ClientConnection(asyncio.Protocol):
         elif self._parsing is None and not self.reading:
             self.phase = IDLE
             self.deadline = self.loop.time() + self.limits.idle_timeout_s
+
+    def _said_its_last(self, exchange: Exchange) -> bool:
+        """Has the client ended with `exchange`: its request asked for the close (HTTP/1.0,
+        `Connection: close`; not an upgrade, whose client may send the new protocol), it was
+        read whole and nothing was read after it? Such a client sends nothing more, so there
+        is nothing to linger for (nginx's lingering_close heuristic): the close saves a read
+        and a wakeup per connection and frees the socket at once."""
+        request = exchange.request
+        return (
+            not request.keep_alive
+            and not request.websocket
+            and not self.draining
+            and not self.reading
+            and self._parsing is None
+            and not self._queue
+            and self._fatal is None
+        )
 
     def _failed(self) -> bool:
         return self.closing or self._fatal is not None
@@ -315,11 +332,12 @@ class ClientConnection(asyncio.Protocol):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
         transport.abort()
 
-    def close(self) -> None:
+    def close(self, *, linger: bool = True) -> None:
         """Close after what was written, lingering: the write side is shut first and what
         the client still sends is read and dropped for a moment, because closing a socket with
         unread input makes the kernel send a reset that can destroy the response in flight
-        (a client still uploading a body the upstream already answered)."""
+        (a client still uploading a body the upstream already answered). `linger=False`: the
+        client sends nothing more, the socket is closed once the response is out."""
         transport = self.transport
         if transport is None or self.closing:
             return
@@ -327,7 +345,7 @@ class ClientConnection(asyncio.Protocol):
             self.abort()
             return
         self.closing = True
-        if not transport.can_write_eof():
+        if not linger or not transport.can_write_eof():
             transport.close()
             return
         transport.write_eof()
