@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import ipaddress
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from proxy.http.connection import ClientConnection
 from proxy.http.downstream import DownstreamProtocol
@@ -103,7 +103,10 @@ class Engine:
             reuse_port=reuse_port or None,
         )
         self._sweeper = self.loop.call_later(self.sweep_s, self._sweep)
-        sockname = self._server.sockets[0].getsockname()
+        # Untyped here: uvloop's server gives its sockets as a list where typeshed says a
+        # tuple, which the compiled build would check and refuse.
+        server: Any = self._server
+        sockname = server.sockets[0].getsockname()
         return str(sockname[0]), int(sockname[1])
 
     def _sweep(self) -> None:
