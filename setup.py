@@ -37,6 +37,7 @@ HOT_MODULES = [
     "proxy/feed.py",
     "proxy/fleet/batch.py",
     "proxy/metrics.py",
+    "proxy/config/model.py",
     "proxy/core/analysis.py",
     "proxy/core/bucketing.py",
     "proxy/core/checks.py",
