@@ -187,8 +187,8 @@ services:
         - {{percent: 100}}
       analysis:
         # The canary's requests through the proxy are slower than the stable ones against
-        # the very same nginx here (fewer requests per upstream connection; see the README):
-        # the default 25% tolerance rolls the benchmark's own rollout back.
+        # the very same nginx here (tiny, 64 connections: 2.1 ms in the proxy on average
+        # against 1.4 ms): the default 25% tolerance rolls the benchmark's own rollout back.
         latency: {{max_increase: 2.0}}
 """
 
