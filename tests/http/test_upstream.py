@@ -1,5 +1,6 @@
-"""End to end: a response head is taken from the bytes read, in whatever reads it arrives; one
-too large is a 502, and bytes after a response are never taken for the next one's."""
+"""proxy/http/upstream.py, end to end: a response head is relayed whatever the reads it arrives
+in; one over the bound is a 502, and a response the upstream sends after the one asked for is
+never taken for the next request's."""
 
 from __future__ import annotations
 
