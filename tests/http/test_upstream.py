@@ -15,7 +15,13 @@ from proxy.http.upstream import MAX_RESPONSE_HEAD
 from proxy.runtime import Runtime
 from tests.support.client import RawConnection, exchange, get, scrape, series
 from tests.support.proxy import config_dict, running_proxy, service
-from tests.support.servers import ScriptedUpstream, content_length, read_head, target_of
+from tests.support.servers import (
+    ScriptedUpstream,
+    answering,
+    per_request,
+    read_head,
+    target_of,
+)
 
 RESPONSE = (
     b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n"
@@ -36,19 +42,13 @@ async def proxy_for(
 def in_pieces(pieces: list[bytes]) -> ScriptedUpstream:
     """Answers every request with `pieces`, each written and drained on its own, apart."""
 
-    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            try:
-                head = await read_head(reader)
-            except asyncio.IncompleteReadError:
-                return
-            await reader.readexactly(content_length(head))
-            for piece in pieces:
-                writer.write(piece)
-                await writer.drain()
-                await asyncio.sleep(0.005)
+    async def reply(head: bytes, writer: asyncio.StreamWriter) -> None:
+        for piece in pieces:
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(0.005)
 
-    return ScriptedUpstream(script)
+    return ScriptedUpstream(per_request(reply))
 
 
 def cut(data: bytes, at: list[int]) -> list[bytes]:
@@ -129,18 +129,11 @@ async def test_bytes_after_a_response_are_not_the_next_requests_response() -> No
     no request, and the next request on the connection gets its own answer or a 502."""
     extra = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nextra"
 
-    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            try:
-                head = await read_head(reader)
-            except asyncio.IncompleteReadError:
-                return
-            body = target_of(head)
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-            writer.write(extra)
-            await writer.drain()
+    def with_extra(head: bytes) -> bytes:
+        body = target_of(head)
+        return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s%s" % (len(body), body, extra)
 
-    upstream = await ScriptedUpstream(script).start()
+    upstream = await ScriptedUpstream(answering(with_extra)).start()
     async with proxy_for(upstream) as (_, port):
         conn = await RawConnection.open(port)
         answers = []

@@ -159,11 +159,12 @@ def reset(writer: asyncio.StreamWriter) -> None:
 
 
 Responder = Callable[[bytes], bytes]
+Replier = Callable[[bytes, asyncio.StreamWriter], Awaitable[None]]
 
 
-def answering(responder: Responder) -> Script:
-    """A keep-alive script: for each request (head + Content-Length body), write
-    `responder(head)`; ends when the proxy closes the connection."""
+def per_request(reply: Replier) -> Script:
+    """A keep-alive script: for each request (head + Content-Length body), await
+    `reply(head, writer)`; ends when the proxy closes the connection."""
 
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:
@@ -172,10 +173,19 @@ def answering(responder: Responder) -> Script:
             except asyncio.IncompleteReadError:
                 return
             await reader.readexactly(content_length(head))
-            writer.write(responder(head))
-            await writer.drain()
+            await reply(head, writer)
 
     return script
+
+
+def answering(responder: Responder) -> Script:
+    """A keep-alive script writing `responder(head)` for each request."""
+
+    async def reply(head: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(responder(head))
+        await writer.drain()
+
+    return per_request(reply)
 
 
 def target_of(head: bytes) -> bytes:
