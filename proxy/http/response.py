@@ -74,21 +74,18 @@ def response_head(
                 if named:
                     drop = drop | named
             continue
-        # Joined once below (no bytes object per field line); appended one by one, which
-        # compiles to plain list appends where `+=` of a tuple builds the tuple first.
-        parts.append(name)
-        parts.append(b": ")
-        parts.append(value)
-        parts.append(CRLF)
+        # One line per field: compiled, `%` of bytes is one allocation and three copies, and
+        # the join below then takes one item per field instead of four.
+        parts.append(b"%b: %b\r\n" % (name, value))
     if drop is not _DROPPED:
         parts = [parts[0], *_without(headers, drop)]
     if request.request_id:
-        parts += (b"X-Request-ID: ", request.request_id, CRLF)
+        parts.append(b"X-Request-ID: %b\r\n" % request.request_id)
     framing = _framing(status, length, chunked, request)
     if length is not None and (
         framing == LENGTH or (framing == NO_BODY and length and status != 204)
     ):
-        parts += (b"Content-Length: ", length, CRLF)
+        parts.append(b"Content-Length: %b\r\n" % length)
     elif framing == CHUNKED:
         parts.append(b"Transfer-Encoding: chunked\r\n")
     close = close or framing == CLOSE
@@ -123,4 +120,4 @@ def switching_head(headers: list[tuple[bytes, bytes]], request_id: bytes = b"") 
 
 def _without(headers: list[tuple[bytes, bytes]], drop: frozenset[bytes]) -> list[bytes]:
     """The field lines of `headers` whose name is not in `drop`."""
-    return [b"%s: %s\r\n" % (name, value) for name, value in headers if name.lower() not in drop]
+    return [b"%b: %b\r\n" % (name, value) for name, value in headers if name.lower() not in drop]
