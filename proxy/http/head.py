@@ -37,11 +37,9 @@ from proxy.http.request import (
     check_transfer_encoding,
     split_target,
 )
-from proxy.http.requestid import INVALID, acceptable
+from proxy.http.requestid import INVALID, RequestIds, acceptable
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     import httptools
 
     from proxy.config import Limits
@@ -71,12 +69,12 @@ class RequestHead:
         "count",
         "extra",
         "host_checked",
+        "ids",
         "kinds",
         "limits",
         "max_header_bytes",
         "max_headers",
         "names",
-        "new_id",
         "parser",
         "request",
         "scan",
@@ -94,12 +92,12 @@ class RequestHead:
         self,
         limits: Limits,
         kinds: dict[bytes, int],
-        new_id: Callable[[], bytes],
+        ids: RequestIds,
         names: FieldNames | None = None,
     ) -> None:
         self.limits = limits
         self.names = names or FieldNames()
-        self.new_id = new_id  # makes the X-Request-ID of a request that brings none to keep
+        self.ids = ids  # makes the X-Request-ID of a request that brings none to keep
         self.max_headers = limits.max_headers
         self.max_header_bytes = limits.max_header_bytes
         self.kinds = kinds
@@ -249,7 +247,7 @@ class RequestHead:
         split_target(request, self.url)
         self._check_body(request)
         if not request.request_id or not acceptable(request.request_id):
-            request.request_id = self.new_id()
+            request.request_id = self.ids.make()
         if self.connection_tokens:
             self._drop_connection_options(request)
         if not (request.websocket and parser.should_upgrade() and request.method == b"GET"):

@@ -19,6 +19,9 @@ INVALID: Final = b" "
 # The counter starts here so that every id it makes has 16 hex digits with no padding to
 # format (2**64 - 2**60 ids before a 17th digit).
 _FIRST: Final = 1 << 60
+# The counter's last two hex digits, ready-made: `%x` of an int is a generic formatting call,
+# so the rest of the id is formatted once per 256 ids, and each id is one concatenation.
+_LOW_DIGITS: Final = tuple(b"%02x" % low for low in range(256))
 
 
 def acceptable(value: bytes) -> bool:
@@ -29,13 +32,20 @@ def acceptable(value: bytes) -> bool:
 class RequestIds:
     """Makes ids unique across processes (64 random bits) and within one (a counter)."""
 
-    __slots__ = ("_next", "_prefix")
+    __slots__ = ("_block", "_high", "_low", "_prefix")
 
     def __init__(self, prefix: bytes | None = None) -> None:
         self._prefix = prefix if prefix is not None else os.urandom(8).hex().encode()
-        self._next = _FIRST
+        # The counter is `_high * 256 + _low`; `_block` is the prefix and `_high` in hex.
+        self._high = _FIRST >> 8
+        self._low = 0
+        self._block = self._prefix + b"%x" % self._high
 
-    def __call__(self) -> bytes:
-        n = self._next
-        self._next = n + 1
-        return self._prefix + b"%x" % n
+    def make(self) -> bytes:
+        low = self._low
+        if low == 256:
+            self._high += 1
+            self._block = self._prefix + b"%x" % self._high
+            low = 0
+        self._low = low + 1
+        return self._block + _LOW_DIGITS[low]

@@ -123,11 +123,17 @@ async def test_a_response_the_proxy_makes_carries_the_id(tmp_path: Path) -> None
 
 def test_ids_made_by_one_process_are_32_hex_digits_and_never_repeat() -> None:
     ids = RequestIds()
-    made = [ids() for _ in range(10_000)]
+    made = [ids.make() for _ in range(10_000)]
     assert all(GENERATED.match(i.decode()) for i in made)
     assert len(set(made)) == len(made)
 
 
 def test_two_processes_make_different_ids() -> None:
     first, second = RequestIds(), RequestIds()
-    assert {first() for _ in range(100)}.isdisjoint({second() for _ in range(100)})
+    assert {first.make() for _ in range(100)}.isdisjoint({second.make() for _ in range(100)})
+
+
+def test_ids_count_up_by_one_across_the_blocks_of_formatted_digits() -> None:
+    ids = RequestIds(prefix=b"0" * 16)
+    counters = [int(ids.make()[16:], 16) for _ in range(1_000)]
+    assert counters == list(range(1 << 60, (1 << 60) + 1_000))
