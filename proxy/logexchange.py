@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Final
 import orjson
 
 from proxy.core.identity import IdSource
-from proxy.http.exchange import Exchange
+from proxy.http.exchange import Exchange, Exchanges
 
 if TYPE_CHECKING:
     from proxy.accesslog import AccessLog
@@ -34,7 +34,6 @@ if TYPE_CHECKING:
     from proxy.http.downstream import DownstreamProtocol
     from proxy.http.pool import Endpoint
     from proxy.http.request import Request
-    from proxy.http.server import ExchangeFactory
 
 COMPLETED: Final = "completed"
 ABORTED: Final = "aborted"
@@ -172,10 +171,13 @@ class LoggedExchange(Exchange):
             self.lines.write(self, status, True, REFUSED)
 
 
-def logged_exchanges(lines: AccessLines) -> ExchangeFactory:
-    """The engine's exchange factory when access logs are on."""
+class LoggedExchanges(Exchanges):
+    """The engine's maker of exchanges when access logs are on."""
 
-    def make(client: DownstreamProtocol, request: Request, route: Route) -> Exchange:
-        return LoggedExchange(client, request, route, lines)
+    __slots__ = ("lines",)
 
-    return make
+    def __init__(self, lines: AccessLines) -> None:
+        self.lines = lines
+
+    def make(self, client: DownstreamProtocol, request: Request, route: Route) -> Exchange:
+        return LoggedExchange(client, request, route, self.lines)

@@ -28,16 +28,15 @@ from proxy.controller import Clock, Controller
 from proxy.core.identity import header_rule_names, relevant_headers
 from proxy.dataplane import Evidence, Router
 from proxy.fleet.batch import EvidenceBuffer, ServiceEvidence, replay
-from proxy.http.exchange import Exchange
+from proxy.http.exchange import Exchanges
 from proxy.http.server import Engine
-from proxy.logexchange import AccessLines, logged_exchanges, path_id_patterns
+from proxy.logexchange import AccessLines, LoggedExchanges, path_id_patterns
 from proxy.metrics import Metrics
 from proxy.store import open_store
 from proxy.workers.supervisor import Supervisor
 
 if TYPE_CHECKING:
     from proxy.fleet.replica import Replica
-    from proxy.http.server import ExchangeFactory
 
 
 class Runtime:
@@ -190,12 +189,12 @@ def data_engine(
 ) -> tuple[Engine, AccessLog | None]:
     """The HTTP engine of the data plane (in this process, or in a worker process), and its
     access log when the config turns it on (started; the caller closes it)."""
-    exchange: ExchangeFactory = Exchange
+    exchanges = Exchanges()
     access_log = None
     if config.access_log.enabled:
         access_log = AccessLog(config.access_log.path, loop)
         access_log.start()
-        exchange = logged_exchanges(AccessLines(access_log, path_id_patterns(config)))
+        exchanges = LoggedExchanges(AccessLines(access_log, path_id_patterns(config)))
     engine = Engine(
         config,
         router,
@@ -203,7 +202,7 @@ def data_engine(
         identity_headers=header_rule_names(config),
         relevant_headers=relevant_headers(config),
         on_reject=lambda error: metrics.rejected(error.status),
-        exchange=exchange,
+        exchanges=exchanges,
     )
     return engine, access_log
 

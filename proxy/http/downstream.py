@@ -124,7 +124,7 @@ class DownstreamProtocol(ClientConnection):
         self.deadline = now + self.limits.body_timeout_s
         self.body_deadline = now + self.limits.body_total_timeout_s
         engine = self.engine
-        exchange = engine.exchange(self, request, engine.router.route(request, self))
+        exchange = engine.exchanges.make(self, request, engine.router.route(request, self))
         self._parsing = exchange
         if self.current is None:
             self._begin(exchange)

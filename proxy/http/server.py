@@ -2,8 +2,8 @@
 
 One `Engine` per listening socket. It owns what every downstream connection shares: the limits,
 the router, the table of header names that need special handling, the trusted-peer check, the
-maker of request ids, the kind of exchange a request gets (`exchange`: an `Exchange`, or a
-subclass that also writes access logs), the set of live connections, and one sweeper timer
+maker of request ids, the maker of each request's exchange (`exchanges`: plain ones, or
+ones that also write access logs), the set of live connections, and one sweeper timer
 that enforces every connection's deadline (a per-request timer would cost more than the
 request).
 """
@@ -18,17 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 from proxy.http.connection import ClientConnection
 from proxy.http.downstream import DownstreamProtocol
-from proxy.http.exchange import Exchange
+from proxy.http.exchange import Exchanges
 from proxy.http.fields import FieldNames, header_kinds
 from proxy.http.requestid import RequestIds
 
 if TYPE_CHECKING:
     from proxy.config import Config
-    from proxy.dataplane import Route, Router
+    from proxy.dataplane import Router
     from proxy.errors import HttpError
-    from proxy.http.request import Request
-
-    ExchangeFactory = Callable[[DownstreamProtocol, Request, Route], Exchange]
 
 _TRUST_CACHE_SIZE = 4096
 
@@ -45,7 +42,7 @@ class Engine:
         identity_headers: Iterable[str] = (),
         relevant_headers: Iterable[str] = (),
         on_reject: Callable[[HttpError], None] | None = None,
-        exchange: ExchangeFactory = Exchange,
+        exchanges: Exchanges | None = None,
     ) -> None:
         self.loop = loop
         self.limits = config.limits
@@ -53,7 +50,7 @@ class Engine:
         self.header_kinds = header_kinds(identity_headers, relevant_headers)
         self.field_names = FieldNames()
         self.request_ids = RequestIds()
-        self.exchange = exchange
+        self.exchanges = exchanges or Exchanges()
         self.connections: set[ClientConnection] = set()
         self.draining = False
         self._trusted = config.trusted_peers
