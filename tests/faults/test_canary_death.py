@@ -4,8 +4,8 @@ Expected: the guardrail rolls the rollout back (every user on stable) within abo
 canary requests that fail meanwhile are sent again to stable within the retry budget, so a
 client sending idempotent requests sees no error at all, while the failed attempts still count
 against the canary; a client sending POSTs sees at most the requests that were in flight on the
-canary when it died. Figures: kill -> 100% stable (p50, max), client-visible errors, retries
-used and refused.
+canary when it died, counting those sent while its sockets were being torn down. Figures:
+kill -> 100% stable (p50, max), client-visible errors, retries used and refused.
 """
 
 from __future__ import annotations
@@ -123,8 +123,11 @@ async def test_canary_killed_mid_rollout_idempotent_clients_see_no_error(tmp_pat
 async def test_canary_killed_mid_rollout_post_errors_at_most_in_flight(tmp_path: Path) -> None:
     result = await _trial(tmp_path / "post", "--method", "POST", "--body-bytes", "512")
     report("F1 canary killed (POST)", concurrency=CONCURRENCY, **result)
-    # A POST the canary had received cannot be sent again: those in flight at the kill fail,
-    # the rest (connect failures: nothing sent) are retried.
-    assert result["client_errors"] <= CONCURRENCY, result
+    # A POST the canary may have received cannot be sent again: those in flight at the kill
+    # fail, the rest (connect failures: nothing sent) are retried. "In flight" includes a
+    # client's next POST when it went out while the dying host's sockets were still being
+    # torn down (written into a pooled connection whose FIN was not read yet, or accepted into
+    # the listen backlog before its close); the bound allows one such POST per client.
+    assert result["client_errors"] <= 2 * CONCURRENCY, result
     assert set(result["errors"]) <= {"502"}, result
     assert result["time_to_stable_s"] <= 2.0, result
