@@ -108,12 +108,9 @@ def _framing(status: int, length: bytes | None, chunked: bool, request: Request)
 
 def switching_head(headers: list[tuple[bytes, bytes]], request_id: bytes = b"") -> bytes:
     """The head of an upstream's 101 to a WebSocket upgrade, as relayed to the client."""
-    parts = [status_line(101)]
-    for name, value in headers:
-        if name.lower() not in _DROPPED:
-            parts += (name, b": ", value, CRLF)
+    parts = [status_line(101), *_without(headers, _DROPPED)]
     if request_id:
-        parts += (b"X-Request-ID: ", request_id, CRLF)
+        parts.append(b"X-Request-ID: %b\r\n" % request_id)
     parts.append(_UPGRADED)
     return b"".join(parts)
 
