@@ -26,8 +26,8 @@ from typing import Any
 import orjson
 from redis import asyncio as aioredis
 from redis import exceptions as redis_errors
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from proxy.errors import StateError, StoreUnavailable
 from proxy.store.records import JournalEntry, RolloutRecord
@@ -183,7 +183,7 @@ class RedisStore:
                         changed(_text(message["data"]))
         finally:
             with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
 
     async def close(self) -> None:
         await self._client.aclose()
