@@ -1,6 +1,6 @@
-"""Which build of the data plane runs: compiled with mypyc (`ROLLOUT_PROXY_COMPILE=1 pip install
-.`, see setup.py) or interpreted; and, in a source checkout, compiled modules older than their
-source, which Python would import in place of the edited code."""
+"""Which build of the data plane runs: compiled with mypyc (what `pip install .` builds where a
+C compiler is, see setup.py) or interpreted; and, in a source checkout, compiled modules older
+than their source, which Python would import in place of the edited code."""
 
 from __future__ import annotations
 
@@ -10,6 +10,11 @@ from pathlib import Path
 
 # A module every compiled build compiles (setup.py's HOT_MODULES).
 PROBE = "proxy.http.relay"
+INTERPRETED_NOTE = (
+    "the interpreted data plane runs about 3x the compiled one's instructions per request; "
+    "`pip install .` compiles it where a C compiler and Python's headers are present "
+    "(README: Compiled build)"
+)
 
 
 def compiled() -> bool:

@@ -22,6 +22,7 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
+from proxy import build
 from proxy.adminapi import rollout_status
 from proxy.config import Config, StateConfig, Upstream, UpstreamsConfig, load_config
 from proxy.core.analysis import Assessment
@@ -98,7 +99,12 @@ async def _show(runtime: Runtime, duration_s: float, concurrency: int) -> None:
     service = runtime.config.services[0]
     rollout = controller.rollouts[service.name]
     console = Console()
-    console.print(f"proxy on {runtime.data_url}, admin and metrics on {runtime.admin_url}")
+    console.print(
+        f"proxy on {runtime.data_url}, admin and metrics on {runtime.admin_url} "
+        f"({build.describe()})"
+    )
+    if not build.compiled():
+        console.print(f"note: {build.INTERPRETED_NOTE}")
     traffic = SteadyTraffic(runtime.data_url + "/", _tenants(runtime.config), concurrency)
     tiers = sorted(service.tiers.names)
     await traffic.start()

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from proxy import adminapi, adminpage
+from proxy import adminapi, adminpage, build
 from proxy.accesslog import AccessLog
 from proxy.admin import REFRESH, Readiness, build_admin_app
 from proxy.config import Config
@@ -32,7 +32,7 @@ from proxy.http.exchange import Exchanges
 from proxy.http.server import Engine
 from proxy.logexchange import AccessLines, LoggedExchanges, path_id_patterns
 from proxy.metrics import Metrics
-from proxy.store import open_store
+from proxy.store.opener import open_store
 from proxy.workers.supervisor import Supervisor
 
 if TYPE_CHECKING:
@@ -221,12 +221,15 @@ async def serve(config: Config, *, workers: int = 1, config_path: str | None = N
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)  # before anything can be asked to stop
     await runtime.start()
-    processes = f" ({workers} worker processes)" if workers > 1 else ""
+    processes = f", {workers} worker processes" if workers > 1 else ""
     print(
-        f"rollout-proxy: data plane on {runtime.data_url}, admin on {runtime.admin_url}{processes}",
+        f"rollout-proxy: data plane on {runtime.data_url}, admin on {runtime.admin_url} "
+        f"({build.describe()}{processes})",
         file=sys.stderr,
         flush=True,
     )
+    if not build.compiled():
+        print(f"rollout-proxy: note: {build.INTERPRETED_NOTE}", file=sys.stderr, flush=True)
     await stop.wait()
     print("rollout-proxy: draining", file=sys.stderr, flush=True)
     cut = await runtime.stop()

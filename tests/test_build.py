@@ -134,6 +134,7 @@ async def test_the_interpreted_build_serves_from_a_copy_without_compiled_modules
     steps: list[dict[str, Any]] = [{"percent": 50, "observe": "1h"}, {"percent": 100}]
     config = config_dict(service([stable.url], [canary.url], steps=steps))
     proxy = await ProxyProcess(config, tmp_path, env, cwd=source).start()
+    assert proxy.ready.rstrip().endswith("(interpreted data plane)")
     try:
         port = int(proxy.data_url.rsplit(":", 1)[1])
         for n in range(40):
@@ -159,3 +160,129 @@ async def test_the_interpreted_build_serves_from_a_copy_without_compiled_modules
         for variant in ("stable", "canary")
     }
     assert counted == {"stable": len(stable.requests), "canary": len(canary.requests)}
+
+
+async def test_the_compiled_build_says_so_when_it_starts(tmp_path: Path) -> None:
+    stable = await RecordingUpstream("stable").start()
+    try:
+        proxy = await ProxyProcess(
+            config_dict(service([stable.url], [stable.url])), tmp_path, {}
+        ).start()
+        await proxy.kill()
+    finally:
+        await stable.close()
+    assert proxy.ready.rstrip().endswith(f"({describe()})")
+
+
+# The packages the compiled modules may import: the standard library and the runtime
+# dependencies of pyproject.toml (by their import names). mypyc type-checks every module they
+# import, so anything else would have to be in the build environment too.
+_RUNTIME_IMPORTS = {"aiohttp", "uvloop", "httptools", "orjson", "xxhash", "prometheus_client"}
+_RUNTIME_IMPORTS |= {"yaml", "jwt", "rich"}
+
+
+def _imports_of(path: Path) -> set[str]:
+    """Every module `path` imports, wherever the import stands (in a function, under
+    TYPE_CHECKING): mypy follows them all."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return found
+
+
+def _module_file(name: str) -> Path | None:
+    base = ROOT / name.replace(".", "/")
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def test_the_compiled_modules_reach_only_the_runtime_dependencies() -> None:
+    """What mypyc type-checks while compiling: the compiled modules, every project module they
+    import (a package's __init__ too), and third-party packages. The build environment holds
+    the runtime dependencies only (setup.py), so an import of an optional or test package, even
+    a type-only one, breaks the compiled build from nothing (the Redis store did)."""
+    todo = sorted(_hot_modules())
+    seen: set[str] = set()
+    outside: dict[str, str] = {}
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        parts = module.split(".")
+        todo += [".".join(parts[:n]) for n in range(1, len(parts))]  # the packages above
+        path = _module_file(module)
+        if path is None:
+            continue
+        for name in _imports_of(path):
+            top = name.split(".")[0]
+            if top == "proxy":
+                todo.append(name)
+            elif top not in sys.stdlib_module_names and top not in _RUNTIME_IMPORTS:
+                outside[name] = module
+    assert outside == {}
+    assert "proxy.store" in seen  # the package of the records the rollout state uses
+
+
+_PIP_WHEEL = (sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "--no-build-isolation")
+
+
+def _setup(tmp_path: Path, env: dict[str, str]) -> tuple[int, str, list[Path]]:
+    """`pip wheel` of this checkout's sources (a copy: no compiled modules of the checkout)
+    with `env`; exit status, what the build said, the wheels made."""
+    source = tmp_path / "src"
+    shutil.copytree(ROOT / "proxy", source / "proxy", ignore=shutil.ignore_patterns("*.so"))
+    for name in ("pyproject.toml", "setup.py", "README.md"):
+        shutil.copy2(ROOT / name, source / name)
+    wheels = tmp_path / "wheels"
+    build = subprocess.run(
+        [*_PIP_WHEEL, "--wheel-dir", str(wheels), str(source)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=300,
+    )
+    return build.returncode, build.stdout + build.stderr, sorted(wheels.glob("*.whl"))
+
+
+def _notes(output: str) -> list[str]:
+    return [line.strip() for line in output.splitlines() if "rollout-proxy: not compiled" in line]
+
+
+def test_without_a_compiler_the_install_is_interpreted_and_says_so_once(tmp_path: Path) -> None:
+    status, output, wheels = _setup(tmp_path, {"CC": "no-such-cc"})
+    assert status == 0, output
+    (wheel,) = wheels
+    assert wheel.name.endswith("-py3-none-any.whl")  # no compiled module in it
+    assert _notes(output) == [
+        "rollout-proxy: not compiled: no C compiler (no-such-cc) on PATH; installing the "
+        "interpreted data plane (about 3x the CPU per request)"
+    ]
+
+
+def test_compile_required_without_a_compiler_fails_saying_why(tmp_path: Path) -> None:
+    status, output, wheels = _setup(tmp_path, {"CC": "no-such-cc", "ROLLOUT_PROXY_COMPILE": "1"})
+    assert status != 0
+    assert wheels == []
+    assert "ROLLOUT_PROXY_COMPILE=1, but the data plane cannot be compiled: no C compiler" in (
+        output
+    )
+
+
+def test_compile_off_builds_the_interpreted_wheel_without_a_word(tmp_path: Path) -> None:
+    status, output, wheels = _setup(tmp_path, {"ROLLOUT_PROXY_COMPILE": "0"})
+    assert status == 0, output
+    assert [w.name.endswith("-py3-none-any.whl") for w in wheels] == [True]
+    assert _notes(output) == []
+
+
+def test_an_unknown_compile_setting_is_refused(tmp_path: Path) -> None:
+    status, output, _ = _setup(tmp_path, {"ROLLOUT_PROXY_COMPILE": "yes"})
+    assert status != 0
+    assert "ROLLOUT_PROXY_COMPILE must be 1 (compile), 0 (do not) or unset (auto)" in output

@@ -61,6 +61,7 @@ class ProxyProcess:
         self.data_url = ""
         self.admin_url = ""
         self.before_ready: list[str] = []
+        self.ready = ""  # the line that said it serves
 
     async def start(self) -> ProxyProcess:
         self.proc = await asyncio.create_subprocess_exec(
@@ -78,6 +79,7 @@ class ProxyProcess:
         assert self.proc.stderr is not None
         match = await ready_line(self.proc.stderr, _READY, before=self.before_ready)
         self.data_url, self.admin_url = match.group(1), match.group(2)
+        self.ready = match.string
         return self
 
     @property
