@@ -1,14 +1,17 @@
-"""The Dockerfile, checked by doing what the image does, without a Docker engine.
+"""The Dockerfile, checked by doing what the image does, without a Docker engine, from nothing.
 
 The builder stage is mirrored on the files the .dockerignore lets into the build: its COPYs
-are applied and the wheel is built with `pip wheel --no-deps` under its ENV (the compiled
-build: the C compiler its apt-get RUN would add is installed here by .ci/run). The final
-stage is mirrored in a new virtual environment that gets the wheel and its dependencies only
-(no source tree, no PYTHONPATH). Then the proxy is started with the image's ENTRYPOINT + CMD
-as parsed from the Dockerfile, on the config the image copies (its listeners moved to free
-loopback ports and its state into a temporary directory: the test may not take fixed ports or
-write to /var), the parsed HEALTHCHECK command must succeed, and SIGTERM must end the process
-with status 0.
+are applied and the wheel is built with its `pip wheel` command under its ENV (the compiled
+build: the C compiler its apt-get RUN would add is installed here by .ci/run), by the pip of a
+virtual environment made for the test (`python3 -m venv`: no system site-packages), with
+pip's build isolation on and no cache, so nothing installed on this machine can help the build.
+The final stage is mirrored in a second new virtual environment that gets the wheel and its
+dependencies only, as the image's `pip install` does (no source tree, no PYTHONPATH). Then the
+proxy is started with the image's ENTRYPOINT + CMD as parsed from the Dockerfile, on the config
+the image copies (its listeners moved to free loopback ports, its state into a temporary
+directory and its upstreams to a local one: the test may not take fixed ports or write to
+/var), it must serve a request through its compiled modules, the parsed HEALTHCHECK command
+must succeed, and SIGTERM must end the process with status 0.
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
+import threading
 import time
-import tomllib
+import urllib.request
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -154,7 +158,8 @@ def _mirror_builder(context: Path, src: Path) -> None:
 
 def _clean_env() -> dict[str, str]:
     # without PYTHONPATH: pip must not take this checkout for an installed rollout-proxy
-    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # (nor the virtual environment the suite runs in for the one it builds in)
+    return {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "VIRTUAL_ENV"}}
 
 
 def _env_of(stage: Stage) -> dict[str, str]:
@@ -176,6 +181,21 @@ def _finish(proc: subprocess.Popen[str]) -> None:
     assert proc.returncode == 0, f"{proc.args!r} failed:\n{out}"
 
 
+def _fresh_venv(path: Path) -> Path:
+    """A new virtual environment with pip and nothing else; its python."""
+    _finish(_start(["python3", "-m", "venv", str(path)]))
+    return path / "bin" / "python"
+
+
+def _builder_pip(python: Path, src: Path, wheels: Path) -> list[str]:
+    """The builder stage's `pip wheel` command, run by `python` on `src`."""
+    builder, _ = _stages()
+    *_, build = builder.all("RUN")
+    args = [str(wheels) if arg == "/wheels" else arg for arg in build.args]
+    assert args[-1] == ".", args
+    return [str(python), "-m", *args[:-1], str(src)]
+
+
 @pytest.fixture(scope="module")
 def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A virtual environment holding what the final stage holds: the wheel and its deps."""
@@ -183,24 +203,18 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     context = build_context(ROOT, root / "context")
     src = root / "src"
     _mirror_builder(context, src)
-    wheels, venv = root / "wheels", root / "venv"
-    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
-    into_venv = [*pip, "--python", str(venv / "bin" / "python"), "install", "--no-compile"]
-    _finish(_start([sys.executable, "-m", "venv", "--without-pip", str(venv)]))
-    # Both steps wait mostly on the package index, so they overlap: the wheel is built while
-    # the dependencies its metadata will name (pyproject's) go into the venv. Installing the
-    # wheel afterwards resolves its dependencies again and fetches whatever is still missing.
-    dependencies = tomllib.loads((src / "pyproject.toml").read_text())["project"]["dependencies"]
-    builder, _ = _stages()
-    build = _start(
-        [*pip, "wheel", "--no-deps", "--wheel-dir", str(wheels), str(src)], _env_of(builder)
-    )
-    deps = _start([*into_venv, *dependencies])
-    _finish(build)
-    _finish(deps)
+    wheels = root / "wheels"
+    builder, final = _stages()
+    quiet = {"PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_CACHE_DIR": "1"}
+    build_python = _fresh_venv(root / "build-venv")
+    _finish(_start(_builder_pip(build_python, src, wheels), {**_env_of(builder), **quiet}))
     (wheel,) = wheels.glob("rollout_proxy-*.whl")
-    _finish(_start([*into_venv, str(wheel)]))
-    yield venv
+    (install, *_) = final.all("RUN")
+    pip_install = install.text.split("&&")[0].split()
+    assert pip_install[:3] == ["pip", "install", "--no-cache-dir"], pip_install
+    runtime_python = _fresh_venv(root / "venv")
+    _finish(_start([str(runtime_python), "-m", *pip_install[:3], str(wheel)], quiet))
+    yield root / "venv"
     shutil.rmtree(root, ignore_errors=True)
 
 
@@ -212,13 +226,16 @@ def _environment(venv: Path) -> dict[str, str]:
     return {**env, **_env_of(final), **IMAGE_SECRETS}
 
 
-def _test_config(workdir: Path) -> tuple[Path, int]:
-    """The image's config with listeners on free loopback ports and state in `workdir`."""
+def _test_config(workdir: Path, upstream: str) -> tuple[Path, int]:
+    """The image's config with listeners on free loopback ports, state in `workdir` and every
+    upstream at `upstream`."""
     data = _image_config()
     admin_port = closed_port()
     data["listen"] = f"127.0.0.1:{closed_port()}"
     data["admin"]["listen"] = f"127.0.0.1:{admin_port}"
     data["state"]["path"] = str(workdir / "rollouts.json")
+    for service in data["services"]:
+        service["upstreams"] = {"stable": [upstream], "canary": [upstream]}
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(data))
     load_config(path, {})
@@ -238,17 +255,46 @@ def _wait_ready(proc: subprocess.Popen[str]) -> str:
     return line
 
 
+class _Origin(BaseHTTPRequestHandler):
+    """The service behind the image's proxy: says which path it was asked for."""
+
+    def do_GET(self) -> None:
+        body = f"origin saw {self.path}".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet test output
+        pass
+
+
+@pytest.fixture
+def origin() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Origin)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
 def test_the_image_serves_passes_its_healthcheck_and_drains_on_sigterm(
-    image: Path, tmp_path: Path
+    image: Path, tmp_path: Path, origin: str
 ) -> None:
-    config, admin_port = _test_config(tmp_path)
+    config, admin_port = _test_config(tmp_path, origin)
     command = [str(config) if arg == _config_path() else arg for arg in _command()]
     env = _environment(image)
     health = _healthcheck_on(admin_port)
     proc = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
     try:
         ready = _wait_ready(proc)
-        assert f"admin on http://127.0.0.1:{admin_port}" in ready
+        assert f"admin on http://127.0.0.1:{admin_port} (compiled data plane (mypyc)" in ready
+        data_url = ready.split("data plane on ", 1)[1].split(",", 1)[0]
+        with urllib.request.urlopen(f"{data_url}/through/the/image", timeout=5) as reply:
+            assert reply.status == 200
+            assert reply.read() == b"origin saw /through/the/image"
+            assert reply.headers["X-Request-ID"]  # the proxy's own answer, not the origin's
         started = time.monotonic()
         check = subprocess.run(health, cwd=tmp_path, env=env, capture_output=True, timeout=10)
         assert check.returncode == 0, check.stderr
@@ -283,5 +329,16 @@ def test_the_installed_proxy_comes_from_the_wheel(image: Path) -> None:
         check=True,
     )
     assert "(compiled data plane (mypyc))" in version.stdout, version.stdout
+    # the modules a request runs through are the compiled ones, from the wheel
+    relay = subprocess.run(
+        [str(python), "-c", "import proxy.http.relay as m; print(m.__file__)"],
+        capture_output=True,
+        text=True,
+        env={},
+        cwd="/",
+        check=True,
+    ).stdout.strip()
+    assert relay.endswith(".so"), relay
+    assert Path(relay).is_relative_to(image)
     # only the runtime dependencies: no test tools went in
     assert not list(image.glob("lib/python*/site-packages/pytest"))
