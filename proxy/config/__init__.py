@@ -62,7 +62,9 @@ __all__ = [
     "UpstreamsConfig",
     "Variant",
     "load_config",
+    "load_source",
     "parse_config",
+    "parse_text",
 ]
 
 _TOP_KEYS = ("listen", "admin", "state", "services", "trusted_peers", "limits", "access_log")
@@ -257,11 +259,22 @@ def _yaml_error(source: str, exc: yaml.YAMLError) -> ConfigError:
 
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
     """Read and validate a YAML file; `env` defaults to the process environment."""
+    return load_source(path, env)[0]
+
+
+def load_source(path: str | Path, env: Mapping[str, str] | None = None) -> tuple[Config, str]:
+    """`load_config`, and the text it was read from (what worker processes are given, so that
+    they serve exactly the config this process validated, whatever the file holds later)."""
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(source, f"cannot read the file: {exc}") from None
+    return parse_text(text, source, env), text
+
+
+def parse_text(text: str, source: str, env: Mapping[str, str] | None = None) -> Config:
+    """Validate the YAML text of a config (`source` names it in YAML syntax errors)."""
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
