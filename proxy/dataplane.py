@@ -14,7 +14,7 @@ import asyncio
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Final
 
-from proxy.config import Config, ServiceConfig
+from proxy.config import Config, Limits, ServiceConfig, Upstream
 from proxy.core.bucketing import bucket_for
 from proxy.core.identity import RequestView, subject_for, subject_headers
 from proxy.core.retries import RetryBudget
@@ -230,23 +230,45 @@ class Router:
     def __init__(self, config: Config, metrics: Metrics, loop: asyncio.AbstractEventLoop) -> None:
         self.recorder = Recorder(metrics)
         self.metrics = metrics
+        self.loop = loop
         self.pools: dict[str, dict[Variant, UpstreamPool]] = {}
         self.budgets: dict[str, RetryBudget] = {}
         self.services: list[ServiceRoutes] = []
         self._hosts: dict[bytes | None, str] = {}  # Host value -> _bare_host(value)
+        # Each pool by what it is made of: a reload keeps the pools it does not change.
+        self._by_upstreams: dict[PoolKey, UpstreamPool] = {}
+        self._limits = config.limits
+        self.reconfigure(config, {s.name: RoutingPlan.build(s.rollout, 0) for s in config.services})
+
+    def reconfigure(self, config: Config, plans: Mapping[str, RoutingPlan]) -> None:
+        """Serve `config` from the next request on, with `plans` (one per service). Pools
+        whose upstreams and limits are unchanged are kept with their idle connections; the
+        others are retired: requests in flight finish on them, then their connections close.
+        The snapshot list is swapped whole, so a request is routed by one config or the next."""
+        limits = config.limits
+        previous = self._by_upstreams
+        fresh: dict[PoolKey, UpstreamPool] = {}
+        pools: dict[str, dict[Variant, UpstreamPool]] = {}
+        budgets: dict[str, RetryBudget] = {}
         for service in config.services:
             upstreams = service.upstreams
-            pools = {Variant.STABLE: UpstreamPool(upstreams.stable, config.limits, loop)}
+            name = service.name
+            stable = _pool((name, "stable", upstreams.stable, limits), previous, fresh, self.loop)
+            canary = stable
             if upstreams.canary:
-                pools[Variant.CANARY] = UpstreamPool(upstreams.canary, config.limits, loop)
-            else:
-                pools[Variant.CANARY] = pools[Variant.STABLE]
-            self.pools[service.name] = pools
-            limits = config.limits
-            self.budgets[service.name] = RetryBudget(
-                limits.retry_budget_percent, limits.retry_burst
-            )
-            self.services.append(self._snapshot(service, RoutingPlan.build(service.rollout, 0)))
+                key = (name, "canary", upstreams.canary, limits)
+                canary = _pool(key, previous, fresh, self.loop)
+            pools[service.name] = {Variant.STABLE: stable, Variant.CANARY: canary}
+            budget = self.budgets.get(service.name)
+            if budget is None or limits != self._limits:
+                budget = RetryBudget(limits.retry_budget_percent, limits.retry_burst)
+            budgets[service.name] = budget
+        self.pools, self.budgets, self._by_upstreams = pools, budgets, fresh
+        self._limits = limits
+        self.services = [self._snapshot(s, plans[s.name]) for s in config.services]
+        for key, pool in previous.items():
+            if key not in fresh:
+                pool.retire()
 
     def _snapshot(self, service: ServiceConfig, plan: RoutingPlan) -> ServiceRoutes:
         self.metrics.set_step(service.name, plan.step_index, plan.canary_percent())
@@ -295,9 +317,26 @@ class Router:
         return route
 
     def close(self) -> None:
-        for pools in self.pools.values():
-            for pool in set(pools.values()):
-                pool.close()
+        for pool in self._by_upstreams.values():
+            pool.close()
+
+
+# (service, variant, its upstreams, the limits): what a pool is made of.
+PoolKey = tuple[str, str, tuple[Upstream, ...], Limits]
+
+
+def _pool(
+    key: PoolKey,
+    previous: Mapping[PoolKey, UpstreamPool],
+    fresh: dict[PoolKey, UpstreamPool],
+    loop: asyncio.AbstractEventLoop,
+) -> UpstreamPool:
+    """The pool of `key`: this config's already, else the previous config's, else a new one."""
+    pool = fresh.get(key) or previous.get(key)
+    if pool is None:
+        pool = UpstreamPool(key[2], key[3], loop)
+    fresh[key] = pool
+    return pool
 
 
 def _view(request: Request, client: DownstreamProtocol) -> RequestView:

@@ -40,16 +40,21 @@ class EvidenceBuffer(Evidence):
     __slots__ = ("_held", "_records", "_routes", "dropped", "limit")
 
     def __init__(self, config: Config, limit: int = DEFAULT_LIMIT) -> None:
+        self._routes: dict[str, tuple[str, ...]] = {}
+        self.reconfigure(config)
+        self._records: dict[str, list[Record]] = {}
+        self._held = 0
+        self.limit = limit
+        self.dropped = 0
+
+    def reconfigure(self, config: Config) -> None:
+        """The route prefixes of a (reloaded) config, longest first, per service."""
         self._routes = {
             s.name: tuple(
                 sorted((r.path_prefix for r in s.rollout.analysis.routes), key=len, reverse=True)
             )
             for s in config.services
         }
-        self._records: dict[str, list[Record]] = {}
-        self._held = 0
-        self.limit = limit
-        self.dropped = 0
 
     def observe(
         self,

@@ -46,6 +46,7 @@ class ClientConnection(asyncio.Protocol):
         self.engine = engine
         self.loop = engine.loop
         self.limits: Limits = engine.limits
+        self.generation = engine.generation  # of the config its limits come from
         self.transport: asyncio.Transport | None = None
         self.peer_ip = ""
         self.peer_bytes = b""  # peer_ip as it is written in X-Forwarded-For

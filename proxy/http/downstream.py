@@ -111,11 +111,22 @@ class DownstreamProtocol(ClientConnection):
     # --- httptools callbacks (on_url and on_header are the head's) ----------------------
 
     def on_message_begin(self) -> None:
+        if self.engine.generation != self.generation:
+            self._reconfigured()
         self.head.begin()
         self.reading = True
         self._body_size = 0
         self.phase = HEAD
         self.deadline = self._read_at + self.limits.header_timeout_s
+
+    def _reconfigured(self) -> None:
+        """The config was reloaded since the last request: this one and the next are read
+        under the new one (its limits, its field kinds, its trusted peers)."""
+        engine = self.engine
+        self.generation = engine.generation
+        self.limits = engine.limits
+        self.trusted = self.head.trusted = engine.is_trusted(self.peer_ip)
+        self.head.reconfigure(engine.limits, engine.header_kinds)
 
     def on_headers_complete(self) -> None:
         request = self.head.complete(self.draining)

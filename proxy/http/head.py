@@ -95,9 +95,9 @@ class RequestHead:
         ids: RequestIds,
         names: FieldNames | None = None,
     ) -> None:
-        self.limits = limits
         self.names = names or FieldNames()
         self.ids = ids  # makes the X-Request-ID of a request that brings none to keep
+        self.limits = limits
         self.max_headers = limits.max_headers
         self.max_header_bytes = limits.max_header_bytes
         self.kinds = kinds
@@ -115,6 +115,14 @@ class RequestHead:
         self.scan_chunk = b""
         self.scan = 0
         self.scan_start = 0
+
+    def reconfigure(self, limits: Limits, kinds: dict[bytes, int]) -> None:
+        """A reloaded config: its limits and field kinds hold from the next message on."""
+        self.limits = limits
+        self.max_headers = limits.max_headers
+        self.max_header_bytes = limits.max_header_bytes
+        self.kinds = kinds
+        self.cap = limits.max_uri_bytes + limits.max_header_bytes + 4096
 
     def begin(self) -> None:
         """A message begins in the latest read."""

@@ -12,6 +12,7 @@ awaiting code is the connect of a new connection.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -165,6 +166,14 @@ class UpstreamPool:
             endpoint.release(conn)
             return
         waiter.attach(conn, endpoint)
+
+    def retire(self) -> None:
+        """A reload no longer routes here: exchanges in flight (and queued) finish, but no
+        connection is kept idle any more, so each closes once its exchange is done."""
+        self.limits = retired = dataclasses.replace(self.limits, pool_idle_per_endpoint=0)
+        for endpoint in self.endpoints:
+            endpoint.limits = retired
+            endpoint.close()
 
     def close(self) -> None:
         for endpoint in self.endpoints:

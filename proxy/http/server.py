@@ -45,21 +45,30 @@ class Engine:
         exchanges: Exchanges | None = None,
     ) -> None:
         self.loop = loop
-        self.limits = config.limits
         self.router = router
-        self.header_kinds = header_kinds(identity_headers, relevant_headers)
         self.field_names = FieldNames()
         self.request_ids = RequestIds()
         self.exchanges = exchanges or Exchanges()
         self.connections: set[ClientConnection] = set()
         self.draining = False
-        self._trusted = config.trusted_peers
         self._trust_cache: dict[str, bool] = {}
         self._on_reject = on_reject
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._all_closed: asyncio.Event | None = None
-        limits = config.limits
+        # Each reload is a generation: a connection takes the new limits, field kinds and
+        # peer trust at its next request (in-flight requests keep what they started with).
+        self.generation = 0
+        self.reconfigure(config, identity_headers, relevant_headers)
+
+    def reconfigure(
+        self, config: Config, identity_headers: Iterable[str], relevant_headers: Iterable[str]
+    ) -> None:
+        """Serve `config`'s limits, trusted peers and header kinds from the next request on."""
+        self.limits = limits = config.limits
+        self.header_kinds = header_kinds(identity_headers, relevant_headers)
+        self._trusted = config.trusted_peers
+        self._trust_cache = {}
         shortest = min(
             limits.header_timeout_s,
             limits.idle_timeout_s,
@@ -69,6 +78,7 @@ class Engine:
             limits.send_timeout_s,
         )
         self.sweep_s = max(0.02, min(0.5, shortest / 10))
+        self.generation += 1
 
     def is_trusted(self, ip: str) -> bool:
         cached = self._trust_cache.get(ip)
