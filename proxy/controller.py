@@ -65,9 +65,12 @@ class Store(Protocol):
 
 
 class PlanSink(Protocol):
-    """Where routing snapshots go (the router)."""
+    """Where routing snapshots go (the router, or the supervisor of worker processes)."""
 
     def set_plan(self, name: str, plan: RoutingPlan) -> None: ...
+
+    def reconfigure(self, config: Config, plans: Mapping[str, RoutingPlan]) -> None:
+        """A reloaded config, with the plan of each of its services, swapped in at once."""
 
 
 class StatusSink(Protocol):
@@ -142,12 +145,19 @@ class Controller:
         self.state_error = f"state store {what}, all traffic on stable: {reason}"
         now = self.clock.monotonic()
         for service in self.config.services:
-            rollout = Rollout(service, initial(1), now)
-            rollout.state = RolloutState(Status.ROLLED_BACK, 0, rollout.machine_steps)
-            self.rollouts[service.name] = rollout
+            rollout = self.rollouts[service.name] = _stable_only(service, now)
             self._publish(rollout)
 
     async def _resume(self, service: ServiceConfig, record: RolloutRecord | None) -> None:
+        rollout = await self._started(service, record)
+        self.rollouts[service.name] = rollout
+        self._publish(rollout)
+
+    async def _started(
+        self, service: ServiceConfig, record: RolloutRecord | None, why: str = "new spec"
+    ) -> Rollout:
+        """The rollout of `service` that the store's `record` describes, or a new one
+        (committed) when the record is of another spec."""
         now, wall = self.clock.monotonic(), self.clock.wall()
         rollout = Rollout(service, initial(1), now)
         for _ in range(_ATTEMPTS):
@@ -161,7 +171,7 @@ class Controller:
             rollout.state = RolloutState(Status.PROGRESSING, 0, rollout.machine_steps, version)
             rollout.step_started_wall = wall
             expected = None if record is None else record.version
-            entry = self._entry(rollout, "start", "controller", None, "new spec")
+            entry = self._entry(rollout, "start", "controller", None, why)
             if await self.store.commit(rollout.record(wall), expected, entry):
                 record = rollout.record(wall)
                 break
@@ -175,8 +185,63 @@ class Controller:
         # shares). Pre-exposure baselines are not persisted: after a restart, a tier wholly on
         # the canary gathers evidence again only from the next step's own traffic.
         rollout.analysis = rollout.new_analysis(rollout.step_started, {})
-        self.rollouts[service.name] = rollout
-        self._publish(rollout)
+        return rollout
+
+    # --- reload -------------------------------------------------------------------------------
+
+    async def reconfigure(self, config: Config) -> list[str]:
+        """Serve a reloaded `config`; what happened to each rollout, one line each.
+
+        A rollout whose spec (salt, strategy, steps, canary upstreams, baseline period) is
+        unchanged carries on: same state, same step timer, same evidence and baselines (its
+        analysis is rebuilt, keeping the baselines, only when its analysis settings changed: a
+        sequential test's guarantee does not survive new thresholds half-way). A changed spec
+        starts a new rollout, by the same rule as at start. Nothing changes here when the
+        store refuses (StateError); then the caller keeps the old config everywhere."""
+        async with contextlib.AsyncExitStack() as held:
+            for rollout in self.rollouts.values():  # no transition runs during the swap
+                await held.enter_async_context(rollout.lock)
+            notes, rollouts = await self._reconfigured(config)
+            for rollout, service in rollouts.values():
+                if rollout.config is not service:
+                    rollout.reconfigure(service)
+            self.config = config
+            self.rollouts.clear()
+            self.rollouts.update({name: rollout for name, (rollout, _) in rollouts.items()})
+            self.pending = {n: p for n, p in self.pending.items() if n in self.rollouts}
+            self.router.reconfigure(config, {n: r.plan() for n, r in self.rollouts.items()})
+            for rollout in self.rollouts.values():
+                self.sink.set_status(rollout.config.name, rollout.state.status.value)
+        return notes
+
+    async def _reconfigured(
+        self, config: Config
+    ) -> tuple[list[str], dict[str, tuple[Rollout, ServiceConfig]]]:
+        """The rollout of each service of `config` (carried, or started), without serving it."""
+        names = {s.name for s in config.services}
+        notes = [f"service {n}: removed" for n in self.rollouts if n not in names]
+        rollouts: dict[str, tuple[Rollout, ServiceConfig]] = {}
+        records: dict[str, RolloutRecord] | None = None
+        for service in config.services:
+            old = self.rollouts.get(service.name)
+            if old is not None and old.carries(service):
+                rollouts[service.name] = (old, service)
+                if old.config.rollout.analysis != service.rollout.analysis:
+                    notes.append(
+                        f"service {service.name}: analysis settings changed: the step's "
+                        "evidence is gathered again under them, baselines kept"
+                    )
+                continue
+            if self.state_error:
+                rollout = _stable_only(service, self.clock.monotonic())
+            else:
+                records = await self.store.load() if records is None else records
+                why = "new spec (reload)" if old is not None else "new service (reload)"
+                rollout = await self._started(service, records.get(service.name), why)
+            what = "added" if old is None else "rollout spec changed"
+            notes.append(f"service {service.name}: {what}: at version {rollout.state.version}")
+            rollouts[service.name] = (rollout, service)
+        return notes, rollouts
 
     def _publish(self, rollout: Rollout) -> None:
         self.router.set_plan(rollout.config.name, rollout.plan())
@@ -455,6 +520,13 @@ class Controller:
         for task in list(self._pending_tasks):
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await task
+
+
+def _stable_only(service: ServiceConfig, now: float) -> Rollout:
+    """A rollout that serves stable only (the state store cannot be trusted)."""
+    rollout = Rollout(service, initial(1), now)
+    rollout.state = RolloutState(Status.ROLLED_BACK, 0, rollout.machine_steps)
+    return rollout
 
 
 def _moves(transition: Transition, event: Event) -> bool:

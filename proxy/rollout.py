@@ -81,6 +81,22 @@ class Rollout:
         self.last = None
         self.guardrail_pending = False
 
+    def carries(self, config: ServiceConfig) -> bool:
+        """Whether a reloaded `config` of this service continues this rollout (same spec,
+        same baseline period: the machine's steps mean the same)."""
+        offset = 1 if config.rollout.baseline_s > 0 else 0
+        return spec_hash(config) == self.spec_hash and offset == self.offset
+
+    def reconfigure(self, config: ServiceConfig) -> None:
+        """Continue under a reloaded `config` that `carries` this rollout. Its evidence is
+        kept unless the analysis settings (or the tiers it is counted by) changed: then the
+        step's analysis starts again under them, with the baselines kept."""
+        before = self.config
+        self.config = config
+        if before.rollout.analysis != config.rollout.analysis or before.tiers != config.tiers:
+            self.analysis = self.new_analysis(self.step_started, self.analysis.tier_baselines())
+            self.last = None
+
     @property
     def step_index(self) -> int:
         """The configured step served (-1 during the baseline period)."""
