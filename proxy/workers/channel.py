@@ -1,5 +1,8 @@
 """Messages between the supervisor and a worker: one kind byte, a 4-byte length, a payload.
 
+CONFIG    supervisor -> worker   {"generation", "text": the config's YAML, "plans": as PLAN};
+                                 the first message, and each reload's
+RELOADED  worker -> supervisor   {"generation", "error": null or why it could not apply it}
 PLAN      supervisor -> worker   {service: [spec hash, version, step index, active]}
 READY     worker -> supervisor   {"pid": ...} once its listener is up
 EVIDENCE  worker -> supervisor   an evidence batch (proxy/fleet/batch.py)
@@ -11,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import struct
 
+CONFIG = b"C"
+RELOADED = b"L"
 PLAN = b"P"
 DRAIN = b"D"
 FLUSH = b"F"

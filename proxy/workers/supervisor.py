@@ -1,7 +1,10 @@
 """The supervisor of the data-plane workers (in the process that owns the rollout).
 
 It is the controller's `PlanSink`: every routing snapshot goes to every worker (and to a
-worker that starts later). It reserves the data port (bound with SO_REUSEPORT, never
+worker that starts later). Workers get their config from it too, as the YAML text this process
+validated (first at start, then on each reload, with the routing plans in the same message), so
+every worker serves the same config whatever the file holds by then; `reloaded` waits until
+each worker has confirmed the newest one. It reserves the data port (bound with SO_REUSEPORT, never
 listening, so connections only reach the workers' listeners), starts the workers, feeds their
 evidence to the analysis and their counters to /metrics, and restarts a worker that dies
 (the others keep serving: a connection lives in one worker only). The metric counters of a
@@ -15,7 +18,7 @@ import contextlib
 import os
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,12 +30,14 @@ from proxy.errors import StateError
 from proxy.fleet.batch import ServiceEvidence, decode
 from proxy.metrics import Metrics
 from proxy.workers.channel import (
+    CONFIG,
     DRAIN,
     EVIDENCE,
     FLUSH,
     METRICS,
     PLAN,
     READY,
+    RELOADED,
     frame,
     receive,
 )
@@ -52,14 +57,20 @@ class WorkerProcess:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     seen: dict[str, Any] = field(default_factory=dict)  # its last metric counters
     reported: asyncio.Event = field(default_factory=asyncio.Event)  # set by each report
+    generation: int = 0  # of the newest config it confirmed
+    refused: str | None = None  # why it could not apply that generation's config
+    confirmed: asyncio.Event = field(default_factory=asyncio.Event)  # set by each RELOADED
 
 
 class Supervisor:
     """Starts, feeds and restarts `count` data-plane workers serving one port."""
 
-    def __init__(self, config: Config, config_path: str, metrics: Metrics, count: int) -> None:
+    def __init__(self, config: Config, source: str, metrics: Metrics, count: int) -> None:
+        """`source`: the YAML text `config` was read from (what the workers are given)."""
         self.config = config
-        self.config_path = config_path
+        self.source = source
+        self.staged = source  # the text of the config a reload is about to swap in
+        self.generation = 1
         self.metrics = metrics
         self.count = count
         self.plans: dict[str, tuple[int, bool]] = {}
@@ -80,6 +91,42 @@ class Supervisor:
         message = frame(PLAN, self._snapshot())
         for worker in self.workers.values():
             worker.writer.write(message)
+
+    def reconfigure(self, config: Config, plans: Mapping[str, RoutingPlan]) -> None:
+        """A reloaded config (its text `staged` before) and its plans, to every worker."""
+        self.config, self.source = config, self.staged
+        self.generation += 1
+        self.plans = {name: (plan.step_index, plan.active) for name, plan in plans.items()}
+        for name, plan in plans.items():
+            self.metrics.set_step(name, plan.step_index, plan.canary_percent())
+        message = self._config_message()
+        for worker in self.workers.values():
+            worker.confirmed.clear()
+            worker.writer.write(message)
+
+    async def reloaded(self, within: float = START_TIMEOUT_S) -> list[str]:
+        """Wait until every live worker has confirmed the newest config; what went wrong
+        (a worker that refused it or did not answer in time), one line per worker."""
+        problems = []
+        for worker in list(self.workers.values()):
+            if worker.proc.returncode is not None:
+                continue  # its replacement starts with the newest config
+            try:
+                async with asyncio.timeout(within):
+                    while worker.generation < self.generation:
+                        await worker.confirmed.wait()
+                        worker.confirmed.clear()
+            except TimeoutError:
+                problems.append(f"worker {worker.slot} did not confirm the config in time")
+                continue
+            if worker.refused:
+                problems.append(f"worker {worker.slot} refused the config: {worker.refused}")
+        return problems
+
+    def _config_message(self) -> bytes:
+        snapshot = orjson.loads(self._snapshot())
+        payload = {"generation": self.generation, "text": self.source, "plans": snapshot}
+        return frame(CONFIG, orjson.dumps(payload))
 
     def _snapshot(self) -> bytes:
         tags = self.tags()
@@ -111,7 +158,7 @@ class Supervisor:
         mine, theirs = socket.socketpair()
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
-            *("-m", "proxy", "worker", "-c", self.config_path),
+            *("-m", "proxy", "worker"),
             *("--port", str(self.port), "--channel-fd", str(theirs.fileno())),
             pass_fds=(theirs.fileno(),),
             stdin=asyncio.subprocess.DEVNULL,
@@ -123,7 +170,7 @@ class Supervisor:
         reader, writer = await asyncio.open_unix_connection(sock=mine)
         worker = WorkerProcess(slot, proc, writer)
         self.workers[slot] = worker
-        writer.write(frame(PLAN, self._snapshot()))
+        writer.write(self._config_message())
         task = asyncio.get_running_loop().create_task(self._serve(worker, reader))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -139,6 +186,10 @@ class Supervisor:
                 worker.reported.set()
             elif kind == READY:
                 worker.ready.set()
+            elif kind == RELOADED:
+                answer = orjson.loads(payload)
+                worker.generation, worker.refused = int(answer["generation"]), answer["error"]
+                worker.confirmed.set()
         code = await worker.proc.wait()
         worker.writer.close()
         if self._stopping or self.workers.get(worker.slot) is not worker:
