@@ -4,6 +4,8 @@
     GET  /api/v1/services/{name}              one rollout's status
     GET  /api/v1/services/{name}/decisions    its decision journal, newest first
     POST /api/v1/services/{name}/{action}     promote | pause | resume | abort | restart
+    GET  /api/v1/reload                       the config file, when it was loaded, last reload
+    POST /api/v1/reload                       re-read the config file (proxy/reload.py)
 
 Mutations need `Authorization: Bearer <token>`, the token read from the environment variable
 named by `admin.token_env` and compared in constant time. Without a configured token every
@@ -13,6 +15,10 @@ A rollout's status carries its version as an entity tag (`ETag: "7"`). A mutatio
 `If-Match: "7"` applies only if the rollout is still at version 7, so that people (or scripts)
 acting at the same moment on what they saw move it once: the CLI sends it with promote, resume
 and restart; abort and pause apply whatever happened meanwhile.
+
+A reload answers 200 when it applied the file (or found nothing to change), 422 when the file
+is invalid (`key` and `reason` name what), 409 when it changes what needs a restart, 503 when
+the state store refused the swap; in each case but the first nothing changed.
 
 Errors are JSON bodies with 400 (malformed If-Match), 401 (no or malformed credentials), 403
 (wrong token or mutations disabled), 404 (unknown service or action), 409 (the action does not
@@ -31,11 +37,15 @@ from aiohttp import web
 from proxy.controller import Controller, assessment_json
 from proxy.core.machine import Event
 from proxy.errors import StaleVersion, StateError, StoreUnavailable
+from proxy.reload import Reloader
 from proxy.rollout import Rollout
 
 CONTROLLER = web.AppKey("controller", Controller)
 TOKEN = web.AppKey("token", str)
 TOKEN_ENV = web.AppKey("token_env", str)
+RELOADER = web.AppKey("reloader", Reloader)
+# The answer to a reload, by its result.
+_RELOAD_STATUS = {"applied": 200, "unchanged": 200, "invalid": 422, "refused": 409, "failed": 503}
 
 ACTIONS: Mapping[str, Event] = {
     "promote": Event.PROMOTE,
@@ -103,7 +113,9 @@ async def list_services(request: web.Request) -> web.Response:
     controller = request.app[CONTROLLER]
     now = controller.clock.monotonic()
     body = [_status(controller, r, now) for r in controller.rollouts.values()]
-    return web.json_response({"services": body})
+    reloader = request.app.get(RELOADER)
+    config = reloader.status() if reloader is not None else None
+    return web.json_response({"services": body, "config": config})
 
 
 def _rollout(request: web.Request) -> Rollout | None:
@@ -181,6 +193,18 @@ async def act(request: web.Request) -> web.Response:
     return _tagged(_status(controller, rollout, controller.clock.monotonic()))
 
 
+async def reload_status(request: web.Request) -> web.Response:
+    return web.json_response(request.app[RELOADER].status())
+
+
+async def reload(request: web.Request) -> web.Response:
+    denied = _authorize(request)
+    if denied is not None:
+        return denied
+    result = await request.app[RELOADER].reload("api")
+    return web.json_response(result.to_json(), status=_RELOAD_STATUS[result.result])
+
+
 def _if_match(request: web.Request) -> int | None:
     """The version an `If-Match` header makes the action conditional on (-1: malformed)."""
     header = request.headers.get("If-Match")
@@ -204,9 +228,21 @@ def rollout_routes() -> list[web.RouteDef]:
     ]
 
 
-def install(app: web.Application, controller: Controller, token: str, token_env: str) -> None:
-    """Add the rollout API to the admin application (before it starts)."""
+def install(
+    app: web.Application,
+    controller: Controller,
+    token: str,
+    token_env: str,
+    reloader: Reloader | None = None,
+) -> None:
+    """Add the rollout API (and the reload endpoint, given a reloader) to the admin
+    application (before it starts)."""
     app[CONTROLLER] = controller
     app[TOKEN] = token
     app[TOKEN_ENV] = token_env
     app.add_routes(rollout_routes())
+    if reloader is not None:
+        app[RELOADER] = reloader
+        app.add_routes(
+            [web.get("/api/v1/reload", reload_status), web.post("/api/v1/reload", reload)]
+        )

@@ -1,4 +1,5 @@
-"""The CLI side of the rollout API: `rollout-proxy status|promote|pause|resume|abort|restart`.
+"""The CLI side of the rollout API: `rollout-proxy status|promote|pause|resume|abort|restart`
+and `rollout-proxy reload`.
 
 Talks to a running proxy's admin listener over HTTP (stdlib only: the CLI must start fast and
 needs no event loop) and prints a readable table, or the API's JSON with `--json`.
@@ -95,8 +96,9 @@ def _row(status: Mapping[str, Any]) -> list[str]:
     ]
 
 
-def render(statuses: Sequence[Mapping[str, Any]]) -> str:
-    """A plain-text table of rollout statuses."""
+def render(statuses: Sequence[Mapping[str, Any]], config: Mapping[str, Any] | None = None) -> str:
+    """A plain-text table of rollout statuses (and, given the config's status, a warning
+    when its last reload was refused)."""
     header = ["service", "status", "step", "step exposes", "canary", "in step", "verdict"]
     rows = [header] + [_row(s) for s in statuses]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
@@ -106,6 +108,12 @@ def render(statuses: Sequence[Mapping[str, Any]]) -> str:
         lines.append("  ".join([*cells, row[-1]]))
     errors = {s["state_error"] for s in statuses if s.get("state_error")}
     lines.extend(f"warning: {e}" for e in sorted(errors))
+    last = config.get("last_reload") if config else None
+    if config and last and last["result"] not in ("applied", "unchanged"):
+        lines.append(
+            f"warning: the last reload of {config['path']} was {last['result']} "
+            f"({last['trigger']}): {last['error']}; still serving the config loaded before"
+        )
     return "\n".join(lines)
 
 
@@ -157,5 +165,28 @@ def run(command: str, service: str | None, admin: str, as_json: bool, token_env:
             print(f"rollout-proxy {command}: {hint}", file=sys.stderr)
     else:
         body = reply.body
-        print(render(body.get("services", [body])))
+        print(render(body.get("services", [body]), body.get("config")))
+    return 0 if reply.status < 400 else 1
+
+
+def reload(admin: str, as_json: bool, token_env: str) -> int:
+    """`rollout-proxy reload`: 0 applied (or nothing to change), 1 refused or failed."""
+    reply = call(admin, "POST", "/api/v1/reload", os.environ.get(token_env))
+    body = reply.body if isinstance(reply.body, dict) else {"error": reply.body}
+    if as_json:
+        print(json.dumps(body, indent=2))
+    elif reply.status >= 400 and "result" not in body:
+        print(f"rollout-proxy reload: {reply.status}: {body.get('error')}", file=sys.stderr)
+        hint = _next_step(reply.status, admin, token_env)
+        if hint:
+            print(f"rollout-proxy reload: {hint}", file=sys.stderr)
+    elif reply.status >= 400:
+        print(
+            f"rollout-proxy reload: {body['result']}: {body['error']}\n"
+            "rollout-proxy reload: nothing changed; the proxy serves the config it had",
+            file=sys.stderr,
+        )
+    else:
+        changes = body["changes"] or ["nothing changed"]
+        print(f"reload {body['result']}:" + "".join(f"\n  {line}" for line in changes))
     return 0 if reply.status < 400 else 1

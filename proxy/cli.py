@@ -16,7 +16,7 @@ from pathlib import Path
 from proxy import __version__
 from proxy.adminclient import ADMIN_URL_ENV, DEFAULT_ADMIN, DEFAULT_TOKEN_ENV
 from proxy.build import describe
-from proxy.config import Config, load_config
+from proxy.config import Config, load_source
 from proxy.errors import ConfigError
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
@@ -41,8 +41,14 @@ def _text(paragraph: str) -> str:
 
 
 def _load(path: str) -> Config | None:
+    loaded = _load_source(path)
+    return None if loaded is None else loaded[0]
+
+
+def _load_source(path: str) -> tuple[Config, str] | None:
+    """The config at `path` and its text, or None (said on stderr) when it is invalid."""
     try:
-        return load_config(path, dict(os.environ))
+        return load_source(path, dict(os.environ))
     except ConfigError as exc:
         print(f"rollout-proxy: invalid config {path}: {exc}", file=sys.stderr)
         if not os.path.isfile(path):
@@ -72,13 +78,14 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from proxy.runtime import run_loop, serve
 
-    config = _load(args.config)
-    if config is None:
+    loaded = _load_source(args.config)
+    if loaded is None:
         print("rollout-proxy: not started; fix the config and try again", file=sys.stderr)
         return EXIT_CONFIG
+    config, source = loaded
     _warn_stale_build()
     try:
-        return run_loop(serve(config, workers=args.workers, config_path=args.config))
+        return run_loop(serve(config, workers=args.workers, config_path=args.config, source=source))
     except ConfigError as exc:
         print(f"rollout-proxy: not started: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -111,10 +118,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from proxy.runtime import run_loop
     from proxy.workers.worker import serve_worker
 
-    config = _load(args.config)
-    if config is None:
-        return EXIT_CONFIG
-    return run_loop(serve_worker(config, args.port, args.channel_fd))
+    return run_loop(serve_worker(args.port, args.channel_fd))
 
 
 def _workers(value: str) -> int:
@@ -188,7 +192,6 @@ def _rollout_epilog(name: str, example: str) -> str:
 
 
 def _add_rollout_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    admin_default = os.environ.get(ADMIN_URL_ENV) or DEFAULT_ADMIN
     for name, (text, example) in _ROLLOUT.items():
         command = sub.add_parser(
             name,
@@ -205,24 +208,60 @@ def _add_rollout_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
             if name == "status"
             else "the service's name (required; rollout-proxy status lists them)",
         )
-        command.add_argument(
-            "--admin",
-            default=admin_default,
-            metavar="URL",
-            help=f"the proxy's admin listener (its admin.listen) (default: ${ADMIN_URL_ENV}, "
-            f"else {DEFAULT_ADMIN})",
-        )
-        command.add_argument(
-            "--json", action="store_true", help="print the API's JSON instead of a table"
-        )
-        command.add_argument(
-            "--token-env",
-            default=DEFAULT_TOKEN_ENV,
-            metavar="NAME",
-            help=f"environment variable holding the admin token for mutations "
-            f"(default: {DEFAULT_TOKEN_ENV})",
-        )
+        _admin_options(command)
         command.set_defaults(func=cmd_rollout)
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    from proxy import adminclient
+
+    try:
+        return adminclient.reload(args.admin, args.json, args.token_env)
+    except adminclient.AdminUnreachable as exc:
+        print(f"rollout-proxy reload: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _add_reload(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    text = "re-read a running proxy's config file and swap it in without a restart (as SIGHUP does)"
+    command = sub.add_parser(
+        "reload",
+        help=text,
+        description=_text(
+            text + ". The file is validated whole first: an invalid one, or one that changes "
+            "what needs a restart (listen, admin, state, access_log), changes nothing and the "
+            "reason is printed. Requests in flight finish under the old config; connections "
+            "stay open; rollouts whose spec is unchanged carry on with their evidence."
+        ),
+        epilog="example:\n  rollout-proxy reload --admin http://127.0.0.1:9090\n\n"
+        f"environment:\n  {ADMIN_URL_ENV}    the admin listener's URL when --admin is not given\n"
+        f"  {DEFAULT_TOKEN_ENV}  the admin token (--token-env NAME reads another)\n\n"
+        "exit status: 0 applied (or nothing to change), 1 refused, invalid, or admin unreachable",
+        formatter_class=_Formatter,
+    )
+    _admin_options(command)
+    command.set_defaults(func=cmd_reload)
+
+
+def _admin_options(command: argparse.ArgumentParser) -> None:
+    """--admin, --json and --token-env, as every command that talks to the admin API has."""
+    command.add_argument(
+        "--admin",
+        default=os.environ.get(ADMIN_URL_ENV) or DEFAULT_ADMIN,
+        metavar="URL",
+        help=f"the proxy's admin listener (its admin.listen) (default: ${ADMIN_URL_ENV}, "
+        f"else {DEFAULT_ADMIN})",
+    )
+    command.add_argument(
+        "--json", action="store_true", help="print the API's JSON instead of a table"
+    )
+    command.add_argument(
+        "--token-env",
+        default=DEFAULT_TOKEN_ENV,
+        metavar="NAME",
+        help=f"environment variable holding the admin token for mutations "
+        f"(default: {DEFAULT_TOKEN_ENV})",
+    )
 
 
 def default_workers() -> int:
@@ -252,7 +291,10 @@ def _add_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    text = "serve: the data plane, the admin listener and the controller, until SIGTERM/SIGINT"
+    text = (
+        "serve: the data plane, the admin listener and the controller, until SIGTERM/SIGINT; "
+        "SIGHUP reloads the config file"
+    )
     run = sub.add_parser(
         "run",
         help=text,
@@ -286,7 +328,6 @@ def _add_worker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         description="one data-plane worker process, started by `rollout-proxy run --workers N` "
         "(not meant to be run by hand)",
     )
-    worker.add_argument("-c", "--config", required=True, metavar="FILE", help="the YAML config")
     worker.add_argument("--port", type=int, required=True, help="the data port to share")
     worker.add_argument(
         "--channel-fd", type=int, required=True, help="the socket to the main process"
@@ -358,6 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_worker(sub)
     _add_demo(sub)
     _add_rollout_commands(sub)
+    _add_reload(sub)
     return parser
 
 

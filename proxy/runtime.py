@@ -9,12 +9,14 @@ for up to `limits.drain_s`, then everything closes. `run` is the blocking entry 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
 import sys
 from collections.abc import Coroutine, Mapping
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -32,6 +34,7 @@ from proxy.http.exchange import Exchanges
 from proxy.http.server import Engine
 from proxy.logexchange import AccessLines, LoggedExchanges, path_id_patterns
 from proxy.metrics import Metrics
+from proxy.reload import Reloader, ReloadResult
 from proxy.store.opener import open_store
 from proxy.workers.supervisor import Supervisor
 
@@ -51,9 +54,11 @@ class Runtime:
         env: Mapping[str, str] | None = None,
         workers: int = 1,
         config_path: str | None = None,
+        source: str | None = None,
     ) -> None:
-        """`workers` > 1: the data plane runs in that many worker processes started from
-        `config_path` (proxy/workers/); this process keeps the admin listener and the state."""
+        """`config_path`: the file `config` was read from (`source`: its text), read again
+        by a reload. `workers` > 1: the data plane runs in that many worker processes, given
+        that text (proxy/workers/); this process keeps the admin listener and the state."""
         self.config = config
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry)
@@ -70,6 +75,19 @@ class Runtime:
             raise ValueError("worker processes read the config from a file: give config_path")
         self.workers = workers
         self.config_path = config_path
+        if workers > 1 and source is None:
+            source = Path(config_path or "").read_text(encoding="utf-8")
+        self.source = source
+        self.reloader = Reloader(
+            config_path,
+            lambda: self.config,
+            self._swap,
+            self.registry,
+            env=self.env,
+            wall=self.clock.wall,
+        )
+        self._buffer: EvidenceBuffer | None = None
+        self._reloads: set[asyncio.Task[ReloadResult]] = set()
         self._engine: Engine | None = None
         self.access_log: AccessLog | None = None
         self._admin: web.AppRunner | None = None
@@ -92,10 +110,8 @@ class Runtime:
         fleet = config.state.backend == "redis"
         plans: Router | Supervisor
         if self.workers > 1:
-            assert self.config_path is not None
-            plans = self.supervisor = Supervisor(
-                config, self.config_path, self.metrics, self.workers
-            )
+            assert self.source is not None
+            plans = self.supervisor = Supervisor(config, self.source, self.metrics, self.workers)
         else:
             plans = self.router = Router(config, self.metrics, loop)
         self.controller = Controller(
@@ -103,7 +119,7 @@ class Runtime:
         )
         evidence: Evidence = self.controller.feed
         if fleet:
-            evidence = buffer = EvidenceBuffer(config)
+            evidence = buffer = self._buffer = EvidenceBuffer(config)
             self.replica = _replica(self.controller, store, buffer, config, self.clock)
             self.metrics.watch_state(self.replica.staleness)
             self.readiness.details = self.replica.details
@@ -124,7 +140,9 @@ class Runtime:
         if self.supervisor is not None:
             app[REFRESH] = self.supervisor.refresh
         token_env = config.admin.token_env or ""
-        adminapi.install(app, self.controller, self.env.get(token_env, ""), token_env)
+        adminapi.install(
+            app, self.controller, self.env.get(token_env, ""), token_env, self.reloader
+        )
         self.sampler = adminpage.install(app, self.controller, self.metrics)
         self._admin = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._admin.setup()
@@ -135,6 +153,28 @@ class Runtime:
         self.admin_address = (str(sockname[0]), int(sockname[1]))
         error = self.controller.state_error
         self.readiness.set_ready(f"serving; {error}" if error and not self.replica else "serving")
+
+    def reload_soon(self, trigger: str) -> None:
+        """Reload the config file in the background (a signal handler cannot await)."""
+        task = asyncio.get_running_loop().create_task(self.reloader.reload(trigger))
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def _swap(self, config: Config, source: str) -> list[str]:
+        """Swap a validated config in (the reloader's `apply`): the controller and the
+        routing first, in one step, then the engine's limits and header kinds."""
+        assert self.controller is not None, "reloaded before start"
+        if self.supervisor is not None:
+            self.supervisor.staged = source
+        notes = await self.controller.reconfigure(config)
+        if self._engine is not None:
+            reconfigure_engine(self._engine, config)
+        if self._buffer is not None:
+            self._buffer.reconfigure(config)
+        self.config = config
+        if self.supervisor is not None:
+            notes += await self.supervisor.reloaded()
+        return notes
 
     async def stop(self, drain_s: float | None = None, notice_s: float | None = None) -> int:
         """Drain and close; return the number of connections cut at the deadline."""
@@ -154,6 +194,9 @@ class Runtime:
         if self.sampler is not None:
             await self.sampler.close()
             self.sampler = None
+        for task in list(self._reloads):
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await task
         if self.controller is not None:
             await self.controller.close()
         drain = self.config.limits.drain_s if drain_s is None else drain_s
@@ -207,20 +250,48 @@ def data_engine(
     return engine, access_log
 
 
+def reconfigure_engine(engine: Engine, config: Config) -> None:
+    """A reloaded `config` into a running data-plane engine (the router is reconfigured by
+    the controller, with the routing plans)."""
+    engine.reconfigure(config, header_rule_names(config), relevant_headers(config))
+    exchanges = engine.exchanges
+    if isinstance(exchanges, LoggedExchanges):
+        exchanges.lines.patterns = path_id_patterns(config)
+
+
 def observe_all(evidence: Evidence, parts: list[ServiceEvidence]) -> None:
     """Requests a worker served, into this process's evidence sink."""
     for part in parts:
         replay(part, evidence)
 
 
-async def serve(config: Config, *, workers: int = 1, config_path: str | None = None) -> int:
-    """Run until SIGTERM or SIGINT, then drain; the exit status of `rollout-proxy run`."""
-    runtime = Runtime(config, workers=workers, config_path=config_path)
+async def serve(
+    config: Config,
+    *,
+    workers: int = 1,
+    config_path: str | None = None,
+    source: str | None = None,
+) -> int:
+    """Run until SIGTERM or SIGINT, then drain; SIGHUP reloads the config file. The exit
+    status of `rollout-proxy run`."""
+    runtime = Runtime(config, workers=workers, config_path=config_path, source=source)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)  # before anything can be asked to stop
+    started = asyncio.Event()
+    # Until the proxy serves, a SIGHUP only says it came too early (its default would end
+    # the process).
+    loop.add_signal_handler(
+        signal.SIGHUP,
+        lambda: (
+            runtime.reload_soon("SIGHUP")
+            if started.is_set()
+            else print("rollout-proxy: SIGHUP while starting: ignored", file=sys.stderr)
+        ),
+    )
     await runtime.start()
+    started.set()
     processes = f", {workers} worker processes" if workers > 1 else ""
     print(
         f"rollout-proxy: data plane on {runtime.data_url}, admin on {runtime.admin_url} "

@@ -16,8 +16,19 @@ from proxy import cli
 from tests.support.proxy import config_dict, running_proxy, service
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ["check", "run", "demo", "status", "promote", "pause", "resume", "abort", "restart"]
-MUTATIONS = ["promote", "pause", "resume", "abort", "restart"]
+COMMANDS = [
+    "check",
+    "run",
+    "demo",
+    "status",
+    "promote",
+    "pause",
+    "resume",
+    "abort",
+    "restart",
+    "reload",
+]
+MUTATIONS = ["promote", "pause", "resume", "abort", "restart", "reload"]
 
 
 def _subparsers() -> dict[str, argparse.ArgumentParser]:
