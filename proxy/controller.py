@@ -238,7 +238,10 @@ class Controller:
                 records = await self.store.load() if records is None else records
                 why = "new spec (reload)" if old is not None else "new service (reload)"
                 rollout = await self._started(service, records.get(service.name), why)
-            what = "added" if old is None else "rollout spec changed"
+            what = "added"
+            if old is not None:
+                same = old.spec_hash == rollout.spec_hash
+                what = "baseline period changed: resumed" if same else "rollout spec changed"
             notes.append(f"service {service.name}: {what}: at version {rollout.state.version}")
             rollouts[service.name] = (rollout, service)
         return notes, rollouts

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
+import signal
 import statistics
 import time
 from collections.abc import AsyncIterator
@@ -15,10 +17,19 @@ from pathlib import Path
 from typing import cast
 
 import pytest
+import yaml
 
 from tests.faults.harness import report
 from tests.support.client import bodies_for, get
-from tests.support.fleet import act, fleet_config, start_fleet, state, status, wait_for
+from tests.support.fleet import (
+    act,
+    fleet_config,
+    get_json,
+    start_fleet,
+    state,
+    status,
+    wait_for,
+)
 from tests.support.process import ProxyProcess
 from tests.support.redis import RedisServer
 from tests.support.servers import NameUpstream
@@ -144,3 +155,40 @@ async def test_fifty_racing_promotes_give_exactly_one_transition_each_time(
         journal = await _journal(fleet[2])
         assert [e["version"] for e in journal[:2]] == [version + 1, version]
         assert journal[0]["action"] == "promote"
+
+
+async def test_a_reload_on_every_replica_keeps_the_shared_rollout(
+    fleet: list[ProxyProcess],
+) -> None:
+    """SIGHUP on each replica with a new stable pool: the rollout (the same spec) carries on
+    at its version everywhere, the new pool serves, and a promote still reaches every one."""
+    version = (await status(fleet[0]))["version"]
+    other = await NameUpstream("stable2").start()
+    try:
+        for proxy in fleet:
+            data = yaml.safe_load(proxy.path.read_text())
+            data["services"][0]["upstreams"]["stable"] = [other.url]
+            proxy.path.write_text(yaml.safe_dump(data))
+            os.kill(proxy.pid, signal.SIGHUP)
+
+        async def reloaded() -> bool:
+            lasts = await asyncio.gather(*(get_json(f"{p.admin_url}/api/v1/reload") for p in fleet))
+            return all((last["last_reload"] or {}).get("result") == "applied" for last in lasts)
+
+        await wait_for(reloaded, within=5.0)
+        assert [(await status(p))["version"] for p in fleet] == [version] * 3
+        names = set()
+        for proxy in fleet:
+            probes = [get("/", {"X-Tenant-ID": f"t{i}"}) for i in range(40)]
+            bodies = await bodies_for(port(proxy), probes, connections=4)
+            names |= {body.split()[0] for body in bodies}
+        assert names == {b"stable2", b"canary"}
+        code, body = await act(fleet[1], "promote", version)
+        assert code == 200, body
+
+        async def everywhere() -> bool:
+            return await asyncio.gather(*(served_step(p) for p in fleet)) == [1, 1, 1]
+
+        await wait_for(everywhere, within=2.0)
+    finally:
+        await other.close()
