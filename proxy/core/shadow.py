@@ -151,3 +151,23 @@ def teach(tally: RouteTally, first: Fingerprint, second: Fingerprint) -> RouteTa
         noise=learn_noise(tally.noise, first, second),
         paths=tally.paths,
     )
+
+
+SAFE_METHODS = frozenset({"GET", "HEAD"})
+SHADOW_HEADER = "x-rollout-shadow"
+
+
+def mirrors(method: str, safe: frozenset[str], sample: float, request_hash: int) -> bool:
+    """Whether a request stable serves is copied to the canary: a safe method only (a replay
+    must never write), in the `sample` percent picked by the request's 64-bit hash."""
+    if method.upper() not in safe or sample <= 0.0:
+        return False
+    return (request_hash % 10_000) < sample * 100.0
+
+
+def shadow_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The copy's headers: the client's (identity and request id kept), any shadow marker it
+    sent replaced by ours, so the service can refuse side effects."""
+    kept = [(name, value) for name, value in headers if name.lower() != SHADOW_HEADER]
+    kept.append((SHADOW_HEADER, "1"))
+    return kept

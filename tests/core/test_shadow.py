@@ -8,6 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from proxy.core.shadow import (
+    SAFE_METHODS,
+    SHADOW_HEADER,
     Answer,
     RouteTally,
     diff_paths,
@@ -15,8 +17,10 @@ from proxy.core.shadow import (
     flatten_json,
     generalize,
     learn_noise,
+    mirrors,
     mismatches,
     record,
+    shadow_headers,
     teach,
 )
 
@@ -111,3 +115,25 @@ def test_the_tally_counts_mismatches_and_paths_without_values() -> None:
     assert tally.mismatch_rate == 0.75
     assert tally.top_paths(1) == (("$.items[*].price", 2),)
     assert generalize("$.a[12].b[0]") == "$.a[*].b[*]"
+
+
+@given(st.integers(min_value=0, max_value=2**64 - 1), st.floats(min_value=0, max_value=100))
+def test_only_safe_methods_are_ever_mirrored(request_hash: int, sample: float) -> None:
+    for method in ("POST", "PUT", "PATCH", "DELETE"):
+        assert not mirrors(method, SAFE_METHODS, sample, request_hash)
+    assert mirrors("GET", SAFE_METHODS, 100.0, request_hash)
+    assert not mirrors("get", SAFE_METHODS, 0.0, request_hash)
+
+
+def test_the_sample_is_the_share_of_request_hashes_mirrored() -> None:
+    picked = sum(mirrors("HEAD", SAFE_METHODS, 10.0, h * 7919) for h in range(100_000))
+    assert 9_000 < picked < 11_000
+
+
+def test_the_copy_keeps_identity_and_request_id_and_is_marked() -> None:
+    sent = [("x-request-id", "r1"), ("authorization", "t"), ("X-Rollout-Shadow", "0")]
+    assert shadow_headers(sent) == [
+        ("x-request-id", "r1"),
+        ("authorization", "t"),
+        (SHADOW_HEADER, "1"),
+    ]
