@@ -13,8 +13,10 @@ import aiohttp
 import yaml
 
 from tests.faults.harness import Load, Origin, load, origin, report
+from tests.support.client import bodies_for, get
 from tests.support.process import ROOT, ProxyProcess
 from tests.support.proxy import config_dict, service
+from tests.support.servers import NameUpstream
 
 TOKEN = "release-token"
 SCRIPT = ROOT / "examples" / "ci" / "release.sh"
@@ -140,3 +142,36 @@ async def test_releases_from_ci_promote_roll_back_and_survive_kill_9(tmp_path: P
         await proxy.kill()
         for started in origins:
             await started.kill()
+
+
+async def test_worker_processes_serve_the_release_pools(
+    tmp_path: Path, upstreams: tuple[NameUpstream, NameUpstream]
+) -> None:
+    old, new = upstreams
+    data = _config(tmp_path, old.url)
+    env = {"ADMIN_TOKEN": TOKEN, "ROLLOUT_ADMIN_TOKEN": TOKEN}
+    steps = tmp_path / "steps.yaml"
+    steps.write_text(yaml.safe_dump([{"percent": 100, "observe": "1h"}]))
+    proxy = await ProxyProcess(data, tmp_path, env, args=("--workers", "2")).start()
+    port = int(proxy.data_url.rsplit(":", 1)[1])
+    ids = [get("/", {"X-Tenant-ID": f"t{i}"}) for i in range(60)]
+    try:
+        assert {b.split()[0] for b in await bodies_for(port, ids)} == {b"stable"}
+        code, out = await proxy.cli(
+            "release", "start", "shop", "--version", "7", "--canary", new.url,
+            "--steps", str(steps),
+        )  # fmt: skip
+        assert code == 0, out
+        await asyncio.sleep(0.5)  # the workers take the new config
+        assert {tuple(b.split()[:2]) for b in await bodies_for(port, ids)} == {
+            (b"canary", b"canary")
+        }
+        code, out = await proxy.cli("promote", "shop")
+        assert code == 0, out
+        await asyncio.sleep(0.5)
+        # The release's upstream is the stable pool now.
+        assert {tuple(b.split()[:2]) for b in await bodies_for(port, ids)} == {
+            (b"canary", b"stable")
+        }
+    finally:
+        await proxy.kill()
