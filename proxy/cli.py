@@ -17,7 +17,7 @@ from proxy import __version__
 from proxy.adminclient import ADMIN_URL_ENV, DEFAULT_ADMIN, DEFAULT_TOKEN_ENV
 from proxy.build import describe
 from proxy.config import Config, load_source
-from proxy.errors import ConfigError
+from proxy.errors import ConfigError, StateError
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 
@@ -72,7 +72,29 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"  note: {token_env} is not set: the admin API will refuse promote/pause/abort")
     elif not token_env:
         print("  note: no admin.token_env: the admin API will refuse promote/pause/abort")
+    for line in _stable_notes(config):
+        print(f"  note: {line}")
     return EXIT_OK
+
+
+def _stable_notes(config: Config) -> list[str]:
+    """Where the state file's record of the stable pool differs from the config file's
+    (a release promoted another pool): the store's is what is served."""
+    from proxy.releases import drift_of
+    from proxy.store.file import FileStore
+
+    if config.state.backend != "file" or config.state.path is None:
+        return []
+    try:
+        books = FileStore(config.state.path).read_books()
+    except StateError as exc:
+        return [f"cannot read the releases in the state file: {exc}"]
+    notes = []
+    for service in config.services:
+        differs = drift_of(service, books.get(service.name))
+        if differs:
+            notes.append(f"service {service.name}: {differs}")
+    return notes
 
 
 def cmd_run(args: argparse.Namespace) -> int:

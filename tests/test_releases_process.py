@@ -127,6 +127,12 @@ async def test_releases_from_ci_promote_roll_back_and_survive_kill_9(tmp_path: P
         await proxy.kill()
         proxy = await ProxyProcess(data, tmp_path, env).start()
         assert (await _status(proxy))["stable"] == [v2.url]
+        check = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "proxy", "check", "-c", str(proxy.path),
+            cwd=ROOT, env=proxy.env, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out = (await check.communicate())[0].decode()
+        assert f"service shop: stable is {v2.url} (promoted by a release" in out, out
         code, out = await proxy.cli("release", "list", "shop")
         assert code == 0, out
         lines = out.splitlines()
