@@ -91,6 +91,8 @@ async def test_releases_from_ci_promote_roll_back_and_survive_kill_9(tmp_path: P
         status = await _status(proxy)
         assert (status["status"], status["stable"]) == ("idle", [v1.url])
         assert v0.url in status["stable_drift"]
+        code, out = await proxy.cli("status")
+        assert f"note: shop: stable is {v1.url}" in out, out
 
         # kill -9 after completion: the restarted proxy keeps v1 as stable.
         await proxy.kill()
