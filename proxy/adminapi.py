@@ -3,6 +3,9 @@
     GET  /api/v1/services                     every rollout's status
     GET  /api/v1/services/{name}              one rollout's status
     GET  /api/v1/services/{name}/decisions    its decision journal, newest first
+    POST /api/v1/services/{name}/releases     start a release (proxy/releases.py)
+    GET  /api/v1/services/{name}/releases     its releases, newest first
+    GET  /api/v1/services/{name}/releases/{id}  one release, by id or version
     POST /api/v1/services/{name}/{action}     promote | pause | resume | abort | restart
     GET  /api/v1/reload                       the config file, when it was loaded, last reload
     POST /api/v1/reload                       re-read the config file (proxy/reload.py)
@@ -34,9 +37,10 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.controller import Controller, assessment_json
+from proxy.controller import Controller, ReleaseConflict, assessment_json
 from proxy.core.machine import Event
-from proxy.errors import StaleVersion, StateError, StoreUnavailable
+from proxy.errors import ConfigError, StaleVersion, StateError, StoreUnavailable
+from proxy.releases import drift_of, release_json, stable_of, start_request
 from proxy.reload import Reloader
 from proxy.rollout import Rollout
 
@@ -87,7 +91,35 @@ def rollout_status(
 
 
 def _status(controller: Controller, rollout: Rollout, now: float) -> dict[str, Any]:
-    return rollout_status(rollout, now, controller.state_error, controller.pending)
+    status = rollout_status(rollout, now, controller.state_error, controller.pending)
+    status.update(release_status(controller, rollout))
+    return status
+
+
+def release_status(controller: Controller, rollout: Rollout) -> dict[str, Any]:
+    """The release part of a service's status: which pool is stable (and whether that is
+    the config file's), and the release in progress."""
+    name = rollout.config.name
+    service = controller.file_service(name)
+    book = controller.books.get(name)
+    current = book.current() if book else None
+    extra: dict[str, Any] = {
+        "stable": list(stable_of(service, book)) if service else [],
+        "stable_drift": drift_of(service, book) if service else None,
+        "release": None,
+    }
+    if rollout.idle:
+        extra["status"] = "idle"
+    if current is not None:
+        extra["release"] = {
+            "id": current.id,
+            "version": current.version,
+            "status": controller.release_status(name, current),
+            "change": dict(current.change),
+            "actor": current.actor,
+            "started": current.started,
+        }
+    return extra
 
 
 def _step_definition(rollout: Rollout) -> dict[str, Any]:
@@ -193,6 +225,85 @@ async def act(request: web.Request) -> web.Response:
     return _tagged(_status(controller, rollout, controller.clock.monotonic()))
 
 
+async def start_release(request: web.Request) -> web.Response:
+    controller = request.app[CONTROLLER]
+    denied = _authorize(request)
+    if denied is not None:
+        return denied
+    name = request.match_info["name"]
+    service = controller.file_service(name)
+    if service is None or name not in controller.rollouts:
+        return _error(404, f"no service named {name!r}")
+    try:
+        body = await request.json()
+    except ValueError:
+        return _error(400, 'the body must be JSON: {"version": ..., "canary": [...]}')
+    try:
+        start = start_request(body, service)
+    except ConfigError as exc:
+        return web.json_response(
+            {"error": str(exc), "key": exc.path, "reason": exc.reason}, status=400
+        )
+    actor = _actor(request)
+    try:
+        release, started = await controller.start_release(name, start, actor)
+    except ReleaseConflict as exc:
+        return _error(409, str(exc))
+    except StateError as exc:
+        unavailable = controller.state_error or isinstance(exc, StoreUnavailable)
+        return _error(503 if unavailable else 409, str(exc))
+    body = _release(controller, name, release.id)
+    return web.json_response(body, status=201 if started else 200)
+
+
+def _actor(request: web.Request) -> str:
+    """Who acts: the admin token's holder at its address, with what it says it is (a CI job
+    names itself in X-Rollout-Actor)."""
+    actor = f"admin:{request.remote or 'unknown'}"
+    said = request.headers.get("X-Rollout-Actor", "").strip()
+    if said and said.isprintable():
+        actor = f"{said[:128]} ({actor})"
+    return actor
+
+
+def _release(controller: Controller, name: str, key: str) -> dict[str, Any] | None:
+    book = controller.books.get(name)
+    release = book.find(key) if book else None
+    if release is None:
+        return None
+    rollout = controller.rollouts.get(name)
+    live = None
+    data = release_json(release)
+    if rollout is not None and book is not None and book.active == release.id:
+        now = controller.clock.monotonic()
+        live = rollout_status(rollout, now, controller.state_error, controller.pending)
+        data["rollout"] = live
+    data["status"] = controller.release_status(name, release)
+    return data
+
+
+async def list_releases(request: web.Request) -> web.Response:
+    controller = request.app[CONTROLLER]
+    name = request.match_info["name"]
+    if name not in controller.rollouts:
+        return _error(404, f"no service named {name!r}")
+    book = controller.books.get(name)
+    releases = [_release(controller, name, r.id) for r in (book.releases if book else ())]
+    rollout = controller.rollouts[name]
+    return web.json_response({"releases": releases, **release_status(controller, rollout)})
+
+
+async def get_release(request: web.Request) -> web.Response:
+    controller = request.app[CONTROLLER]
+    name = request.match_info["name"]
+    if name not in controller.rollouts:
+        return _error(404, f"no service named {name!r}")
+    found = _release(controller, name, request.match_info["id"])
+    if found is None:
+        return _error(404, f"{name} has no release {request.match_info['id']!r}")
+    return web.json_response(found)
+
+
 async def reload_status(request: web.Request) -> web.Response:
     return web.json_response(request.app[RELOADER].status())
 
@@ -224,6 +335,9 @@ def rollout_routes() -> list[web.RouteDef]:
         web.get("/api/v1/services", list_services),
         web.get("/api/v1/services/{name}", get_service),
         web.get("/api/v1/services/{name}/decisions", decisions),
+        web.get("/api/v1/services/{name}/releases", list_releases),
+        web.get("/api/v1/services/{name}/releases/{id}", get_release),
+        web.post("/api/v1/services/{name}/releases", start_release),
         web.post("/api/v1/services/{name}/{action}", act),
     ]
 

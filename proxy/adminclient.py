@@ -108,6 +108,9 @@ def render(statuses: Sequence[Mapping[str, Any]], config: Mapping[str, Any] | No
         lines.append("  ".join([*cells, row[-1]]))
     errors = {s["state_error"] for s in statuses if s.get("state_error")}
     lines.extend(f"warning: {e}" for e in sorted(errors))
+    lines.extend(
+        f"note: {s['service']}: {s['stable_drift']}" for s in statuses if s.get("stable_drift")
+    )
     last = config.get("last_reload") if config else None
     if config and last and last["result"] not in ("applied", "unchanged"):
         lines.append(

@@ -17,7 +17,7 @@ from proxy import __version__
 from proxy.adminclient import ADMIN_URL_ENV, DEFAULT_ADMIN, DEFAULT_TOKEN_ENV
 from proxy.build import describe
 from proxy.config import Config, load_source
-from proxy.errors import ConfigError
+from proxy.errors import ConfigError, StateError
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 
@@ -72,7 +72,29 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"  note: {token_env} is not set: the admin API will refuse promote/pause/abort")
     elif not token_env:
         print("  note: no admin.token_env: the admin API will refuse promote/pause/abort")
+    for line in _stable_notes(config):
+        print(f"  note: {line}")
     return EXIT_OK
+
+
+def _stable_notes(config: Config) -> list[str]:
+    """Where the state file's record of the stable pool differs from the config file's
+    (a release promoted another pool): the store's is what is served."""
+    from proxy.releases import drift_of
+    from proxy.store.file import FileStore
+
+    if config.state.backend != "file" or config.state.path is None:
+        return []
+    try:
+        books = FileStore(config.state.path).read_books()
+    except StateError as exc:
+        return [f"cannot read the releases in the state file: {exc}"]
+    notes = []
+    for service in config.services:
+        differs = drift_of(service, books.get(service.name))
+        if differs:
+            notes.append(f"service {service.name}: {differs}")
+    return notes
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -220,6 +242,89 @@ def cmd_reload(args: argparse.Namespace) -> int:
     except adminclient.AdminUnreachable as exc:
         print(f"rollout-proxy reload: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    from proxy import adminclient, releaseclient
+
+    try:
+        if args.release_command == "start":
+            change = {
+                k: v
+                for k, v in (
+                    ("commit", args.commit),
+                    ("url", args.url),
+                    ("summary", args.summary),
+                    ("author", args.author),
+                )
+                if v
+            }
+            token = os.environ.get(args.token_env)
+            return releaseclient.start(
+                args.admin, args.service, args.version, args.canary, args.steps, change,
+                args.supersede, token, args.json,
+            )  # fmt: skip
+        if args.release_command == "list":
+            return releaseclient.list_releases(args.admin, args.service, args.json)
+        if args.release_command == "show":
+            return releaseclient.show(args.admin, args.service, args.version, args.json)
+        return releaseclient.wait(args.admin, args.service, args.version, args.timeout, args.poll)
+    except adminclient.AdminUnreachable as exc:
+        print(f"rollout-proxy release: {exc}", file=sys.stderr)
+        return releaseclient.EXIT_ERROR
+
+
+def _add_release(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    text = "start, list, show and wait for releases of a service (what a CI job calls)"
+    release = sub.add_parser(
+        "release",
+        help=text,
+        description=_text(
+            text + ". A release is a version deployed on its own upstreams: the proxy rolls it "
+            "out step by step, judges it, and on completion makes its upstreams the stable pool."
+        ),
+        epilog="examples:\n  rollout-proxy release start shop --version 1.4.2 --canary "
+        "http://10.0.0.7:8080\n  rollout-proxy release wait shop --version 1.4.2 --timeout 30m"
+        f"\n\nenvironment:\n  {ADMIN_URL_ENV}    the admin listener's URL when --admin is not "
+        f"given\n  {DEFAULT_TOKEN_ENV}  the admin token, for release start (--token-env NAME "
+        "reads another)\n  ROLLOUT_ACTOR        who starts it, recorded with the release "
+        "(else $GITHUB_ACTOR, $CI_JOB_NAME, $USER)\n\nrelease wait exits 0 completed, 1 rolled "
+        "back or aborted, 3 timeout, 2 error",
+        formatter_class=_Formatter,
+    )
+    commands = release.add_subparsers(dest="release_command", required=True, metavar="COMMAND")
+    start = commands.add_parser("start", help="start a release (the same version again: no-op)")
+    start.add_argument("service", metavar="SERVICE")
+    start.add_argument("--version", required=True, metavar="V")
+    start.add_argument("--canary", nargs="+", required=True, metavar="URL")
+    start.add_argument("--steps", metavar="FILE", help="YAML list of steps (default: configured)")
+    start.add_argument("--commit", default="")
+    start.add_argument("--url", default="", help="a link to the change")
+    start.add_argument("--summary", default="")
+    start.add_argument("--author", default="")
+    start.add_argument("--supersede", action="store_true", help="roll back one in progress")
+    listing = commands.add_parser("list", help="the service's releases, newest first")
+    listing.add_argument("service", metavar="SERVICE")
+    show = commands.add_parser("show", help="one release (default: the newest)")
+    show.add_argument("service", metavar="SERVICE")
+    show.add_argument("version", nargs="?", metavar="V")
+    wait = commands.add_parser("wait", help="follow a release until it ends")
+    wait.add_argument("service", metavar="SERVICE")
+    wait.add_argument("--version", default=None, metavar="V")
+    wait.add_argument("--timeout", type=_seconds, default=3600.0, metavar="D")
+    wait.add_argument("--poll", type=_seconds, default=1.0, metavar="D")
+    for command in (start, listing, show, wait):
+        _admin_options(command)
+        command.set_defaults(func=cmd_release)
+
+
+def _seconds(value: str) -> float:
+    from proxy.config import reader
+
+    try:
+        return reader.duration(value, "--timeout")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(exc.reason) from exc
 
 
 def _add_reload(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -400,6 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_rollout_commands(sub)
     _add_reload(sub)
+    _add_release(sub)
     return parser
 
 

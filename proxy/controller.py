@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
@@ -35,12 +36,22 @@ import orjson
 from proxy.config import Config, ServiceConfig
 from proxy.core.analysis import Assessment, TierBaseline, Verdict
 from proxy.core.machine import Event, RolloutState, Status, Transition, initial, step
+from proxy.core.releases import (
+    Known,
+    ReleaseStatus,
+    StartKind,
+    keep_newest,
+    on_start,
+    outcome_of,
+    release_id,
+)
 from proxy.core.routing import RoutingPlan
 from proxy.errors import StaleVersion, StateError, StoreUnavailable
 from proxy.feed import AnalysisFeed
 from proxy.fleet.batch import ServiceEvidence, replay
+from proxy.releases import StartRequest, ended, release_salt, served, served_config, stable_of
 from proxy.rollout import Rollout, record_after
-from proxy.store.records import JournalEntry, RolloutRecord
+from proxy.store.records import JournalEntry, ReleaseBook, ReleaseRecord, RolloutRecord
 
 # Events that move toward stable or hold still: they win a race with a concurrent change
 # (retried on the newer state) and apply locally first when the shared store is away.
@@ -62,6 +73,8 @@ class Store(Protocol):
         self, record: RolloutRecord, expected_version: int | None, entry: JournalEntry
     ) -> bool: ...
     async def history(self, service: str, limit: int = 100) -> list[JournalEntry]: ...
+    async def load_books(self) -> dict[str, ReleaseBook]: ...
+    async def commit_book(self, book: ReleaseBook, expected_version: int | None) -> bool: ...
 
 
 class PlanSink(Protocol):
@@ -103,6 +116,10 @@ class Controller:
         clock: Clock | None = None,
         deciding: bool = True,
     ) -> None:
+        # The config file's; `config` is what is served: the file's, with each service that has
+        # releases as its release book has it served (proxy/releases.py).
+        self.file_config = config
+        self.books: dict[str, ReleaseBook] = {}
         self.config = config
         self.router = router
         self.store = store
@@ -118,6 +135,7 @@ class Controller:
         self.resumed = False
         self._task: asyncio.Task[None] | None = None
         self._pending_tasks: set[asyncio.Task[Transition]] = set()
+        self._books_lock = asyncio.Lock()  # one release write at a time
 
     # --- start and resume -----------------------------------------------------------------
 
@@ -131,8 +149,12 @@ class Controller:
     async def resume(self) -> None:
         try:
             records = await self.store.load()
-            for service in self.config.services:
-                await self._resume(service, records.get(service.name))
+            books = await self.store.load_books()
+            if books or self.books:
+                await self._serve_books(books, records)
+            else:
+                for service in self.config.services:
+                    await self._resume(service, records.get(service.name))
         except StateError as exc:
             self._fail_safe(str(exc), unreachable=isinstance(exc, StoreUnavailable))
             raise
@@ -153,13 +175,47 @@ class Controller:
         self.rollouts[service.name] = rollout
         self._publish(rollout)
 
-    async def _started(
+    async def _serve_books(
+        self, books: Mapping[str, ReleaseBook], records: Mapping[str, RolloutRecord]
+    ) -> None:
+        """Serve every service as the release `books` have it (read from the store), each
+        rollout resumed from `records` or started; routing swapped in at once."""
+        self.books = dict(books)
+        config = served_config(self.file_config, self.books)
+        rollouts = {}
+        for service in config.services:
+            rollouts[service.name] = await self._made(service, records.get(service.name))
+        self.config = config
+        self.rollouts.clear()
+        self.rollouts.update(rollouts)
+        self.router.reconfigure(config, {n: r.plan() for n, r in rollouts.items()})
+        for rollout in rollouts.values():
+            self.sink.set_status(rollout.config.name, rollout.state.status.value)
+
+    async def _made(
         self, service: ServiceConfig, record: RolloutRecord | None, why: str = "new spec"
+    ) -> Rollout:
+        """The rollout `service` is served by: idle once its releases are over (nothing
+        written), else resumed from `record` or started."""
+        _, release, idle = served(service, self.books.get(service.name))
+        if idle:
+            rollout = Rollout(service, initial(1), self.clock.monotonic(), idle=True)
+            if record is not None:
+                rollout.state = RolloutState(record.status, 0, 1, record.version)
+            return rollout
+        return await self._started(service, record, why, release)
+
+    async def _started(
+        self,
+        service: ServiceConfig,
+        record: RolloutRecord | None,
+        why: str = "new spec",
+        release: str = "",
     ) -> Rollout:
         """The rollout of `service` that the store's `record` describes, or a new one
         (committed) when the record is of another spec."""
         now, wall = self.clock.monotonic(), self.clock.wall()
-        rollout = Rollout(service, initial(1), now)
+        rollout = Rollout(service, initial(1), now, release)
         for _ in range(_ATTEMPTS):
             if (
                 record
@@ -201,6 +257,8 @@ class Controller:
         async with contextlib.AsyncExitStack() as held:
             for rollout in self.rollouts.values():  # no transition runs during the swap
                 await held.enter_async_context(rollout.lock)
+            self.file_config = config
+            config = served_config(config, self.books)
             notes, rollouts = await self._reconfigured(config)
             for rollout, service in rollouts.values():
                 if rollout.config is not service:
@@ -224,7 +282,11 @@ class Controller:
         records: dict[str, RolloutRecord] | None = None
         for service in config.services:
             old = self.rollouts.get(service.name)
-            if old is not None and old.carries(service):
+            idle = served(service, self.books.get(service.name))[2]
+            if old is not None and old.idle and idle:
+                rollouts[service.name] = (old, service)
+                continue
+            if old is not None and not old.idle and not idle and old.carries(service):
                 rollouts[service.name] = (old, service)
                 if old.config.rollout.analysis != service.rollout.analysis:
                     notes.append(
@@ -237,7 +299,7 @@ class Controller:
             else:
                 records = await self.store.load() if records is None else records
                 why = "new spec (reload)" if old is not None else "new service (reload)"
-                rollout = await self._started(service, records.get(service.name), why)
+                rollout = await self._made(service, records.get(service.name), why)
             what = "added"
             if old is not None:
                 same = old.spec_hash == rollout.spec_hash
@@ -385,6 +447,7 @@ class Controller:
                 if self.pending:  # applied here while the store could not be written
                     await self.write_back(await self.store.load())
                 await self.tick()
+                await self.follow_releases()
             except StateError:
                 # The store refused or could not be written (a full disk): nothing changed,
                 # and the verdict is acted on again next interval. The loop must outlive it.
@@ -397,6 +460,8 @@ class Controller:
         now = self.clock.monotonic()
         for name, rollout in self.rollouts.items():
             if rollout.state.status is not Status.PROGRESSING or name in self.pending:
+                continue
+            if rollout.idle:
                 continue
             verdict = rollout.analysis.assess(now)
             rollout.last = verdict
@@ -426,10 +491,33 @@ class Controller:
         routing. Raises StateError when the store refuses or cannot be written (nothing
         changes then), StoreUnavailable when a shared store is away (except for SAFE_EVENTS,
         which then apply here and are written back later), StaleVersion when
-        `expected_version` (the version the person acting saw) is not the current one."""
+        `expected_version` (the version the person acting saw) is not the current one. A
+        release whose rollout it ends is ended too (completion promotes its pool)."""
+        transition = await self._transition(
+            service, event, actor, evidence, reason, expected_version=expected_version
+        )
+        if transition.applied and transition.after.status in _OVER:
+            async with self._books_lock:
+                await self._conclude(service)
+        return transition
+
+    async def _transition(
+        self,
+        service: str,
+        event: Event,
+        actor: str,
+        evidence: Assessment | None = None,
+        reason: str = "",
+        *,
+        expected_version: int | None = None,
+    ) -> Transition:
         rollout = self.rollouts[service]
         if self.state_error:
             raise StateError(self.state_error)
+        if rollout.idle:
+            raise StateError(
+                f"{service}: no release in progress; start one (rollout-proxy release start)"
+            )
         async with rollout.lock:
             current = rollout.state.version
             if expected_version is not None and expected_version != current:
@@ -514,6 +602,145 @@ class Controller:
     async def history(self, service: str, limit: int = 100) -> list[JournalEntry]:
         return await self.store.history(service, limit)
 
+    # --- releases -------------------------------------------------------------------------------
+
+    def file_service(self, name: str) -> ServiceConfig | None:
+        """The config file's section of service `name`."""
+        return next((s for s in self.file_config.services if s.name == name), None)
+
+    async def start_release(
+        self, name: str, request: StartRequest, actor: str
+    ) -> tuple[ReleaseRecord, bool]:
+        """Start the release `request` describes (its service must exist): (the release,
+        True) once it is recorded and served; (the release of that version already there,
+        False). Raises ReleaseConflict when another one is in progress and the request does
+        not supersede it (superseding rolls it back first, journaled as such), StateError
+        when the store cannot be trusted or written."""
+        service = self.file_service(name)
+        assert service is not None, f"no service {name}"
+        if self.state_error:
+            raise StateError(self.state_error)
+        async with self._books_lock:
+            book = self.books.get(name)
+            known = [Known(r.id, r.version, ReleaseStatus(r.status)) for r in _releases(book)]
+            decision = on_start(known, request.version, request.supersede)
+            if decision.kind is StartKind.EXISTING:
+                found = book.find(decision.release or "") if book else None
+                assert found is not None
+                return found, False
+            if decision.kind is StartKind.CONFLICT:
+                active = book.current() if book else None
+                raise ReleaseConflict(
+                    f"{name}: release {active.version if active else '?'} is in progress; "
+                    'wait for it, or send "supersede": true to roll it back and start this one'
+                )
+            if decision.supersedes is not None:
+                await self._supersede(name, actor, request.version)
+                book = self.books.get(name)
+            wall = self.clock.wall()
+            record = ReleaseRecord(
+                id=release_id(name, request.version, wall),
+                service=name,
+                version=request.version,
+                status=ReleaseStatus.PROGRESSING.value,
+                actor=actor,
+                started=wall,
+                canary=request.canary,
+                salt=release_salt(request, name),
+                steps=request.steps,
+                change=request.change,
+                stable_before=stable_of(service, book),
+                rollout_version=self.rollouts[name].state.version + 1,
+            )
+            base = book or ReleaseBook(name, 0)
+            keep = self.file_config.releases.keep
+            written = dataclasses.replace(
+                base,
+                version=base.version + 1,
+                active=record.id,
+                releases=tuple(keep_newest((record, *base.releases), keep)),
+            )
+            if not await self.store.commit_book(written, None if book is None else book.version):
+                raise StateError(f"{name}: the releases changed elsewhere; try again")
+            self.books[name] = written
+            await self._serve_service(name, f"release {request.version}")
+            return record, True
+
+    async def _supersede(self, name: str, actor: str, version: str) -> None:
+        """Roll the release in progress back, to start `version` (the books lock is held)."""
+        rollout = self.rollouts[name]
+        if rollout.state.status not in _OVER:
+            why = f"superseded by release {version}"
+            transition = await self._transition(name, Event.ABORT, actor, None, why)
+            if not transition.applied:
+                raise ReleaseConflict(f"{name}: cannot roll back the release: {transition.reason}")
+        if not await self._conclude(name, superseded=True):
+            raise StateError(f"{name}: the releases changed elsewhere; try again")
+
+    async def _conclude(self, name: str, *, superseded: bool = False) -> bool:
+        """End the release in progress of `name` when its rollout is over (the books lock
+        is held): completion makes its upstreams the stable pool. True when it ended."""
+        rollout, book = self.rollouts.get(name), self.books.get(name)
+        release = book.current() if book else None
+        if rollout is None or book is None or release is None or rollout.release != release.id:
+            return False
+        if rollout.state.status not in _OVER:
+            return False
+        entries = await self.store.history(name, 1000)
+        mine = [e for e in reversed(entries) if e.version >= release.rollout_version]
+        last = mine[-1] if mine else None
+        status = outcome_of(rollout.state.status.value, last.action if last else "", superseded)
+        outcome = _outcome_words(status, release, last, stable_of(rollout.config, book))
+        verdicts = tuple(_verdict(e) for e in mine)
+        written = ended(book, status, outcome, self.clock.wall(), verdicts)
+        if not await self.store.commit_book(written, book.version):
+            return False  # written elsewhere: followed on the next interval
+        self.books[name] = written
+        await self._serve_service(name, f"release {release.version} {status.value}")
+        return True
+
+    async def _serve_service(self, name: str, why: str) -> None:
+        """Serve service `name` as its release book now says (its rollout resumed from the
+        store's record or started), the others as they are; routing swapped at once."""
+        config = served_config(self.file_config, self.books)
+        service = next(s for s in config.services if s.name == name)
+        old = self.rollouts[name]
+        async with old.lock:
+            record = (await self.store.load()).get(name)
+            rollout = await self._made(service, record, why)
+            self.config = config
+            self.rollouts[name] = rollout
+            self.pending.pop(name, None)
+            self.router.reconfigure(config, {n: r.plan() for n, r in self.rollouts.items()})
+            self.sink.set_status(name, rollout.state.status.value)
+
+    async def follow_releases(self) -> None:
+        """Serve what the store's release books say: books written by another replica, and a
+        release whose rollout ended without its book being written (a crash in between)."""
+        if self.state_error:
+            return
+        books = await self.store.load_books()
+        async with self._books_lock:
+            for name, book in books.items():
+                if name not in self.rollouts:
+                    continue
+                mine = self.books.get(name)
+                if mine is None or book.version > mine.version:
+                    self.books[name] = book
+                    await self._serve_service(name, "release (followed)")
+                if self.deciding:
+                    await self._conclude(name)
+
+    def release_status(self, name: str, release: ReleaseRecord) -> str:
+        """A release's status now (one in progress may be paused)."""
+        rollout = self.rollouts.get(name)
+        book = self.books.get(name)
+        if rollout is None or book is None or book.active != release.id:
+            return release.status
+        if rollout.release != release.id:
+            return release.status
+        return outcome_of(rollout.state.status.value, "").value
+
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
@@ -523,6 +750,52 @@ class Controller:
         for task in list(self._pending_tasks):
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await task
+
+
+_OVER = frozenset({Status.COMPLETED, Status.ROLLED_BACK})
+
+
+class ReleaseConflict(StateError):
+    """Another release is in progress (the API answers 409)."""
+
+
+def _releases(book: ReleaseBook | None) -> tuple[ReleaseRecord, ...]:
+    return book.releases if book else ()
+
+
+def _verdict(entry: JournalEntry) -> dict[str, Any]:
+    """One transition of a release's rollout, as its record keeps it."""
+    return {
+        "time": entry.time,
+        "action": entry.action,
+        "actor": entry.actor,
+        "from": {"status": entry.from_status, "step": entry.from_step},
+        "to": {"status": entry.to_status, "step": entry.to_step},
+        "reason": entry.reason,
+        "evidence": dict(entry.evidence),
+    }
+
+
+def _outcome_words(
+    status: ReleaseStatus,
+    release: ReleaseRecord,
+    last: JournalEntry | None,
+    stable: tuple[str, ...],
+) -> str:
+    reason = f": {last.reason}" if last and last.reason else ""
+    if status is ReleaseStatus.COMPLETED:
+        freed = ", ".join(release.stable_before) or "nothing"
+        return (
+            f"completed: {', '.join(release.canary)} is stable now; the previous stable "
+            f"pool ({freed}) is released"
+        )
+    if status is ReleaseStatus.SUPERSEDED:
+        return f"rolled back{reason}; stable stays {', '.join(stable)}"
+    if status is ReleaseStatus.ABORTED:
+        who = last.actor if last else "someone"
+        return f"aborted by {who}{reason}; stable stays {', '.join(stable)}"
+    step = f" at step {last.from_step + 1}" if last else ""
+    return f"rolled back{step}{reason}; stable stays {', '.join(stable)}"
 
 
 def _stable_only(service: ServiceConfig, now: float) -> Rollout:

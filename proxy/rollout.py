@@ -20,10 +20,11 @@ from proxy.core.routing import RoutingPlan
 from proxy.store.records import RolloutRecord
 
 
-def spec_hash(service: ServiceConfig) -> str:
-    """Identity of a rollout: salt, strategy, steps and canary upstreams (not the analysis)."""
+def spec_hash(service: ServiceConfig, release: str = "") -> str:
+    """Identity of a rollout: salt, strategy, steps and canary upstreams (not the analysis),
+    and the id of the release it judges (proxy/releases.py), if any."""
     rollout = service.rollout
-    spec = {
+    spec: dict[str, object] = {
         "salt": rollout.salt,
         "strategy": rollout.strategy,
         "steps": [
@@ -31,19 +32,33 @@ def spec_hash(service: ServiceConfig) -> str:
         ],
         "canary": [str(u) for u in service.upstreams.canary],
     }
+    if release:
+        spec["release"] = release
     return hashlib.sha256(orjson.dumps(spec, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
 
 
 class Rollout:
     """The live rollout of one service (the persisted part is `state` plus times)."""
 
-    def __init__(self, config: ServiceConfig, state: RolloutState, started: float) -> None:
+    def __init__(
+        self,
+        config: ServiceConfig,
+        state: RolloutState,
+        started: float,
+        release: str = "",
+        *,
+        idle: bool = False,
+    ) -> None:
         self.config = config
+        # The release this rollout judges (its id), if any; an idle rollout is a service
+        # whose releases are all over: everything on stable, nothing to judge.
+        self.release = release
+        self.idle = idle
         # With a baseline period, machine step 0 is the baseline (nothing exposed) and
         # configured step i is machine step i + 1.
         self.offset = 1 if config.rollout.baseline_s > 0 else 0
         self.machine_steps = len(config.rollout.steps) + self.offset
-        self.spec_hash = spec_hash(config)
+        self.spec_hash = spec_hash(config, release)
         self.state = state
         self.step_started = started  # monotonic
         self.step_started_wall = 0.0
@@ -85,7 +100,7 @@ class Rollout:
         """Whether a reloaded `config` of this service continues this rollout (same spec,
         same baseline period: the machine's steps mean the same)."""
         offset = 1 if config.rollout.baseline_s > 0 else 0
-        return spec_hash(config) == self.spec_hash and offset == self.offset
+        return spec_hash(config, self.release) == self.spec_hash and offset == self.offset
 
     def reconfigure(self, config: ServiceConfig) -> None:
         """Continue under a reloaded `config` that `carries` this rollout. Its evidence is
@@ -108,7 +123,11 @@ class Rollout:
 
     def plan(self) -> RoutingPlan:
         rollout = self.config.rollout
-        active = self.state.status is not Status.ROLLED_BACK and self.foreign_spec is None
+        active = (
+            self.state.status is not Status.ROLLED_BACK
+            and self.foreign_spec is None
+            and not self.idle
+        )
         return RoutingPlan.build(rollout, self.step_index, active=active)
 
     def observe_s(self) -> float:

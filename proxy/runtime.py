@@ -129,6 +129,8 @@ class Runtime:
         listen = config.listen
         if self.supervisor is not None:
             self.supervisor.tags = self.controller.tags
+            controller = self.controller
+            self.supervisor.books = lambda: controller.books
             self.supervisor.evidence = partial(observe_all, evidence)
             self.data_address = await self.supervisor.start(listen.host, listen.port)
         else:

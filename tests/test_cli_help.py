@@ -27,6 +27,7 @@ COMMANDS = [
     "abort",
     "restart",
     "reload",
+    "release",
 ]
 MUTATIONS = ["promote", "pause", "resume", "abort", "restart", "reload"]
 

@@ -28,6 +28,7 @@ from proxy.config.model import (
     IdentityRule,
     Limits,
     Match,
+    ReleasesConfig,
     RolloutConfig,
     ServiceConfig,
     StateConfig,
@@ -52,6 +53,7 @@ __all__ = [
     "IdentityRule",
     "Limits",
     "Match",
+    "ReleasesConfig",
     "RolloutConfig",
     "ServiceConfig",
     "StateConfig",
@@ -67,7 +69,16 @@ __all__ = [
     "parse_text",
 ]
 
-_TOP_KEYS = ("listen", "admin", "state", "services", "trusted_peers", "limits", "access_log")
+_TOP_KEYS = (
+    "listen",
+    "admin",
+    "state",
+    "services",
+    "trusted_peers",
+    "limits",
+    "access_log",
+    "releases",
+)
 DEFAULT_ADMIN_LISTEN = "127.0.0.1:9090"
 DEFAULT_STATE_PATH = "state/rollouts.json"
 DEFAULT_REDIS_PREFIX = "rollout-proxy"
@@ -166,6 +177,11 @@ def _access_log(value: object, path: str) -> AccessLogConfig:
     return AccessLogConfig(enabled=enabled, path=file_path)
 
 
+def _releases(value: object, path: str) -> ReleasesConfig:
+    data = read.mapping(value, path, ("keep",))
+    return ReleasesConfig(keep=read.integer(data.get("keep", 50), read.key(path, "keep"), 1, 10000))
+
+
 def limit_keys() -> dict[str, str]:
     """YAML key -> Limits field: durations drop the `_s` suffix (`header_timeout: 10s`)."""
     return {f.name.removesuffix("_s"): f.name for f in dataclasses.fields(Limits)}
@@ -224,6 +240,7 @@ def parse_config(data: object, env: Mapping[str, str]) -> Config:
         ),
         limits=_limits(top.get("limits", {}), "limits"),
         access_log=_access_log(top.get("access_log", {}), "access_log"),
+        releases=_releases(top.get("releases", {}), "releases"),
     )
 
 

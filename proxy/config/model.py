@@ -171,6 +171,11 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class ReleasesConfig:
+    keep: int = 50  # releases kept per service in the state store (newest first)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     listen: Address
     admin: AdminConfig
@@ -179,3 +184,4 @@ class Config:
     trusted_peers: tuple[IPv4Network | IPv6Network, ...] = ()
     limits: Limits = field(default_factory=Limits)
     access_log: AccessLogConfig = field(default_factory=AccessLogConfig)
+    releases: ReleasesConfig = field(default_factory=ReleasesConfig)

@@ -28,7 +28,7 @@ const ALLOWED = {
 };
 const STATUS_WORDS = {
   progressing: "progressing", paused: "paused", completed: "completed",
-  rolled_back: "rolled back",
+  rolled_back: "rolled back", idle: "idle",
 };
 
 const services = new Map(); // name -> view state
@@ -220,16 +220,18 @@ async function refresh(status) {
   const view = viewOf(status.service);
   const base = `/api/v1/services/${encodeURIComponent(status.service)}`;
   const planFresh = view.plan && view.planVersion === status.version;
-  const [series, journal, plan] = await Promise.all([
+  const [series, journal, plan, releases] = await Promise.all([
     call("GET", `${base}/series?since=${view.lastT}`),
     call("GET", `${base}/decisions?limit=20`),
     planFresh ? view.plan : call("GET", `${base}/plan`),
+    call("GET", `${base}/releases`),
   ]);
   view.plan = plan;
   view.planVersion = status.version;
   view.meta = series;
   keep(view, series.samples);
   render(view, status, journal.decisions);
+  renderReleases(view.card, status, releases.releases);
 }
 
 function keep(view, fresh) {
@@ -482,6 +484,41 @@ function tierEvidence(verdict) {
       `compared with ${source}: ${pct(rateOf(t.baseline))} of ${count(t.baseline.requests)}` +
       ` · ${pct(t.share)} of the tier on the canary`);
   });
+}
+
+// The release in progress beside its verdict, and the service's releases, newest first.
+function changeCell(change) {
+  const td = el("td");
+  const words = change.summary || change.commit || "";
+  if (change.url) {
+    const link = el("a", words || change.url);
+    link.href = change.url;
+    link.rel = "noopener";
+    td.append(link);
+  } else {
+    td.textContent = words;
+  }
+  return td;
+}
+
+function renderReleases(card, status, releases) {
+  const current = $(card, "release");
+  const release = status.release;
+  current.hidden = !release;
+  if (release) {
+    const change = release.change || {};
+    const words = change.summary || change.commit || "no change summary";
+    current.textContent = `release ${release.version} (${release.status}) by ${release.actor}: ${words}`;
+  }
+  $(card, "releases-panel").hidden = !releases.length;
+  $(card, "releases").replaceChildren(...releases.map((r) => {
+    const tr = el("tr");
+    tr.dataset.release = r.status;
+    const took = r.duration_s === null ? "running" : duration(r.duration_s);
+    tr.append(el("td", r.version), changeCell(r.change || {}), el("td", r.actor),
+      el("td", r.outcome || r.status), el("td", took));
+    return tr;
+  }));
 }
 
 function renderJournal(card, decisions) {

@@ -1,5 +1,8 @@
 """The file state store (the embedded default): one JSON document and a JSONL journal.
 
+Releases (proxy/releases.py) are in a second document, `<stem>.releases.json`, written the
+same way (atomic, checksummed, compare-and-set on each service's book version).
+
 Writes are atomic and durable: write `<name>.tmp`, flush, fsync, rename over `<name>`, fsync the
 directory; `kill -9` at any moment leaves either the old or the new document, never a torn one.
 The document carries a schema version and a checksum of its body, so a corrupt or foreign file
@@ -24,7 +27,7 @@ from typing import Any
 import orjson
 
 from proxy.errors import StateError, StoreUnavailable
-from proxy.store.records import JournalEntry, RolloutRecord
+from proxy.store.records import JournalEntry, ReleaseBook, RolloutRecord
 
 SCHEMA_VERSION = 1
 _log = logging.getLogger(__name__)
@@ -40,6 +43,7 @@ class FileStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.journal_path = self.path.with_name(self.path.stem + ".journal.jsonl")
+        self.releases_path = self.path.with_name(self.path.stem + ".releases.json")
         self._lock = threading.Lock()
 
     # --- synchronous core -----------------------------------------------------------------
@@ -104,6 +108,40 @@ class FileStore:
                     break
         return found
 
+    def read_books(self) -> dict[str, ReleaseBook]:
+        """Every service's release book; {} when there is none yet."""
+        try:
+            raw = self.releases_path.read_bytes()
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise StateError(f"cannot read {self.releases_path}: {exc.strerror}") from exc
+        body = _body(raw, self.releases_path, "releases")
+        return {name: ReleaseBook.from_json(data) for name, data in body.items()}
+
+    def compare_and_set_book(self, book: ReleaseBook, expected_version: int | None) -> bool:
+        """Write `book` if the stored book of its service is at `expected_version` (None:
+        there must be none yet)."""
+        with self._lock:
+            books = self.read_books()
+            current = books.get(book.service)
+            if (None if current is None else current.version) != expected_version:
+                return False
+            books[book.service] = book
+            body = {name: b.to_json() for name, b in sorted(books.items())}
+            document = {
+                "schema_version": SCHEMA_VERSION,
+                "checksum": _checksum(body),
+                "releases": body,
+            }
+            try:
+                _atomic_write(self.releases_path, orjson.dumps(document))
+            except OSError as exc:
+                raise StoreUnavailable(
+                    f"cannot write {self.releases_path}: {exc.strerror}"
+                ) from exc
+            return True
+
     # --- async wrappers -------------------------------------------------------------------
 
     async def load(self) -> dict[str, RolloutRecord]:
@@ -131,8 +169,20 @@ class FileStore:
     async def history(self, service: str, limit: int = 100) -> list[JournalEntry]:
         return await asyncio.to_thread(self.entries, service, limit)
 
+    async def load_books(self) -> dict[str, ReleaseBook]:
+        return await asyncio.to_thread(self.read_books)
+
+    async def commit_book(self, book: ReleaseBook, expected_version: int | None) -> bool:
+        return await asyncio.to_thread(self.compare_and_set_book, book, expected_version)
+
 
 def _parse(raw: bytes, path: Path) -> dict[str, RolloutRecord]:
+    body = _body(raw, path, "rollouts")
+    return {name: RolloutRecord.from_json(data) for name, data in body.items()}
+
+
+def _body(raw: bytes, path: Path, key: str) -> dict[str, Any]:
+    """The checksummed body under `key` of a state document."""
     try:
         document = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -141,10 +191,10 @@ def _parse(raw: bytes, path: Path) -> dict[str, RolloutRecord]:
         raise StateError(f"{path} does not hold a state document")
     if document.get("schema_version") != SCHEMA_VERSION:
         raise StateError(f"{path} has schema version {document.get('schema_version')!r}")
-    body = document.get("rollouts")
+    body = document.get(key)
     if not isinstance(body, dict) or document.get("checksum") != _checksum(body):
         raise StateError(f"{path} failed its checksum")
-    return {name: RolloutRecord.from_json(data) for name, data in body.items()}
+    return body
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -106,3 +106,123 @@ class JournalEntry:
             reason=str(data.get("reason", "")),
             evidence=dict(data.get("evidence", {})),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseRecord:
+    """One release of a service: what CI said it is, how it is rolled out, how it ended."""
+
+    id: str
+    service: str
+    version: str
+    status: str  # proxy.core.releases.ReleaseStatus
+    actor: str
+    started: float  # wall clock
+    canary: tuple[str, ...]  # the release's upstreams (URLs)
+    salt: str
+    steps: tuple[Mapping[str, Any], ...] = ()  # as given (empty: the service's configured)
+    change: Mapping[str, Any] = field(default_factory=dict)
+    color: str | None = None  # blue/green: the pool the release runs on
+    stable_before: tuple[str, ...] = ()  # the stable pool when it started
+    released: tuple[str, ...] = ()  # completed: the previous stable pool, free to tear down
+    rollout_version: int = 0  # the rollout record's version when the release's rollout began
+    ended: float | None = None
+    outcome: str = ""  # in words
+    verdicts: tuple[Mapping[str, Any], ...] = ()  # per transition, with the evidence
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "service": self.service,
+            "version": self.version,
+            "status": self.status,
+            "actor": self.actor,
+            "started": self.started,
+            "ended": self.ended,
+            "canary": list(self.canary),
+            "salt": self.salt,
+            "steps": [dict(s) for s in self.steps],
+            "change": dict(self.change),
+            "color": self.color,
+            "stable_before": list(self.stable_before),
+            "released": list(self.released),
+            "rollout_version": self.rollout_version,
+            "outcome": self.outcome,
+            "verdicts": [dict(v) for v in self.verdicts],
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> ReleaseRecord:
+        if not isinstance(data, Mapping):
+            raise StateError("release record is not an object")
+        try:
+            ended = data.get("ended")
+            color = data.get("color")
+            return cls(
+                id=str(data["id"]),
+                service=str(data["service"]),
+                version=str(data["version"]),
+                status=str(data["status"]),
+                actor=str(data["actor"]),
+                started=float(data["started"]),
+                ended=None if ended is None else float(ended),
+                canary=tuple(str(u) for u in data["canary"]),
+                salt=str(data["salt"]),
+                steps=tuple(dict(s) for s in data.get("steps", [])),
+                change=dict(data.get("change", {})),
+                color=None if color is None else str(color),
+                stable_before=tuple(str(u) for u in data.get("stable_before", [])),
+                released=tuple(str(u) for u in data.get("released", [])),
+                rollout_version=_int(data.get("rollout_version", 0)),
+                outcome=str(data.get("outcome", "")),
+                verdicts=tuple(dict(v) for v in data.get("verdicts", [])),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StateError(f"malformed release record: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseBook:
+    """A service's releases (newest first, bounded) and which pool is stable, as promoted by
+    the last completed release. `version` grows by one per write (compare-and-set)."""
+
+    service: str
+    version: int
+    releases: tuple[ReleaseRecord, ...] = ()
+    active: str | None = None  # the id of the release in progress
+    stable: tuple[str, ...] = ()  # empty: the config file's upstreams.stable
+    live: str | None = None  # blue/green: the stable pool's color (None: the config's)
+
+    def current(self) -> ReleaseRecord | None:
+        return next((r for r in self.releases if r.id == self.active), None)
+
+    def find(self, key: str) -> ReleaseRecord | None:
+        """A release by id, or by version."""
+        return next((r for r in self.releases if key in (r.id, r.version)), None)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "service": self.service,
+            "version": self.version,
+            "active": self.active,
+            "stable": list(self.stable),
+            "live": self.live,
+            "releases": [r.to_json() for r in self.releases],
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> ReleaseBook:
+        if not isinstance(data, Mapping):
+            raise StateError("release book is not an object")
+        try:
+            active, live = data.get("active"), data.get("live")
+            return cls(
+                service=str(data["service"]),
+                version=_int(data["version"]),
+                active=None if active is None else str(active),
+                stable=tuple(str(u) for u in data.get("stable", [])),
+                live=None if live is None else str(live),
+                releases=tuple(ReleaseRecord.from_json(r) for r in data.get("releases", [])),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StateError(f"malformed release book: {exc}") from exc

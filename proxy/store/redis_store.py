@@ -6,6 +6,7 @@ Keys (all in one hash slot, `{prefix}`, so the scripts also run on a Redis Clust
     {prefix}:journal:<service>  stream one entry per applied transition
     {prefix}:decider            string the replica holding the decider lease (with a TTL)
     {prefix}:evidence           stream batches of finished requests from every replica
+    {prefix}:releases           hash   service -> release book (JSON, proxy/releases.py)
     <prefix>:changes            pub/sub channel: the name of a service whose record changed
 
 A transition is one Lua script: compare the stored version, write the record, append the
@@ -30,7 +31,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from proxy.errors import StateError, StoreUnavailable
-from proxy.store.records import JournalEntry, RolloutRecord
+from proxy.store.records import JournalEntry, ReleaseBook, RolloutRecord
 
 JOURNAL_MAX = 10_000  # entries kept per service (approximate trimming)
 EVIDENCE_MAX = 2_000  # batches kept (about 2 minutes of a few replicas)
@@ -69,6 +70,20 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+# KEYS: releases hash, changes channel. ARGV: service, expected version (-1: none yet), book.
+_COMMIT_BOOK = """
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+local expected = tonumber(ARGV[2])
+if current then
+    if cjson.decode(current)['version'] ~= expected then return 0 end
+elseif expected ~= -1 then
+    return 0
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+redis.call('PUBLISH', KEYS[2], ARGV[1])
+return 1
+"""
+
 _WATCH_POLL_S = 1.0
 
 
@@ -101,10 +116,12 @@ class RedisStore:
         self._lease_key = f"{slot}:decider"
         self._evidence_key = f"{slot}:evidence"
         self._journal_prefix = f"{slot}:journal:"
+        self._releases_key = f"{slot}:releases"
         self.channel = f"{prefix}:changes"
         self._commit = self._client.register_script(_COMMIT)
         self._lease = self._client.register_script(_LEASE)
         self._release = self._client.register_script(_RELEASE)
+        self._commit_book = self._client.register_script(_COMMIT_BOOK)
 
     # --- the Store protocol (proxy/controller.py) ------------------------------------------
 
@@ -132,6 +149,21 @@ class RedisStore:
         async with _reachable("read the decision journal"):
             rows: Any = await self._client.xrevrange(self._journal_prefix + service, count=limit)
         return [JournalEntry.from_json(orjson.loads(fields[b"entry"])) for _, fields in rows]
+
+    async def load_books(self) -> dict[str, ReleaseBook]:
+        async with _reachable("read the releases"):
+            raw = await self._client.hgetall(self._releases_key)
+        return {_text(key): _book(value) for key, value in raw.items()}
+
+    async def commit_book(self, book: ReleaseBook, expected_version: int | None) -> bool:
+        args: list[bytes | str | int] = [
+            book.service,
+            -1 if expected_version is None else expected_version,
+            orjson.dumps(book.to_json()),
+        ]
+        async with _reachable("write the releases", write=True):
+            written = await self._commit_book(keys=[self._releases_key, self.channel], args=args)
+        return bool(written)
 
     # --- fleet coordination -----------------------------------------------------------------
 
@@ -215,3 +247,11 @@ def _record(raw: Any) -> RolloutRecord:
     except orjson.JSONDecodeError as exc:
         raise StateError(f"malformed rollout record in Redis: {exc}") from exc
     return RolloutRecord.from_json(data)
+
+
+def _book(raw: Any) -> ReleaseBook:
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise StateError(f"malformed release book in Redis: {exc}") from exc
+    return ReleaseBook.from_json(data)

@@ -29,6 +29,7 @@ from proxy.core.routing import RoutingPlan
 from proxy.errors import StateError
 from proxy.fleet.batch import ServiceEvidence, decode
 from proxy.metrics import Metrics
+from proxy.store.records import ReleaseBook
 from proxy.workers.channel import (
     CONFIG,
     DRAIN,
@@ -75,6 +76,8 @@ class Supervisor:
         self.count = count
         self.plans: dict[str, tuple[int, bool]] = {}
         self.tags: Callable[[], dict[str, tuple[str, int]]] = dict
+        # The release books (proxy/releases.py) the workers serve the services by.
+        self.books: Callable[[], Mapping[str, ReleaseBook]] = dict
         self.evidence: EvidenceSink = lambda parts: None
         self.workers: dict[int, WorkerProcess] = {}
         self.restarts = 0
@@ -125,7 +128,13 @@ class Supervisor:
 
     def _config_message(self) -> bytes:
         snapshot = orjson.loads(self._snapshot())
-        payload = {"generation": self.generation, "text": self.source, "plans": snapshot}
+        books = {name: book.to_json() for name, book in self.books().items()}
+        payload = {
+            "generation": self.generation,
+            "text": self.source,
+            "plans": snapshot,
+            "books": books,
+        }
         return frame(CONFIG, orjson.dumps(payload))
 
     def _snapshot(self) -> bytes:

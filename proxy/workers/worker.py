@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -27,7 +28,9 @@ from proxy.errors import ConfigError
 from proxy.fleet.batch import EvidenceBuffer
 from proxy.http.server import Engine
 from proxy.metrics import Metrics
+from proxy.releases import served_config
 from proxy.runtime import data_engine, reconfigure_engine
+from proxy.store.records import ReleaseBook
 from proxy.workers.channel import (
     CONFIG,
     DRAIN,
@@ -76,7 +79,9 @@ class Worker:
         message = orjson.loads(payload)
         error = None
         try:
-            config = parse_text(message["text"], "the reloaded config")
+            config = served_config(
+                parse_text(message["text"], "the reloaded config"), _books(message)
+            )
         except ConfigError as exc:
             error = str(exc)  # the supervisor validated it: only a changed environment
         else:
@@ -129,6 +134,7 @@ async def serve_worker(port: int, channel_fd: int) -> int:
     message = orjson.loads(first[1])
     try:
         config = parse_text(message["text"], "the config from the supervisor")
+        config = served_config(config, _books(message))
     except ConfigError as exc:
         print(f"rollout-proxy worker: {exc}", file=sys.stderr, flush=True)
         return 2
@@ -161,3 +167,9 @@ async def serve_worker(port: int, channel_fd: int) -> int:
         await writer.drain()
         writer.close()
     return 0
+
+
+def _books(message: Mapping[str, Any]) -> dict[str, ReleaseBook]:
+    """The release books a config message carries (what the services are served by)."""
+    books = message.get("books") or {}
+    return {name: ReleaseBook.from_json(book) for name, book in books.items()}

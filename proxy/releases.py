@@ -1,0 +1,166 @@
+"""Releases as the controller serves them: a start request read into a record, and the
+config a service is served by once it has releases.
+
+A service that has never had a release is served by its config file's `rollout:` block, as
+before. Once it has one, its release book (proxy/store/records.py) decides what it serves:
+
+- a release in progress: stable is the book's stable pool (else the file's), canary is the
+  release's upstreams, and the rollout runs the release's steps (else the file's) under the
+  release's salt;
+- no release in progress: the service is idle, everything on the stable pool.
+
+The rules themselves (same version, conflicts, salts, which pool is stable) are the pure
+functions of proxy/core/releases.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from proxy.config import Config, ServiceConfig, Upstream, UpstreamsConfig
+from proxy.config import reader as read
+from proxy.config.services import _default_baseline, _step
+from proxy.core.releases import ReleaseStatus, derive_salt, drift, stable_pool
+from proxy.errors import ConfigError
+from proxy.store.records import ReleaseBook, ReleaseRecord
+
+_CHANGE_KEYS = ("commit", "url", "summary", "author", "routes")
+_STEP_KEYS = ("percent", "tiers", "tenants", "observe")
+_BODY_KEYS = ("version", "canary", "steps", "change", "salt", "supersede")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StartRequest:
+    """A validated `POST .../releases` body."""
+
+    version: str
+    canary: tuple[str, ...]
+    steps: tuple[Mapping[str, Any], ...]
+    change: Mapping[str, Any]
+    salt: str | None
+    supersede: bool
+
+
+def start_request(body: object, service: ServiceConfig) -> StartRequest:
+    """The body of a release start, validated against `service` (ConfigError names the key)."""
+    data = read.mapping(body, "", _BODY_KEYS, required=("version",))
+    version = read.string(data["version"], "version")
+    if not version or len(version) > 128 or not version.isprintable():
+        raise ConfigError("version", "must be 1 to 128 printable characters")
+    urls = read.sequence(data.get("canary", []), "canary")
+    canary = tuple(str(read.upstream(u, read.index("canary", i))) for i, u in enumerate(urls))
+    if not canary:
+        raise ConfigError("canary", "must list the release's upstreams (http://host:port)")
+    if len(set(canary)) != len(canary):
+        raise ConfigError("canary", "lists an upstream twice")
+    items = read.sequence(data.get("steps", []), "steps")
+    steps = tuple(read.mapping(s, read.index("steps", i), _STEP_KEYS) for i, s in enumerate(items))
+    parse_steps(steps, service)  # validated now, parsed again where served
+    change = read.mapping(data.get("change", {}), "change", _CHANGE_KEYS)
+    for key in ("commit", "url", "summary", "author"):
+        if key in change:
+            read.string(change[key], read.key("change", key))
+    if "routes" in change:
+        for i, route in enumerate(read.sequence(change["routes"], "change.routes")):
+            read.string(route, read.index("change.routes", i))
+    salt = data.get("salt")
+    return StartRequest(
+        version=version,
+        canary=canary,
+        steps=steps,
+        change=dict(change),
+        salt=None if salt is None else read.string(salt, "salt"),
+        supersede=read.boolean(data.get("supersede", False), "supersede"),
+    )
+
+
+def parse_steps(steps: tuple[Mapping[str, Any], ...], service: ServiceConfig) -> tuple[Any, ...]:
+    """A release's steps as the config's (its own, else the service's configured ones)."""
+    if not steps:
+        return service.rollout.steps
+    strategy = service.rollout.strategy
+    names = service.tiers.names
+    return tuple(
+        _step(dict(s), read.index("steps", i), strategy, names) for i, s in enumerate(steps)
+    )
+
+
+def release_salt(request: StartRequest, service: str) -> str:
+    return request.salt if request.salt is not None else derive_salt(service, request.version)
+
+
+def upstreams(urls: tuple[str, ...], path: str) -> tuple[Upstream, ...]:
+    return tuple(read.upstream(u, read.index(path, i)) for i, u in enumerate(urls))
+
+
+def configured_stable(service: ServiceConfig) -> tuple[str, ...]:
+    return tuple(str(u) for u in service.upstreams.stable)
+
+
+def stable_of(service: ServiceConfig, book: ReleaseBook | None) -> tuple[str, ...]:
+    """The stable pool served (the store's, once a release completed; else the file's)."""
+    return stable_pool(configured_stable(service), book.stable if book else None)
+
+
+def drift_of(service: ServiceConfig, book: ReleaseBook | None) -> str | None:
+    return drift(configured_stable(service), book.stable if book else None)
+
+
+def served(service: ServiceConfig, book: ReleaseBook | None) -> tuple[ServiceConfig, str, bool]:
+    """What `service` is served by, given its release book: (config, release id, idle)."""
+    if book is None or not book.releases:
+        return service, "", False
+    stable = upstreams(stable_of(service, book), "stable")
+    release = book.current()
+    if release is None:
+        idle = dataclasses.replace(service, upstreams=UpstreamsConfig(stable, ()))
+        return idle, "", True
+    steps = parse_steps(release.steps, service)
+    baseline = _default_baseline(steps) if release.steps else service.rollout.baseline_s
+    rollout = dataclasses.replace(
+        service.rollout, salt=release.salt, steps=steps, baseline_s=baseline
+    )
+    pools = UpstreamsConfig(stable, upstreams(release.canary, "canary"))
+    return dataclasses.replace(service, upstreams=pools, rollout=rollout), release.id, False
+
+
+def served_config(config: Config, books: Mapping[str, ReleaseBook]) -> Config:
+    """`config` with every service as its release book has it served."""
+    services = tuple(served(s, books.get(s.name))[0] for s in config.services)
+    return dataclasses.replace(config, services=services)
+
+
+def ended(
+    book: ReleaseBook, status: ReleaseStatus, outcome: str, wall: float, verdicts: tuple[Any, ...]
+) -> ReleaseBook:
+    """`book` with its active release ended as `status` (completion promotes its pool)."""
+    release = book.current()
+    assert release is not None, "no release in progress"
+    completed = status is ReleaseStatus.COMPLETED
+    finished = dataclasses.replace(
+        release,
+        status=status.value,
+        ended=wall,
+        outcome=outcome,
+        verdicts=verdicts,
+        released=release.stable_before if completed else (),
+    )
+    return dataclasses.replace(
+        book,
+        version=book.version + 1,
+        active=None,
+        stable=release.canary if completed else book.stable,
+        live=release.color if completed and release.color else book.live,
+        releases=tuple(finished if r.id == release.id else r for r in book.releases),
+    )
+
+
+def release_json(release: ReleaseRecord, live: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What the API shows of a release (`live`: the rollout's status, while it runs)."""
+    data = release.to_json()
+    end = release.ended
+    data["duration_s"] = None if end is None else round(end - release.started, 3)
+    data["rollout"] = live
+    return data
