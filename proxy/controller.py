@@ -56,6 +56,7 @@ from proxy.store.records import JournalEntry, ReleaseBook, ReleaseRecord, Rollou
 # Events that move toward stable or hold still: they win a race with a concurrent change
 # (retried on the newer state) and apply locally first when the shared store is away.
 SAFE_EVENTS = frozenset({Event.ABORT, Event.PAUSE, Event.DEGRADED, Event.GUARDRAIL})
+CLOSE_WAIT_S = 5.0  # how long closing waits for transitions under way
 _ATTEMPTS = 5  # commits of a safe event before giving up on a store that keeps changing
 
 
@@ -747,9 +748,21 @@ class Controller:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        for task in list(self._pending_tasks):
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await task
+        await finish(self._pending_tasks, CLOSE_WAIT_S)
+
+
+async def finish(tasks: Iterable[asyncio.Task[Any]], within: float) -> None:
+    """Let `tasks` (transitions under way) finish for up to `within` seconds, then cancel
+    what is left: a shutdown must not wait without end on a store that does not answer."""
+    pending = set(tasks)
+    if not pending:
+        return
+    _, late = await asyncio.wait(pending, timeout=within)
+    for task in late:
+        task.cancel()
+    for task in pending:
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await task
 
 
 _OVER = frozenset({Status.COMPLETED, Status.ROLLED_BACK})

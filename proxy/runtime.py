@@ -9,7 +9,6 @@ for up to `limits.drain_s`, then everything closes. `run` is the blocking entry 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import socket
@@ -26,7 +25,7 @@ from proxy import adminapi, adminpage, build
 from proxy.accesslog import AccessLog
 from proxy.admin import REFRESH, Readiness, build_admin_app
 from proxy.config import Config
-from proxy.controller import Clock, Controller
+from proxy.controller import CLOSE_WAIT_S, Clock, Controller, finish
 from proxy.core.identity import header_rule_names, relevant_headers
 from proxy.dataplane import Evidence, Router
 from proxy.fleet.batch import EvidenceBuffer, ServiceEvidence, replay
@@ -196,9 +195,7 @@ class Runtime:
         if self.sampler is not None:
             await self.sampler.close()
             self.sampler = None
-        for task in list(self._reloads):
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await task
+        await finish(self._reloads, CLOSE_WAIT_S)
         if self.controller is not None:
             await self.controller.close()
         drain = self.config.limits.drain_s if drain_s is None else drain_s
