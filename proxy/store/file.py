@@ -50,13 +50,8 @@ class FileStore:
 
     def read(self) -> dict[str, RolloutRecord]:
         """All records; {} when there is no file yet; StateError when it cannot be trusted."""
-        try:
-            raw = self.path.read_bytes()
-        except FileNotFoundError:
-            return {}
-        except OSError as exc:
-            raise StateError(f"cannot read {self.path}: {exc.strerror}") from exc
-        return _parse(raw, self.path)
+        raw = _read(self.path)
+        return {} if raw is None else _parse(raw, self.path)
 
     def compare_and_set(self, record: RolloutRecord, expected_version: int | None) -> bool:
         """Write `record` if the stored version of its rollout is `expected_version`
@@ -110,12 +105,9 @@ class FileStore:
 
     def read_books(self) -> dict[str, ReleaseBook]:
         """Every service's release book; {} when there is none yet."""
-        try:
-            raw = self.releases_path.read_bytes()
-        except FileNotFoundError:
+        raw = _read(self.releases_path)
+        if raw is None:
             return {}
-        except OSError as exc:
-            raise StateError(f"cannot read {self.releases_path}: {exc.strerror}") from exc
         body = _body(raw, self.releases_path, "releases")
         return {name: ReleaseBook.from_json(data) for name, data in body.items()}
 
@@ -195,6 +187,16 @@ def _body(raw: bytes, path: Path, key: str) -> dict[str, Any]:
     if not isinstance(body, dict) or document.get("checksum") != _checksum(body):
         raise StateError(f"{path} failed its checksum")
     return body
+
+
+def _read(path: Path) -> bytes | None:
+    """The file's bytes; None when there is no file yet; StateError when it cannot be read."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StateError(f"cannot read {path}: {exc.strerror}") from exc
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -36,9 +36,9 @@ from proxy.store.records import JournalEntry, ReleaseBook, RolloutRecord
 JOURNAL_MAX = 10_000  # entries kept per service (approximate trimming)
 EVIDENCE_MAX = 2_000  # batches kept (about 2 minutes of a few replicas)
 
-# KEYS: state, journal, changes channel. ARGV: service, expected version (-1: no record
-# yet), record JSON, journal entry JSON, journal length.
-_COMMIT = """
+# Compare-and-set on a hash field holding JSON with a `version`: the head of the scripts below.
+# KEYS[1]: the hash. ARGV: field (the service), expected version (-1: no value yet), new value.
+_CAS = """
 local current = redis.call('HGET', KEYS[1], ARGV[1])
 local expected = tonumber(ARGV[2])
 if current then
@@ -47,10 +47,17 @@ elseif expected ~= -1 then
     return 0
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'entry', ARGV[4])
+"""
+
+# KEYS: state, journal, changes channel. ARGV: service, expected version (-1: no record
+# yet), record JSON, journal entry JSON, journal length.
+_COMMIT = (
+    _CAS
+    + """redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'entry', ARGV[4])
 redis.call('PUBLISH', KEYS[3], ARGV[1])
 return 1
 """
+)
 
 # KEYS: lease. ARGV: holder, ttl in ms. 1: renewed our lease; 2: took a free one; 0: held by
 # another replica.
@@ -71,18 +78,12 @@ return 0
 """
 
 # KEYS: releases hash, changes channel. ARGV: service, expected version (-1: none yet), book.
-_COMMIT_BOOK = """
-local current = redis.call('HGET', KEYS[1], ARGV[1])
-local expected = tonumber(ARGV[2])
-if current then
-    if cjson.decode(current)['version'] ~= expected then return 0 end
-elseif expected ~= -1 then
-    return 0
-end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-redis.call('PUBLISH', KEYS[2], ARGV[1])
+_COMMIT_BOOK = (
+    _CAS
+    + """redis.call('PUBLISH', KEYS[2], ARGV[1])
 return 1
 """
+)
 
 _WATCH_POLL_S = 1.0
 
