@@ -49,7 +49,15 @@ from proxy.core.routing import RoutingPlan
 from proxy.errors import StaleVersion, StateError, StoreUnavailable
 from proxy.feed import AnalysisFeed
 from proxy.fleet.batch import ServiceEvidence, replay
-from proxy.releases import StartRequest, ended, release_salt, served, served_config, stable_of
+from proxy.releases import (
+    StartRequest,
+    ended,
+    release_salt,
+    served,
+    served_config,
+    stable_of,
+    target,
+)
 from proxy.rollout import Rollout, record_after
 from proxy.store.records import JournalEntry, ReleaseBook, ReleaseRecord, RolloutRecord
 
@@ -639,6 +647,7 @@ class Controller:
                 await self._supersede(name, actor, request.version)
                 book = self.books.get(name)
             wall = self.clock.wall()
+            canary, color = target(request, service, book)
             record = ReleaseRecord(
                 id=release_id(name, request.version, wall),
                 service=name,
@@ -646,7 +655,8 @@ class Controller:
                 status=ReleaseStatus.PROGRESSING.value,
                 actor=actor,
                 started=wall,
-                canary=request.canary,
+                canary=canary,
+                color=color,
                 salt=release_salt(request, name),
                 steps=request.steps,
                 change=request.change,

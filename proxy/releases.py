@@ -22,7 +22,14 @@ from typing import Any
 from proxy.config import Config, ServiceConfig, Upstream, UpstreamsConfig
 from proxy.config import reader as read
 from proxy.config.services import _default_baseline, _step
-from proxy.core.releases import ReleaseStatus, derive_salt, drift, stable_pool
+from proxy.core.releases import (
+    ReleaseStatus,
+    derive_salt,
+    drift,
+    idle_color,
+    live_color,
+    stable_pool,
+)
 from proxy.errors import ConfigError
 from proxy.store.records import ReleaseBook, ReleaseRecord
 
@@ -51,7 +58,14 @@ def start_request(body: object, service: ServiceConfig) -> StartRequest:
         raise ConfigError("version", "must be 1 to 128 printable characters")
     urls = read.sequence(data.get("canary", []), "canary")
     canary = tuple(str(read.upstream(u, read.index("canary", i))) for i, u in enumerate(urls))
-    if not canary:
+    paired = service.upstreams.live is not None
+    if paired and canary:
+        raise ConfigError(
+            "canary",
+            "must be left out: this service is a blue/green pair, its releases run "
+            "on the pool that is not stable",
+        )
+    if not canary and not paired:
         raise ConfigError("canary", "must list the release's upstreams (http://host:port)")
     if len(set(canary)) != len(canary):
         raise ConfigError("canary", "lists an upstream twice")
@@ -87,6 +101,22 @@ def parse_steps(steps: tuple[Mapping[str, Any], ...], service: ServiceConfig) ->
     )
 
 
+def target(
+    request: StartRequest, service: ServiceConfig, book: ReleaseBook | None
+) -> tuple[tuple[str, ...], str | None]:
+    """The upstreams a release runs on, and its pool's color: its own; else, for a blue/green
+    pair, the pool that is not stable now."""
+    upstreams = service.upstreams
+    if upstreams.live is None:
+        return request.canary, None
+    color = idle_color(upstreams.live, book.live if book else None)
+    return _colored(upstreams, color), color
+
+
+def _colored(upstreams: UpstreamsConfig, color: str) -> tuple[str, ...]:
+    return tuple(str(u) for u in (upstreams.blue if color == "blue" else upstreams.green))
+
+
 def release_salt(request: StartRequest, service: str) -> str:
     return request.salt if request.salt is not None else derive_salt(service, request.version)
 
@@ -101,10 +131,22 @@ def configured_stable(service: ServiceConfig) -> tuple[str, ...]:
 
 def stable_of(service: ServiceConfig, book: ReleaseBook | None) -> tuple[str, ...]:
     """The stable pool served (the store's, once a release completed; else the file's)."""
+    upstreams = service.upstreams
+    if upstreams.live is not None:
+        return _colored(upstreams, live_color(upstreams.live, book.live if book else None))
     return stable_pool(configured_stable(service), book.stable if book else None)
 
 
 def drift_of(service: ServiceConfig, book: ReleaseBook | None) -> str | None:
+    upstreams = service.upstreams
+    if upstreams.live is not None and book is not None and book.live is not None:
+        live = live_color(upstreams.live, book.live)
+        if live == upstreams.live:
+            return None
+        return (
+            f"the {live} pool is stable (flipped by a release, kept in the state store), "
+            f"not the config file's upstreams.live {upstreams.live}"
+        )
     return drift(configured_stable(service), book.stable if book else None)
 
 

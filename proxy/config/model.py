@@ -129,6 +129,11 @@ class Upstream:
 class UpstreamsConfig:
     stable: tuple[Upstream, ...]
     canary: tuple[Upstream, ...]
+    # A blue/green pair (both set, or neither): `live` names the stable one, the other is
+    # the canary; a release without upstreams of its own runs on the one not live.
+    blue: tuple[Upstream, ...] = ()
+    green: tuple[Upstream, ...] = ()
+    live: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

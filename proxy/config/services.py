@@ -89,11 +89,31 @@ def _endpoints(value: object, path: str, min_items: int) -> tuple[Upstream, ...]
 
 
 def _upstreams(value: object, path: str) -> UpstreamsConfig:
-    data = read.mapping(value, path, ("stable", "canary"), required=("stable",))
+    keys = ("stable", "canary", "blue", "green", "live")
+    data = read.mapping(value, path, keys)
+    if "blue" in data or "green" in data or "live" in data:
+        return _pair(data, path)
+    if "stable" not in data:
+        raise ConfigError(read.key(path, "stable"), "is required")
     return UpstreamsConfig(
         stable=_endpoints(data["stable"], read.key(path, "stable"), 1),
         canary=_endpoints(data.get("canary", []), read.key(path, "canary"), 0),
     )
+
+
+def _pair(data: Mapping[str, object], path: str) -> UpstreamsConfig:
+    """A blue/green pair of pools: `live` is stable, the other one the canary."""
+    for key in ("stable", "canary"):
+        if key in data:
+            raise ConfigError(read.key(path, key), "cannot be given with a blue/green pair")
+    for key in ("blue", "green", "live"):
+        if key not in data:
+            raise ConfigError(read.key(path, key), "is required with a blue/green pair")
+    blue = _endpoints(data["blue"], read.key(path, "blue"), 1)
+    green = _endpoints(data["green"], read.key(path, "green"), 1)
+    live = read.choice(data["live"], read.key(path, "live"), ("blue", "green"))
+    stable, canary = (blue, green) if live == "blue" else (green, blue)
+    return UpstreamsConfig(stable=stable, canary=canary, blue=blue, green=green, live=live)
 
 
 def _percent(value: object, path: str) -> float:

@@ -10,7 +10,9 @@ judged step by step by a rollout. These rules decide:
   same users are not always the first exposed;
 - how a release ends (`outcome_of`), from the status of its rollout and the event that ended it;
 - which pool is stable (`stable_pool`): the store's record once a release completed, else
-  the config file's; and how that is said when they differ (`drift`).
+  the config file's; and how that is said when they differ (`drift`);
+- for a blue/green pair of pools, which pool a release without its own upstreams targets
+  (`idle_color`) and which pool completion makes stable.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ class ReleaseStatus(StrEnum):
 
 ACTIVE = frozenset({ReleaseStatus.PROGRESSING, ReleaseStatus.PAUSED})
 FAILED = frozenset({ReleaseStatus.ROLLED_BACK, ReleaseStatus.ABORTED, ReleaseStatus.SUPERSEDED})
+
+BLUE_GREEN = ("blue", "green")
 
 
 class StartKind(StrEnum):
@@ -113,6 +117,21 @@ def drift(configured: Sequence[str], stored: Sequence[str] | None) -> str | None
         f"stable is {', '.join(stored)} (promoted by a release, kept in the state store), "
         f"not the config file's upstreams.stable {', '.join(configured)}"
     )
+
+
+def other_color(color: str) -> str:
+    """The other pool of a blue/green pair."""
+    return BLUE_GREEN[1] if color == BLUE_GREEN[0] else BLUE_GREEN[0]
+
+
+def live_color(configured: str, stored: str | None) -> str:
+    """Which pool of a blue/green pair is stable: the store's, else the config file's."""
+    return stored if stored in BLUE_GREEN else configured
+
+
+def idle_color(configured: str, stored: str | None) -> str:
+    """The pool a release without upstreams of its own targets: the one not stable."""
+    return other_color(live_color(configured, stored))
 
 
 def keep_newest(items: Sequence[T], keep: int) -> list[T]:

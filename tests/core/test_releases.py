@@ -11,6 +11,7 @@ from proxy.core.releases import (
     StartKind,
     derive_salt,
     drift,
+    idle_color,
     keep_newest,
     on_start,
     outcome_of,
@@ -65,6 +66,11 @@ def test_the_store_stable_pool_wins_and_a_difference_is_said() -> None:
     assert message is not None
     assert "http://b:2" in message
     assert "http://a:1" in message
+
+
+def test_blue_green_targets_the_pool_not_stable() -> None:
+    assert idle_color("blue", None) == "green"
+    assert idle_color("blue", "green") == "blue"
 
 
 @given(st.lists(st.integers()), st.integers(min_value=1, max_value=50))
