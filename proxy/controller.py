@@ -60,6 +60,7 @@ from proxy.releases import (
 )
 from proxy.rollout import Rollout, record_after
 from proxy.store.records import JournalEntry, ReleaseBook, ReleaseRecord, RolloutRecord
+from proxy.tasks import finish, stop_tasks
 
 # Events that move toward stable or hold still: they win a race with a concurrent change
 # (retried on the newer state) and apply locally first when the shared store is away.
@@ -754,25 +755,9 @@ class Controller:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_tasks([self._task], CLOSE_WAIT_S)
             self._task = None
         await finish(self._pending_tasks, CLOSE_WAIT_S)
-
-
-async def finish(tasks: Iterable[asyncio.Task[Any]], within: float) -> None:
-    """Let `tasks` (transitions under way) finish for up to `within` seconds, then cancel
-    what is left: a shutdown must not wait without end on a store that does not answer."""
-    pending = set(tasks)
-    if not pending:
-        return
-    _, late = await asyncio.wait(pending, timeout=within)
-    for task in late:
-        task.cancel()
-    for task in pending:
-        with contextlib.suppress(Exception, asyncio.CancelledError):
-            await task
 
 
 _OVER = frozenset({Status.COMPLETED, Status.ROLLED_BACK})

@@ -25,7 +25,7 @@ from proxy import adminapi, adminpage, build
 from proxy.accesslog import AccessLog
 from proxy.admin import REFRESH, Readiness, build_admin_app
 from proxy.config import Config
-from proxy.controller import CLOSE_WAIT_S, Clock, Controller, finish
+from proxy.controller import CLOSE_WAIT_S, Clock, Controller
 from proxy.core.identity import header_rule_names, relevant_headers
 from proxy.dataplane import Evidence, Router
 from proxy.fleet.batch import EvidenceBuffer, ServiceEvidence, replay
@@ -35,6 +35,7 @@ from proxy.logexchange import AccessLines, LoggedExchanges, path_id_patterns
 from proxy.metrics import Metrics
 from proxy.reload import Reloader, ReloadResult
 from proxy.store.opener import open_store
+from proxy.tasks import finish
 from proxy.workers.supervisor import Supervisor
 
 if TYPE_CHECKING:

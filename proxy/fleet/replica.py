@@ -35,9 +35,11 @@ from proxy.controller import Clock, Controller
 from proxy.errors import StateError
 from proxy.fleet.batch import EvidenceBuffer, decode
 from proxy.store.redis_store import Lease, RedisStore
+from proxy.tasks import stop_tasks
 
 FLUSH_S = 0.25  # evidence batches per replica per second: 4
 CONSUME_S = 0.25
+STOP_S = 2.0  # how long closing waits for the loops to end
 
 
 def backoff(failures: int, cap_s: float, draw: Callable[[], float]) -> float:
@@ -210,11 +212,7 @@ class Replica:
 
     async def close(self) -> None:
         """Stop the loops, ship the last evidence, and hand the lease over at once."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks(self._tasks, STOP_S)
         self._tasks.clear()
         with contextlib.suppress(StateError):
             await self.flush()

@@ -18,6 +18,7 @@ retries by itself (the replica loop decides when to try again).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -228,6 +229,7 @@ async def _reachable(doing: str, *, write: bool = False) -> AsyncIterator[None]:
     try:
         yield
     except _UNREACHABLE as exc:
+        _cancellation_first()
         why = str(exc) or type(exc).__name__
         message = f"cannot {doing}: Redis unreachable ({why})"
         if write and isinstance(exc, redis_errors.TimeoutError | TimeoutError):
@@ -235,7 +237,17 @@ async def _reachable(doing: str, *, write: bool = False) -> AsyncIterator[None]:
             message += "; it may still apply when Redis answers: look at the status first"
         raise StoreUnavailable(message) from exc
     except redis_errors.RedisError as exc:
+        _cancellation_first()
         raise StateError(f"cannot {doing}: Redis answered {exc}") from exc
+
+
+def _cancellation_first() -> None:
+    """A call cut short by its task's cancellation ends as a cancellation. The client may turn
+    the CancelledError into a connection or timeout error as it drops the connection, and the
+    loops that retry on those (reconcile, lease, watch) would then never stop."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _text(value: bytes | str) -> str:

@@ -169,3 +169,52 @@ async def test_a_malformed_record_is_a_state_error_not_a_crash(
         await raw.aclose()
     with pytest.raises(StateError, match="malformed rollout record"):
         await store.load()
+
+
+async def test_a_call_cut_short_by_its_cancellation_ends_as_a_cancellation() -> None:
+    from redis import exceptions as redis_errors
+
+    from proxy.store.redis_store import _reachable
+
+    async def call(cancelled: bool) -> None:
+        try:
+            await asyncio.sleep(0 if not cancelled else 10)
+        finally:
+            # What the client may do as it drops the connection under a cancellation.
+            async with _reachable("read the rollouts"):
+                raise redis_errors.ConnectionError("Connection closed by server.")
+
+    with pytest.raises(StoreUnavailable):
+        await call(cancelled=False)
+    task = asyncio.get_running_loop().create_task(call(cancelled=True))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_a_retrying_loop_on_a_hung_redis_stops_when_cancelled(
+    store: RedisStore, redis_server: RedisServer
+) -> None:
+    async def keep_renewing() -> None:
+        while True:  # as the replica's lease loop: a failed call is retried
+            try:
+                await store.hold_lease("r1", 1.0)
+            except StateError:
+                await asyncio.sleep(0.01)
+
+    redis_server.pause()
+    try:
+        task = asyncio.get_running_loop().create_task(keep_renewing())
+        for _ in range(3):  # cancel during the call, during the pause after it, and again
+            await asyncio.sleep(0.15)
+            task.cancel()
+            async with asyncio.timeout(1.0):
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            task = asyncio.get_running_loop().create_task(keep_renewing())
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    finally:
+        redis_server.resume()
