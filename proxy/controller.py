@@ -631,52 +631,69 @@ class Controller:
         if self.state_error:
             raise StateError(self.state_error)
         async with self._books_lock:
+            for _ in range(_ATTEMPTS):
+                started = await self._start_release(service, request, actor)
+                if started is not None:
+                    return started
+                # Another replica wrote the book first (maybe this very release, retried by
+                # CI on another replica): serve the store's book and decide again on it.
+                book = (await self.store.load_books()).get(name)
+                if book is not None:
+                    await self._follow_book(name, book)
+        raise StateError(f"{name}: the releases keep changing elsewhere; try again")
+
+    async def _start_release(
+        self, service: ServiceConfig, request: StartRequest, actor: str
+    ) -> tuple[ReleaseRecord, bool] | None:
+        """`start_release` on the book this replica holds (the books lock is held); None when
+        the store's book has moved on since it was read."""
+        name = service.name
+        book = self.books.get(name)
+        known = [Known(r.id, r.version, ReleaseStatus(r.status)) for r in _releases(book)]
+        decision = on_start(known, request.version, request.supersede)
+        if decision.kind is StartKind.EXISTING:
+            found = book.find(decision.release or "") if book else None
+            assert found is not None
+            return found, False
+        if decision.kind is StartKind.CONFLICT:
+            active = book.current() if book else None
+            raise ReleaseConflict(
+                f"{name}: release {active.version if active else '?'} is in progress; "
+                'wait for it, or send "supersede": true to roll it back and start this one'
+            )
+        if decision.supersedes is not None:
+            await self._supersede(name, actor, request.version)
             book = self.books.get(name)
-            known = [Known(r.id, r.version, ReleaseStatus(r.status)) for r in _releases(book)]
-            decision = on_start(known, request.version, request.supersede)
-            if decision.kind is StartKind.EXISTING:
-                found = book.find(decision.release or "") if book else None
-                assert found is not None
-                return found, False
-            if decision.kind is StartKind.CONFLICT:
-                active = book.current() if book else None
-                raise ReleaseConflict(
-                    f"{name}: release {active.version if active else '?'} is in progress; "
-                    'wait for it, or send "supersede": true to roll it back and start this one'
-                )
-            if decision.supersedes is not None:
-                await self._supersede(name, actor, request.version)
-                book = self.books.get(name)
-            wall = self.clock.wall()
-            canary, color = target(request, service, book)
-            record = ReleaseRecord(
-                id=release_id(name, request.version, wall),
-                service=name,
-                version=request.version,
-                status=ReleaseStatus.PROGRESSING.value,
-                actor=actor,
-                started=wall,
-                canary=canary,
-                color=color,
-                salt=release_salt(request, name),
-                steps=request.steps,
-                change=request.change,
-                stable_before=stable_of(service, book),
-                rollout_version=self.rollouts[name].state.version + 1,
-            )
-            base = book or ReleaseBook(name, 0)
-            keep = self.file_config.releases.keep
-            written = dataclasses.replace(
-                base,
-                version=base.version + 1,
-                active=record.id,
-                releases=tuple(keep_newest((record, *base.releases), keep)),
-            )
-            if not await self.store.commit_book(written, None if book is None else book.version):
-                raise StateError(f"{name}: the releases changed elsewhere; try again")
-            self.books[name] = written
-            await self._serve_service(name, f"release {request.version}")
-            return record, True
+        wall = self.clock.wall()
+        canary, color = target(request, service, book)
+        record = ReleaseRecord(
+            id=release_id(name, request.version, wall),
+            service=name,
+            version=request.version,
+            status=ReleaseStatus.PROGRESSING.value,
+            actor=actor,
+            started=wall,
+            canary=canary,
+            color=color,
+            salt=release_salt(request, name),
+            steps=request.steps,
+            change=request.change,
+            stable_before=stable_of(service, book),
+            rollout_version=self.rollouts[name].state.version + 1,
+        )
+        base = book or ReleaseBook(name, 0)
+        keep = self.file_config.releases.keep
+        written = dataclasses.replace(
+            base,
+            version=base.version + 1,
+            active=record.id,
+            releases=tuple(keep_newest((record, *base.releases), keep)),
+        )
+        if not await self.store.commit_book(written, None if book is None else book.version):
+            return None
+        self.books[name] = written
+        await self._serve_service(name, f"release {request.version}")
+        return record, True
 
     async def _supersede(self, name: str, actor: str, version: str) -> None:
         """Roll the release in progress back, to start `version` (the books lock is held)."""
@@ -736,12 +753,17 @@ class Controller:
             for name, book in books.items():
                 if name not in self.rollouts:
                     continue
-                mine = self.books.get(name)
-                if mine is None or book.version > mine.version:
-                    self.books[name] = book
-                    await self._serve_service(name, "release (followed)")
+                await self._follow_book(name, book)
                 if self.deciding:
                     await self._conclude(name)
+
+    async def _follow_book(self, name: str, book: ReleaseBook) -> None:
+        """Serve the store's `book` of `name` when it is newer than this replica's (the books
+        lock is held)."""
+        mine = self.books.get(name)
+        if mine is None or book.version > mine.version:
+            self.books[name] = book
+            await self._serve_service(name, "release (followed)")
 
     def release_status(self, name: str, release: ReleaseRecord) -> str:
         """A release's status now (one in progress may be paused)."""

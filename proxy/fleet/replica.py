@@ -106,6 +106,9 @@ class Replica:
             await controller.write_back(await self.store.load())
             for record in (await self.store.load()).values():
                 controller.adopt(record)
+            # A release started or ended elsewhere changes what each service is (its salt,
+            # its pools): served here within a reconcile, or at once on the change's push.
+            await controller.follow_releases()
         except StateError as exc:
             self.error = str(exc)
             self.failures += 1
