@@ -127,8 +127,10 @@ async def test_a_killed_worker_is_replaced_and_the_other_serves_on(
     failed = len(outcomes) - counts.get("200", 0)
     report("worker killed", requests=len(outcomes), failed=failed, replaced_after_s=restart_s)
     assert survivor in worker_pids(workers)
-    # Only the connections the dead worker held can fail (at most one request each).
-    assert failed <= 8, counts
+    # Only the dead worker's connections can fail: the ones it held (a request each), and a
+    # reconnect the kernel queued on its listener as it died (each worker has its own queue
+    # with SO_REUSEPORT, reset when the process is gone). So at most two per client connection.
+    assert failed <= 2 * 8, counts
 
     # /metrics keeps what the dead worker reported; only its last report interval (0.5 s of
     # its share of the traffic) is lost with it.
