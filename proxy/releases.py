@@ -114,7 +114,7 @@ def target(
 
 
 def _colored(upstreams: UpstreamsConfig, color: str) -> tuple[str, ...]:
-    return tuple(str(u) for u in (upstreams.blue if color == "blue" else upstreams.green))
+    return tuple(str(u) for u in upstreams.pool(color))
 
 
 def release_salt(request: StartRequest, service: str) -> str:

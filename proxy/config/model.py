@@ -135,6 +135,10 @@ class UpstreamsConfig:
     green: tuple[Upstream, ...] = ()
     live: str | None = None
 
+    def pool(self, color: str) -> tuple[Upstream, ...]:
+        """The pool of a blue/green pair by its color ("blue" or "green")."""
+        return self.blue if color == "blue" else self.green
+
 
 @dataclass(frozen=True, slots=True)
 class ServiceConfig:

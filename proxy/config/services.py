@@ -7,6 +7,7 @@ canary that some step exposes but no canary upstream serves.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -27,6 +28,7 @@ from proxy.config.model import (
 )
 from proxy.core.bucketing import BUCKETS
 from proxy.core.identity import IdKind, Unidentified
+from proxy.core.releases import other_color
 from proxy.core.routing import Variant
 from proxy.errors import ConfigError
 
@@ -112,8 +114,8 @@ def _pair(data: Mapping[str, object], path: str) -> UpstreamsConfig:
     blue = _endpoints(data["blue"], read.key(path, "blue"), 1)
     green = _endpoints(data["green"], read.key(path, "green"), 1)
     live = read.choice(data["live"], read.key(path, "live"), ("blue", "green"))
-    stable, canary = (blue, green) if live == "blue" else (green, blue)
-    return UpstreamsConfig(stable=stable, canary=canary, blue=blue, green=green, live=live)
+    pair = UpstreamsConfig(stable=(), canary=(), blue=blue, green=green, live=live)
+    return dataclasses.replace(pair, stable=pair.pool(live), canary=pair.pool(other_color(live)))
 
 
 def _percent(value: object, path: str) -> float:
