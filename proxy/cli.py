@@ -28,6 +28,8 @@ environment:
   admin.token_env   the admin API's bearer token (e.g. {DEFAULT_TOKEN_ENV}); unset: mutations
                     are refused
   key_env           of each jwt_claim identity rule: the JWT verification key (must be set)
+  force.key_env     of a service with force enabled: the X-Rollout-Force token key (must
+                    be set, at least 32 bytes)
   state.url_env     with state.backend: redis, the Redis URL (must be set)"""
 
 
