@@ -13,13 +13,21 @@ from typing import Any
 
 import orjson
 import pytest
+from prometheus_client import CollectorRegistry
 
+from proxy.config import parse_config
 from proxy.controller import Controller
 from proxy.core.force import mint, signature
 from proxy.core.machine import Event, Status
 from proxy.core.routing import Variant
+from proxy.dataplane import Router
+from proxy.fleet.batch import EvidenceBuffer
+from proxy.http.downstream import DownstreamProtocol
+from proxy.http.request import Request
+from proxy.http.server import Engine
+from proxy.metrics import Metrics
 from proxy.runtime import Runtime
-from tests.support.client import RawConnection, Response, get, scrape, value
+from tests.support.client import RawConnection, Response, closed_port, get, scrape, value
 from tests.support.proxy import config_dict, running_proxy, service
 from tests.support.upstream import Received, RecordingUpstream, Reply
 
@@ -251,6 +259,65 @@ async def test_a_forced_canary_goes_to_stable_when_no_rollout_is_active() -> Non
     assert pool_of(reply) == "stable"
     assert canary.requests == []
     assert forced_count(samples, "stable") == 1
+
+
+async def test_a_forced_canary_goes_to_stable_when_the_service_has_no_canary_pool() -> None:
+    stable = await RecordingUpstream("stable").start()
+    svc = service([stable.url], [], name="shop", steps=[{"percent": 0}], force=ON)
+    try:
+        async with running_proxy(config_dict(svc)) as proxy:
+            (reply,) = await send(proxy, [get("/x", {"X-Rollout-Force": "canary"})])
+            samples = await scrape(proxy)
+    finally:
+        await stable.close()
+    assert (reply.status, pool_of(reply)) == (200, "stable")
+    assert forced_count(samples, "stable") == 1
+    assert forced_count(samples, "canary") == 0
+
+
+async def test_a_forced_canary_that_cannot_connect_is_retried_on_stable_unjudged() -> None:
+    stable = await RecordingUpstream("stable").start()
+    down = f"http://127.0.0.1:{closed_port()}"
+    svc = service([stable.url], [down], name="shop", steps=HOLDING, force=ON)
+    try:
+        async with running_proxy(config_dict(svc)) as proxy:
+            (reply,) = await send(proxy, [get("/x", {"X-Rollout-Force": "canary"})])
+            samples = await scrape(proxy)
+            canary_judged, stable_judged = judged(proxy)
+    finally:
+        await stable.close()
+    assert (reply.status, pool_of(reply)) == (200, "stable")
+    # The failed attempt and the stable answer are both the tester's: counted as forced.
+    assert forced_count(samples, "canary", "5xx") == 1
+    assert forced_count(samples, "stable") == 1
+    assert (canary_judged, stable_judged) == (0, 0)
+
+
+async def test_forced_routes_never_reach_an_evidence_buffer() -> None:
+    """What a fleet replica ships to the decider: a forced request's outcome is not in it,
+    the same request unforced is."""
+    svc = service(["http://127.0.0.1:9"], ["http://127.0.0.1:10"], name="shop", force=ON)
+    config = parse_config(config_dict(svc), {})
+    loop = asyncio.get_running_loop()
+    router = Router(config, Metrics(CollectorRegistry()), loop)
+    buffer = EvidenceBuffer(config)
+    router.recorder.evidence = buffer
+    client = DownstreamProtocol(Engine(config, router, loop))
+    client.peer_ip, client.trusted = "127.0.0.1", True
+    tags = {"shop": ("spec", 1)}
+    try:
+        for forced in (True, False):
+            request = Request()
+            request.host, request.path = b"app", "/"
+            request.relevant = {"x-tenant-id": "acme"}
+            request.force = b"canary" if forced else None
+            route = router.route(request, client)
+            assert route.forced is forced
+            route.recorder.completed(route, 500, 0.01, request, False)
+            batch = buffer.drain(tags)
+            assert (batch is None) is forced
+    finally:
+        router.close()
 
 
 async def test_forced_requests_are_in_the_access_log(tmp_path: Path) -> None:
