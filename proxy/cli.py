@@ -28,6 +28,8 @@ environment:
   admin.token_env   the admin API's bearer token (e.g. {DEFAULT_TOKEN_ENV}); unset: mutations
                     are refused
   key_env           of each jwt_claim identity rule: the JWT verification key (must be set)
+  force.key_env     of a service with force enabled: the X-Rollout-Force token key (must
+                    be set, at least 32 bytes)
   state.url_env     with state.backend: redis, the Redis URL (must be set)"""
 
 
@@ -318,6 +320,53 @@ def _add_release(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         command.set_defaults(func=cmd_release)
 
 
+def cmd_force_token(args: argparse.Namespace) -> int:
+    from proxy.forcetoken import force_token
+
+    try:
+        print(force_token(args.service, args.variant, args.ttl, args.key_env, os.environ))
+    except ConfigError as exc:
+        print(f"rollout-proxy force-token: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    return EXIT_OK
+
+
+def _add_force_token(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from proxy.forcetoken import DEFAULT_KEY_ENV, DEFAULT_TTL
+
+    text = "print a signed, expiring X-Rollout-Force value that sends a tester to one variant"
+    command = sub.add_parser(
+        "force-token",
+        help=text,
+        description=_text(
+            text + " of SERVICE, from any peer, while it holds. The service must have "
+            "force.enabled and force.key_env in the config, and the key given here must be the "
+            "one that variable holds for the proxy. Forced requests are counted in "
+            "rollout_forced_requests_total and never judged."
+        ),
+        epilog='example:\n  curl -H "X-Rollout-Force: $(rollout-proxy force-token shop canary '
+        f'--ttl 1h)" http://proxy:8080/\n\nenvironment:\n  {DEFAULT_KEY_ENV}    the token key '
+        "(--key-env NAME reads another: the variable force.key_env names)\n\nexit status: 0 "
+        "printed, 2 bad arguments or no key",
+        formatter_class=_Formatter,
+    )
+    command.add_argument("service", metavar="SERVICE", help="the service's name")
+    command.add_argument("variant", metavar="VARIANT", help="canary or stable")
+    command.add_argument(
+        "--ttl",
+        default=DEFAULT_TTL,
+        metavar="D",
+        help=f"how long the token holds, at most 168h (default: {DEFAULT_TTL})",
+    )
+    command.add_argument(
+        "--key-env",
+        default=DEFAULT_KEY_ENV,
+        metavar="NAME",
+        help=f"environment variable holding the key (default: {DEFAULT_KEY_ENV})",
+    )
+    command.set_defaults(func=cmd_force_token)
+
+
 def _seconds(value: str) -> float:
     from proxy.config import reader
 
@@ -506,6 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_rollout_commands(sub)
     _add_reload(sub)
     _add_release(sub)
+    _add_force_token(sub)
     return parser
 
 

@@ -6,22 +6,30 @@ subjects it has seen. When a service identifies requests by headers only, its ro
 cached by those header values and the peer's trust (all the subject depends on), so routing a
 request known before costs one lookup instead of an identity extraction. A new step (from the
 controller) is a new snapshot swapped in whole, never a change of the plan requests are reading.
+
+A request with `X-Rollout-Force` (a tester's) is routed as usual first; then, when its service
+has `force.enabled` and proxy/core/force.py honours the value, it goes to the forced route of
+the variant instead: the same pool, counted in `rollout_forced_requests_total` and never fed
+to the analysis (its recorder has no evidence sink). Nothing is cached for it, so the next
+unforced request routes as before. A request without the header pays one attribute check.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Final
 
 from proxy.config import Config, Limits, ServiceConfig, Upstream
 from proxy.core.bucketing import bucket_for
+from proxy.core.force import ForcePolicy, forced_variant
 from proxy.core.identity import RequestView, subject_for, subject_headers
 from proxy.core.retries import RetryBudget
 from proxy.core.routing import RoutingPlan, Subject, Variant, decide
 from proxy.errors import NoRoute
 from proxy.http.pool import UpstreamPool
-from proxy.metrics import Metrics
+from proxy.metrics import ArmSeries, Metrics
 
 if TYPE_CHECKING:
     from proxy.http.downstream import DownstreamProtocol
@@ -99,6 +107,25 @@ class Recorder:
         self.metrics.retry(route.service, route.variant, allowed)
 
 
+class ForcedRecorder(Recorder):
+    """The recorder of forced routes: metrics only. A tester's request is no sample of either
+    arm, so it never reaches the analysis, its guardrail or an evidence buffer."""
+
+    __slots__ = ()
+
+    def completed(
+        self,
+        route: Route,
+        status: int,
+        duration_s: float,
+        request: Request,
+        generated: bool,
+        *,
+        evidence_too: bool = True,
+    ) -> None:
+        route.series.observe(status, duration_s)
+
+
 class Route:
     """Where a request goes and how it is labelled: shared by every request of a segment.
     A canary route has a `fallback` (the stable route of its tier) and the service's retry
@@ -109,6 +136,7 @@ class Route:
         "canary",
         "extra",
         "fallback",
+        "forced",
         "pool",
         "recorder",
         "series",
@@ -127,6 +155,8 @@ class Route:
         pool: UpstreamPool,
         recorder: Recorder,
         budget: RetryBudget,
+        *,
+        forced: bool = False,
     ) -> None:
         self.service = service
         self.variant = variant.value
@@ -135,7 +165,14 @@ class Route:
         self.step = step
         self.pool = pool
         self.recorder = recorder
-        self.series = recorder.metrics.arm(service, self.variant, tier)
+        # A forced route (a tester's request) counts into its own series, never the arm's.
+        self.forced = forced
+        metrics = recorder.metrics
+        self.series: ArmSeries = (
+            metrics.forced(service, self.variant)
+            if forced
+            else metrics.arm(service, self.variant, tier)
+        )
         self.budget = budget
         self.fallback: Route | None = None
         # Added to the upstream request; the same names are stripped from incoming requests.
@@ -152,11 +189,14 @@ class ServiceRoutes:
         "by_headers",
         "config",
         "decided",
+        "force",
+        "forced_routes",
         "headers",
         "host",
         "path_prefix",
         "plan",
         "routes",
+        "wall",
     )
 
     def __init__(
@@ -166,6 +206,8 @@ class ServiceRoutes:
         pools: Mapping[Variant, UpstreamPool],
         recorder: Recorder,
         budget: RetryBudget,
+        forced: ForcedRecorder | None = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.plan = plan
@@ -188,6 +230,26 @@ class ServiceRoutes:
         # `subject_headers`): (peer trusted, header values...) -> (route, bucket).
         self.headers = subject_headers(config)
         self.by_headers: dict[tuple[bool | str | None, ...], tuple[Route, int]] = {}
+        # X-Rollout-Force: None when the service does not honour it (the header is then only
+        # stripped); else who may force, and one forced route per (variant, tier).
+        self.force: ForcePolicy | None = None
+        self.forced_routes: dict[tuple[Variant, str], Route] = {}
+        self.wall = wall
+        if config.force.enabled and forced is not None:
+            self.force = ForcePolicy(trusted=config.force.trusted, key=config.force.key)
+            self.forced_routes = _forced_routes(config, plan, pools, forced, budget)
+
+    def forced(self, route: Route, request: Request, client: DownstreamProtocol) -> Route:
+        """The route of a request carrying X-Rollout-Force (`route`: where it would go without
+        it): the forced route of the variant the value may choose, else `route` unchanged."""
+        policy = self.force
+        value = request.force
+        if policy is None or value is None:
+            return route
+        variant = forced_variant(policy, self.config.name, value, client.trusted, self.wall())
+        if variant is None:
+            return route
+        return self.forced_routes[(variant, route.tier)]
 
     def resolve(self, subject: Subject) -> tuple[Route, int]:
         """The route of `subject` under this plan, and the bucket the analysis weighs it by:
@@ -227,8 +289,16 @@ class ServiceRoutes:
 class Router:
     """Maps a parsed request to its Route; owns the upstream pools."""
 
-    def __init__(self, config: Config, metrics: Metrics, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        config: Config,
+        metrics: Metrics,
+        loop: asyncio.AbstractEventLoop,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
         self.recorder = Recorder(metrics)
+        self.forced_recorder = ForcedRecorder(metrics)
+        self.wall = wall  # Unix time, for the expiry of force tokens
         self.metrics = metrics
         self.loop = loop
         self.pools: dict[str, dict[Variant, UpstreamPool]] = {}
@@ -273,7 +343,8 @@ class Router:
     def _snapshot(self, service: ServiceConfig, plan: RoutingPlan) -> ServiceRoutes:
         self.metrics.set_step(service.name, plan.step_index, plan.canary_percent())
         pools, budget = self.pools[service.name], self.budgets[service.name]
-        return ServiceRoutes(service, plan, pools, self.recorder, budget)
+        forced = self.forced_recorder
+        return ServiceRoutes(service, plan, pools, self.recorder, budget, forced, self.wall)
 
     def set_plan(self, name: str, plan: RoutingPlan) -> None:
         """Swap in a new routing snapshot for service `name` (atomic for requests)."""
@@ -314,11 +385,42 @@ class Router:
         request.bucket = (
             bucket if bucket >= 0 else bucket_for(service.plan.salt_prefix, client.peer_ip)
         )
+        if request.force is not None:  # a tester's request: the only check the others pay
+            return service.forced(route, request, client)
         return route
 
     def close(self) -> None:
         for pool in self._by_upstreams.values():
             pool.close()
+
+
+def _forced_routes(
+    config: ServiceConfig,
+    plan: RoutingPlan,
+    pools: Mapping[Variant, UpstreamPool],
+    recorder: ForcedRecorder,
+    budget: RetryBudget,
+) -> dict[tuple[Variant, str], Route]:
+    """One forced route per (variant, tier). A forced canary goes to the canary pool only
+    while one serves a rollout (the plan is active and the service has canary upstreams);
+    otherwise to stable, as every request then does."""
+    stable, canary = pools[Variant.STABLE], pools[Variant.CANARY]
+    serving = plan.active and canary is not stable
+    step = plan.step_index
+    routes: dict[tuple[Variant, str], Route] = {}
+    for tier in config.tiers.names:
+        to_stable = Route(
+            config.name, Variant.STABLE, tier, step, stable, recorder, budget, forced=True
+        )
+        routes[(Variant.STABLE, tier)] = to_stable
+        to_canary = to_stable
+        if serving:
+            to_canary = Route(
+                config.name, Variant.CANARY, tier, step, canary, recorder, budget, forced=True
+            )
+            to_canary.fallback = to_stable
+        routes[(Variant.CANARY, tier)] = to_canary
+    return routes
 
 
 # (service, variant, its upstreams, the limits): what a pool is made of.

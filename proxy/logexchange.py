@@ -117,6 +117,7 @@ class AccessLines:
             "generated": generated,
             "upstream_failure": exchange.failure,
             "rerouted": exchange.rerouted,
+            "forced": route.forced,
         }
         self.log.add(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))
 

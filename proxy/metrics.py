@@ -141,6 +141,22 @@ class ArmSeries:
         latency.total += duration_s
 
 
+class ForcedSeries(ArmSeries):
+    """What the forced requests of one (service, variant) count into: their own counter per
+    status class (`rollout_forced_requests_total`), kept apart from the arm's series so that
+    testers never weigh in the traffic a rollout is judged by."""
+
+    __slots__ = ()
+
+    def observe(self, status: int, duration_s: float) -> None:
+        counter = self._by_status.get(status)
+        if counter is None:
+            service, variant, _ = self.key
+            counter = self._metrics.forced_requests(service, variant, status_class(status))
+            self._by_status[status] = counter
+        counter.value += 1.0
+
+
 class Metrics(Collector):
     """The proxy's metric families. A finished request is counted once, through the series
     of its arm (`arm`, held by each route; `observe` is the same by labels)."""
@@ -148,6 +164,7 @@ class Metrics(Collector):
     def __init__(self, registry: CollectorRegistry) -> None:
         self._arms: dict[tuple[str, str, str], ArmSeries] = {}
         self._requests: dict[tuple[str, str, str, str], RequestCounter] = {}
+        self._forced: dict[tuple[str, str, str], RequestCounter] = {}
         self._latency: dict[tuple[str, str, str], _Latency] = {}
         self._failures: dict[tuple[str, str, str], int] = {}
         self._aborts: dict[tuple[str, str], int] = {}
@@ -167,6 +184,21 @@ class Metrics(Collector):
             _check("variant", variant, VARIANTS)
             counter = self._requests[key] = RequestCounter()
         return counter
+
+    def forced_requests(self, service: str, variant: str, status_class: str) -> RequestCounter:
+        """The cached `rollout_forced_requests_total` series for these labels."""
+        key = (service, variant, status_class)
+        counter = self._forced.get(key)
+        if counter is None:
+            _check("variant", variant, VARIANTS)
+            counter = self._forced[key] = RequestCounter()
+        return counter
+
+    def forced(self, service: str, variant: str) -> ForcedSeries:
+        """The series the forced route of `variant` counts into (one per route: its cache of
+        counters by status code is its own)."""
+        _check("variant", variant, VARIANTS)
+        return ForcedSeries(self, (service, variant, ""), _Latency())
 
     def observe(
         self, service: str, variant: str, tier: str, status: int, duration_s: float
@@ -204,6 +236,7 @@ class Metrics(Collector):
         the process that serves /metrics, which `absorb`s them)."""
         return {
             "requests": [[*key, c.value] for key, c in self._requests.items()],
+            "forced": [[*key, c.value] for key, c in self._forced.items()],
             "latency": [[*key, list(h.buckets), h.total] for key, h in self._latency.items()],
             "failures": [[*key, n] for key, n in self._failures.items()],
             "aborts": [[*key, n] for key, n in self._aborts.items()],
@@ -229,6 +262,8 @@ class Metrics(Collector):
     def _add(self, name: str, key: tuple[Any, ...], grown: float) -> None:
         if name == "requests":
             self.requests(*key).inc(grown)
+        elif name == "forced":
+            self.forced_requests(*key).inc(grown)
         else:
             table: dict[Any, int] = getattr(self, f"_{name}")
             label = key[0] if name == "rejected" else key
@@ -323,6 +358,15 @@ class Metrics(Collector):
         yield from self._rare_families()
 
     def _rare_families(self) -> Iterator[Metric]:
+        forced = CounterMetricFamily(
+            "rollout_forced_requests",
+            "Requests whose variant a tester forced (X-Rollout-Force), by the variant served "
+            "and status class; never counted in rollout_requests_total nor judged.",
+            labels=("service", "variant", "status_class"),
+        )
+        for key, counter in self._forced.items():
+            forced.add_metric(key, counter.value)
+        yield forced
         failures = CounterMetricFamily(
             "rollout_upstream_failures",
             "Upstream failures (connect, timeout, reset, protocol), by variant.",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -28,6 +29,7 @@ COMMANDS = [
     "restart",
     "reload",
     "release",
+    "force-token",
 ]
 MUTATIONS = ["promote", "pause", "resume", "abort", "restart", "reload"]
 
@@ -62,7 +64,8 @@ def test_the_commands_are_all_described() -> None:
     result = _cli("--help")
     assert result.returncode == 0
     for command in COMMANDS:
-        assert f"    {command} " in result.stdout
+        # A name longer than the help column is followed by a line break instead of spaces.
+        assert re.search(rf"^    {re.escape(command)}\s", result.stdout, re.MULTILINE), command
     assert "examples:" in result.stdout
 
 

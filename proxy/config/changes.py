@@ -49,7 +49,7 @@ def describe(old: Config, new: Config) -> list[str]:
 def _service_changes(old: ServiceConfig, new: ServiceConfig) -> list[str]:
     changed = [
         key
-        for key in ("match", "identity", "unidentified", "tiers")
+        for key in ("match", "identity", "unidentified", "tiers", "force")
         if getattr(old, key) != getattr(new, key)
     ]
     if old.upstreams.stable != new.upstreams.stable:

@@ -31,7 +31,7 @@ _RESERVED_HEADERS = frozenset(
     {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "te"}
     | {"proxy-connection", "upgrade", "trailer", "expect", "cookie", "authorization"}
     | {"forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"}
-    | {"x-rollout-variant", "x-rollout-step"}
+    | {"x-rollout-variant", "x-rollout-step", "x-rollout-force"}
 )
 _ALGORITHMS = {name: algo for name, algo in get_default_algorithms().items() if name != "none"}
 _SOURCE_KEYS = {source.value: source for source in IdSource}

@@ -141,6 +141,16 @@ class UpstreamsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ForceConfig:
+    """A service's `force:` block: who may choose the variant with X-Rollout-Force."""
+
+    enabled: bool = False
+    trusted: bool = True  # a bare value from a trusted peer is honoured
+    key_env: str | None = None  # env var holding the token key (None: no tokens)
+    key: bytes | None = field(default=None, repr=False)  # read from key_env
+
+
+@dataclass(frozen=True, slots=True)
 class ServiceConfig:
     name: str
     match: Match
@@ -149,6 +159,7 @@ class ServiceConfig:
     tiers: TierConfig
     upstreams: UpstreamsConfig
     rollout: RolloutConfig
+    force: ForceConfig = field(default_factory=ForceConfig)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ from types import MappingProxyType
 
 from proxy.config import reader as read
 from proxy.config.analysis import analysis
+from proxy.config.force import force
 from proxy.config.identity import identity_rules, tenant_id, tier_name, tiers
 from proxy.config.model import (
     IdentityRule,
@@ -34,7 +35,16 @@ from proxy.errors import ConfigError
 
 _NAME = re.compile(r"[a-z0-9_-]{1,64}")
 _PATH_PREFIX = re.compile(r"/[^\s?#]*")
-_SERVICE_KEYS = ("name", "match", "identity", "unidentified", "tiers", "upstreams", "rollout")
+_SERVICE_KEYS = (
+    "name",
+    "match",
+    "identity",
+    "unidentified",
+    "tiers",
+    "upstreams",
+    "rollout",
+    "force",
+)
 _STRATEGIES = ("canary", "blue-green")
 
 
@@ -62,6 +72,7 @@ def service(value: object, path: str, env: Mapping[str, str]) -> ServiceConfig:
         tiers=tier_config,
         upstreams=upstreams,
         rollout=rollout,
+        force=force(data.get("force", {}), read.key(path, "force"), env),
     )
 
 

@@ -4,7 +4,8 @@ A field of no kind is forwarded as it is. The kinds name the others: framing and
 then written by the proxy itself), hop-by-hop and rollout fields (dropped), X-Forwarded-* and
 Forwarded/X-Real-IP (believed only from trusted peers), identity fields (read for routing, only
 from trusted peers), routing-relevant fields (read for routing) and X-Request-ID (kept only
-from trusted peers, written by the proxy). `header_kinds` builds the table once per listener;
+from trusted peers, written by the proxy); X-Rollout-Force is kept aside for routing and never
+forwarded. `header_kinds` builds the table once per listener;
 `RequestHead` acts on each kind as the head is parsed.
 """
 
@@ -32,6 +33,7 @@ H_TRUSTED_ONLY: Final = 10
 H_RELEVANT: Final = 11
 H_DROP_UNTRUSTED: Final = 12
 H_REQUEST_ID: Final = 13
+H_FORCE: Final = 14
 
 
 def header_kinds(identity_headers: Iterable[str], relevant: Iterable[str]) -> dict[bytes, int]:
@@ -50,6 +52,7 @@ def header_kinds(identity_headers: Iterable[str], relevant: Iterable[str]) -> di
         b"proxy-authorization": H_DROP,
         b"x-rollout-variant": H_DROP,
         b"x-rollout-step": H_DROP,
+        b"x-rollout-force": H_FORCE,
         b"x-forwarded-for": H_XFF,
         b"x-forwarded-proto": H_XFP,
         b"x-forwarded-host": H_XFH,

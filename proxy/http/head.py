@@ -17,6 +17,7 @@ from proxy.http.fields import (
     H_CONNECTION,
     H_DROP_UNTRUSTED,
     H_EXPECT,
+    H_FORCE,
     H_HOST,
     H_LENGTH,
     H_RELEVANT,
@@ -222,6 +223,9 @@ class RequestHead:
         elif kind == H_REQUEST_ID and self.trusted:
             # Sent twice: neither is kept (checked, or replaced, when the head is complete).
             request.request_id = INVALID if request.request_id else value or INVALID
+        elif kind == H_FORCE:
+            # Never forwarded; read by the router (sent twice: neither is honoured).
+            request.force = b"" if request.force is not None else value
 
     def _relevant(
         self, request: Request, kind: int, lower: bytes, name: bytes, value: bytes

@@ -40,6 +40,7 @@ class Request:
         "chunked",
         "content_length",
         "expect_continue",
+        "force",
         "headers",
         "host",
         "keep_alive",
@@ -77,6 +78,8 @@ class Request:
         self.xff: bytes | None = None
         self.xfp: bytes | None = None
         self.xfh: bytes | None = None
+        # X-Rollout-Force as sent (None: absent); the router decides whether it is honoured.
+        self.force: bytes | None = None
 
     @property
     def has_body(self) -> bool:
