@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Final
 
-from proxy.config import Config, Limits, ServiceConfig, Upstream
+from proxy.config import Config, Limits, ServiceConfig, Upstream, UpstreamTls
 from proxy.core.bucketing import bucket_for
 from proxy.core.force import ForcePolicy, forced_variant
 from proxy.core.identity import RequestView, subject_for, subject_headers
@@ -30,6 +30,7 @@ from proxy.core.routing import RoutingPlan, Subject, Variant, decide
 from proxy.errors import NoRoute
 from proxy.http.pool import UpstreamPool
 from proxy.metrics import ArmSeries, Metrics
+from proxy.tls import UpstreamContexts
 
 if TYPE_CHECKING:
     from proxy.http.downstream import DownstreamProtocol
@@ -307,6 +308,7 @@ class Router:
         self._hosts: dict[bytes | None, str] = {}  # Host value -> _bare_host(value)
         # Each pool by what it is made of: a reload keeps the pools it does not change.
         self._by_upstreams: dict[PoolKey, UpstreamPool] = {}
+        self._tls = UpstreamContexts()  # client contexts of the https:// upstreams
         self._limits = config.limits
         self.reconfigure(config, {s.name: RoutingPlan.build(s.rollout, 0) for s in config.services})
 
@@ -323,17 +325,20 @@ class Router:
         for service in config.services:
             upstreams = service.upstreams
             name = service.name
-            stable = _pool((name, "stable", upstreams.stable, limits), previous, fresh, self.loop)
+            tls = service.upstream_tls
+            key = (name, "stable", upstreams.stable, limits, tls)
+            stable = _pool(key, previous, fresh, self.loop, self._tls)
             canary = stable
             if upstreams.canary:
-                key = (name, "canary", upstreams.canary, limits)
-                canary = _pool(key, previous, fresh, self.loop)
+                key = (name, "canary", upstreams.canary, limits, tls)
+                canary = _pool(key, previous, fresh, self.loop, self._tls)
             pools[service.name] = {Variant.STABLE: stable, Variant.CANARY: canary}
             budget = self.budgets.get(service.name)
             if budget is None or limits != self._limits:
                 budget = RetryBudget(limits.retry_budget_percent, limits.retry_burst)
             budgets[service.name] = budget
         self.pools, self.budgets, self._by_upstreams = pools, budgets, fresh
+        self._tls.keep({key[4]: None for key in fresh})
         self._limits = limits
         self.services = [self._snapshot(s, plans[s.name]) for s in config.services]
         for key, pool in previous.items():
@@ -423,8 +428,8 @@ def _forced_routes(
     return routes
 
 
-# (service, variant, its upstreams, the limits): what a pool is made of.
-PoolKey = tuple[str, str, tuple[Upstream, ...], Limits]
+# (service, variant, its upstreams, the limits, TLS to them): what a pool is made of.
+PoolKey = tuple[str, str, tuple[Upstream, ...], Limits, UpstreamTls]
 
 
 def _pool(
@@ -432,11 +437,14 @@ def _pool(
     previous: Mapping[PoolKey, UpstreamPool],
     fresh: dict[PoolKey, UpstreamPool],
     loop: asyncio.AbstractEventLoop,
+    contexts: UpstreamContexts,
 ) -> UpstreamPool:
     """The pool of `key`: this config's already, else the previous config's, else a new one."""
     pool = fresh.get(key) or previous.get(key)
     if pool is None:
-        pool = UpstreamPool(key[2], key[3], loop)
+        upstreams, tls = key[2], key[4]
+        context = contexts.get(tls) if any(u.scheme == "https" for u in upstreams) else None
+        pool = UpstreamPool(upstreams, key[3], loop, context, tls.server_name or "")
     fresh[key] = pool
     return pool
 

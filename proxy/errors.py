@@ -67,7 +67,7 @@ class Overloaded(HttpError):
 
 
 class UpstreamError(HttpError):
-    """The upstream failed; `reason` is one of connect, timeout, reset, protocol."""
+    """The upstream failed; `reason` is one of connect, tls, timeout, reset, protocol."""
 
     status = 502
     source = Source.UPSTREAM

@@ -280,7 +280,8 @@ class Metrics(Collector):
         last[key] = (list(buckets), total)
 
     def upstream_failure(self, service: str, variant: str, reason: str) -> None:
-        """An upstream of `variant` failed with `reason` (connect, timeout, reset, protocol)."""
+        """An upstream of `variant` failed with `reason` (connect, tls, timeout, reset,
+        protocol)."""
         key = (service, variant, reason)
         if key not in self._failures:
             _check("variant", variant, VARIANTS)
@@ -369,7 +370,7 @@ class Metrics(Collector):
         yield forced
         failures = CounterMetricFamily(
             "rollout_upstream_failures",
-            "Upstream failures (connect, timeout, reset, protocol), by variant.",
+            "Upstream failures (connect, tls, timeout, reset, protocol), by variant.",
             labels=("service", "variant", "reason"),
         )
         for key, count in self._failures.items():

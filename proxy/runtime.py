@@ -36,6 +36,7 @@ from proxy.metrics import Metrics
 from proxy.reload import Reloader, ReloadResult
 from proxy.store.opener import open_store
 from proxy.tasks import finish
+from proxy.tls import ListenerTls
 from proxy.workers.supervisor import Supervisor
 
 if TYPE_CHECKING:
@@ -96,12 +97,12 @@ class Runtime:
     @property
     def data_url(self) -> str:
         host, port = self.data_address
-        return f"http://{host}:{port}"
+        return f"{'https' if self.config.tls else 'http'}://{host}:{port}"
 
     @property
     def admin_url(self) -> str:
         host, port = self.admin_address
-        return f"http://{host}:{port}"
+        return f"{'https' if self.config.admin.tls else 'http'}://{host}:{port}"
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -137,7 +138,8 @@ class Runtime:
             assert self.router is not None
             self.router.recorder.evidence = evidence
             self._engine, self.access_log = data_engine(config, self.router, self.metrics, loop)
-            self.data_address = await self._engine.start(listen.host, listen.port)
+            tls = ListenerTls(config.tls) if config.tls is not None else None
+            self.data_address = await self._engine.start(listen.host, listen.port, tls=tls)
         app = build_admin_app(self.registry, self.readiness)
         if self.supervisor is not None:
             app[REFRESH] = self.supervisor.refresh
@@ -150,7 +152,9 @@ class Runtime:
         await self._admin.setup()
         admin = config.admin.listen
         sock = socket.create_server((admin.host, admin.port), reuse_port=False)
-        await web.SockSite(self._admin, sock).start()
+        tls_config = config.admin.tls
+        admin_tls = ListenerTls(tls_config, "admin.tls").context if tls_config else None
+        await web.SockSite(self._admin, sock, ssl_context=admin_tls).start()
         sockname = sock.getsockname()
         self.admin_address = (str(sockname[0]), int(sockname[1]))
         error = self.controller.state_error
@@ -166,6 +170,8 @@ class Runtime:
         """Swap a validated config in (the reloader's `apply`): the controller and the
         routing first, in one step, then the engine's limits and header kinds."""
         assert self.controller is not None, "reloaded before start"
+        if self._engine is not None:
+            reload_tls(self._engine, config)  # first: a certificate that fails changes nothing
         if self.supervisor is not None:
             self.supervisor.staged = source
         notes = await self.controller.reconfigure(config)
@@ -248,6 +254,13 @@ def data_engine(
         exchanges=exchanges,
     )
     return engine, access_log
+
+
+def reload_tls(engine: Engine, config: Config) -> None:
+    """Read the listener's certificates again (raises ConfigError, keeping the old ones, when
+    one does not load)."""
+    if engine.tls is not None and config.tls is not None:
+        engine.tls.reload(config.tls)
 
 
 def reconfigure_engine(engine: Engine, config: Config) -> None:

@@ -234,7 +234,7 @@ BROKEN: list[tuple[str, Mutation, str, str]] = [
         lambda d: d.update(listner=1),
         "listner",
         "unknown key; expected one of: access_log, admin, limits, listen, releases, services, "
-        "state, trusted_peers",
+        "state, tls, trusted_peers",
     ),
     (
         "access log enabled not a boolean",
@@ -425,10 +425,10 @@ BROKEN: list[tuple[str, Mutation, str, str]] = [
         "at least 1",
     ),
     (
-        "https",
-        lambda d: svc(d)["upstreams"]["stable"].append("https://10.0.0.1:443"),
+        "ftp upstream",
+        lambda d: svc(d)["upstreams"]["stable"].append("ftp://10.0.0.1:21"),
         f"{S0}.upstreams.stable[2]",
-        "https upstreams are not supported",
+        "scheme must be http or https",
     ),
     (
         "upstream path",

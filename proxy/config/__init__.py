@@ -35,10 +35,14 @@ from proxy.config.model import (
     StateConfig,
     Step,
     TierConfig,
+    TlsCertificate,
+    TlsConfig,
     Upstream,
     UpstreamsConfig,
+    UpstreamTls,
 )
 from proxy.config.services import service
+from proxy.config.tls import listener_tls
 from proxy.core.identity import IdKind, IdSource, Unidentified
 from proxy.core.routing import Variant
 from proxy.errors import ConfigError
@@ -61,8 +65,11 @@ __all__ = [
     "StateConfig",
     "Step",
     "TierConfig",
+    "TlsCertificate",
+    "TlsConfig",
     "Unidentified",
     "Upstream",
+    "UpstreamTls",
     "UpstreamsConfig",
     "Variant",
     "load_config",
@@ -80,6 +87,7 @@ _TOP_KEYS = (
     "limits",
     "access_log",
     "releases",
+    "tls",
 )
 DEFAULT_ADMIN_LISTEN = "127.0.0.1:9090"
 DEFAULT_STATE_PATH = "state/rollouts.json"
@@ -101,14 +109,16 @@ _ZERO_ALLOWED = frozenset(
 
 
 def _admin(value: object, path: str, env: Mapping[str, str]) -> AdminConfig:
-    data = read.mapping(value, path, ("listen", "token_env"))
+    data = read.mapping(value, path, ("listen", "token_env", "tls"))
     token_env = data.get("token_env")
     listen_path = read.key(path, "listen")
+    tls = data.get("tls")
     admin = AdminConfig(
         listen=read.address(data.get("listen", DEFAULT_ADMIN_LISTEN), listen_path),
         token_env=None
         if token_env is None
         else read.env_name(token_env, read.key(path, "token_env")),
+        tls=None if tls is None else listener_tls(tls, read.key(path, "tls")),
     )
     if not _loopback(admin.listen.host) and not env.get(admin.token_env or ""):
         raise ConfigError(
@@ -243,6 +253,7 @@ def parse_config(data: object, env: Mapping[str, str]) -> Config:
         limits=_limits(top.get("limits", {}), "limits"),
         access_log=_access_log(top.get("access_log", {}), "access_log"),
         releases=_releases(top.get("releases", {}), "releases"),
+        tls=None if top.get("tls") is None else listener_tls(top["tls"], "tls"),
     )
 
 

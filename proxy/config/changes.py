@@ -21,12 +21,21 @@ _RESTART_ONLY = (
 
 def restart_only(old: Config, new: Config) -> list[str]:
     """One message per key that differs and needs a restart to change (empty: reloadable)."""
+    keys = [(key, why) for key, why in _RESTART_ONLY if getattr(old, key) != getattr(new, key)]
+    if _tls_listener(old) != _tls_listener(new):
+        keys.append(("tls", "TLS on the listener, and client verification, are set at start"))
     return [
         f"{key}: changed, and needs a restart ({why}); put it back to reload the rest, or "
         "restart the proxy to apply it"
-        for key, why in _RESTART_ONLY
-        if getattr(old, key) != getattr(new, key)
+        for key, why in keys
     ]
+
+
+def _tls_listener(config: Config) -> tuple[bool, str | None, str]:
+    """What of `tls:` is fixed at start: whether it is on, and client verification (the
+    certificates themselves are read again on every reload)."""
+    tls = config.tls
+    return (False, None, "none") if tls is None else (True, tls.client_ca, tls.client_auth)
 
 
 def describe(old: Config, new: Config) -> list[str]:
@@ -43,6 +52,10 @@ def describe(old: Config, new: Config) -> list[str]:
     for key in ("trusted_peers", "limits", "releases"):
         if getattr(old, key) != getattr(new, key):
             lines.append(f"{key}: changed")
+    if new.tls is not None:
+        # The files may have changed under the same names: a reload always reads them again.
+        changed = old.tls != new.tls
+        lines.append("tls: certificates changed" if changed else "tls: certificates read again")
     return lines
 
 
@@ -56,6 +69,8 @@ def _service_changes(old: ServiceConfig, new: ServiceConfig) -> list[str]:
         changed.append("stable upstreams")
     if old.upstreams.canary != new.upstreams.canary:
         changed.append("canary upstreams")
+    if old.upstream_tls != new.upstream_tls:
+        changed.append("upstream tls")
     if old.rollout.analysis != new.rollout.analysis:
         changed.append("analysis")
     if _without_analysis(old) != _without_analysis(new):

@@ -42,6 +42,7 @@ class Address:
 class AdminConfig:
     listen: Address
     token_env: str | None = None  # env var holding the bearer token for mutating calls
+    tls: TlsConfig | None = None  # set: the admin listener speaks TLS
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +152,36 @@ class ForceConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsCertificate:
+    """A certificate chain and its key, PEM files (read when the config is loaded)."""
+
+    cert: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """TLS on a listener: the certificates (the first is the default; the others are chosen by
+    SNI, by the names they hold) and, for mTLS, the CA that client certificates must chain to."""
+
+    certificates: tuple[TlsCertificate, ...]
+    client_ca: str | None = None
+    client_auth: str = "none"  # "none" | "optional" | "required" (with client_ca)
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTls:
+    """TLS to a service's https:// upstreams: verified against `ca` (else the system's trust
+    store), with an optional client certificate."""
+
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    verify: bool = True
+    server_name: str | None = None  # SNI and the name verified (default: the upstream's host)
+
+
+@dataclass(frozen=True, slots=True)
 class ServiceConfig:
     name: str
     match: Match
@@ -160,6 +191,7 @@ class ServiceConfig:
     upstreams: UpstreamsConfig
     rollout: RolloutConfig
     force: ForceConfig = field(default_factory=ForceConfig)
+    upstream_tls: UpstreamTls = field(default_factory=UpstreamTls)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,3 +237,4 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     access_log: AccessLogConfig = field(default_factory=AccessLogConfig)
     releases: ReleasesConfig = field(default_factory=ReleasesConfig)
+    tls: TlsConfig | None = None  # set: the data listener speaks TLS

@@ -175,26 +175,24 @@ def address(value: object, path: str) -> Address:
 
 
 def upstream(value: object, path: str) -> Upstream:
-    """An upstream URL "http://host:port" (no path, query, user info; port defaults to 80)."""
+    """An upstream URL "http://host:port" or "https://host:port" (no path, query, user info;
+    the port defaults to 80 or 443)."""
     text = string(value, path)
     scheme, sep, rest = text.partition("://")
     if not sep:
         raise ConfigError(path, f'must be a URL like "http://127.0.0.1:9001", got {text!r}')
-    if scheme.lower() == "https":
-        raise ConfigError(
-            path, "https upstreams are not supported (no TLS to upstreams); use http://"
-        )
-    if scheme.lower() != "http":
-        raise ConfigError(path, f"scheme must be http, got {scheme!r}")
+    scheme = scheme.lower()
+    if scheme not in ("http", "https"):
+        raise ConfigError(path, f"scheme must be http or https, got {scheme!r}")
     rest = rest.removesuffix("/")
     if any(c in rest for c in "/?#@"):
-        raise ConfigError(path, "must be http://host:port with no path, query or user info")
+        raise ConfigError(path, f"must be {scheme}://host:port with no path, query or user info")
     if rest.endswith("]") or (":" not in rest and "[" not in rest):
-        rest += ":80"
-    found_host, port = _host_port(rest, path, '"http://host:port"')
+        rest += ":443" if scheme == "https" else ":80"
+    found_host, port = _host_port(rest, path, f'"{scheme}://host:port"')
     if port == 0:
         raise ConfigError(path, "port must be from 1 to 65535")
-    return Upstream(found_host, port)
+    return Upstream(found_host, port, scheme)
 
 
 def network(value: object, path: str) -> IPv4Network | IPv6Network:

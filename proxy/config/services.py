@@ -26,7 +26,9 @@ from proxy.config.model import (
     TierConfig,
     Upstream,
     UpstreamsConfig,
+    UpstreamTls,
 )
+from proxy.config.tls import upstream_tls
 from proxy.core.bucketing import BUCKETS
 from proxy.core.identity import IdKind, Unidentified
 from proxy.core.releases import other_color
@@ -42,6 +44,7 @@ _SERVICE_KEYS = (
     "unidentified",
     "tiers",
     "upstreams",
+    "upstream_tls",
     "rollout",
     "force",
 )
@@ -61,6 +64,7 @@ def service(value: object, path: str, env: Mapping[str, str]) -> ServiceConfig:
     )
     tier_config = tiers(data.get("tiers", {}), read.key(path, "tiers"))
     upstreams = _upstreams(data["upstreams"], read.key(path, "upstreams"))
+    tls = _upstream_tls(data, upstreams, path)
     rollout = _rollout(data["rollout"], read.key(path, "rollout"), name, tier_config)
     _check_tenants(rules, tier_config, rollout, path)
     _check_canary(upstreams, rollout, path)
@@ -72,8 +76,19 @@ def service(value: object, path: str, env: Mapping[str, str]) -> ServiceConfig:
         tiers=tier_config,
         upstreams=upstreams,
         rollout=rollout,
+        upstream_tls=tls,
         force=force(data.get("force", {}), read.key(path, "force"), env),
     )
+
+
+def _upstream_tls(data: Mapping[str, object], pools: UpstreamsConfig, path: str) -> UpstreamTls:
+    if "upstream_tls" not in data:
+        return UpstreamTls()
+    tls_path = read.key(path, "upstream_tls")
+    every = (*pools.stable, *pools.canary, *pools.blue, *pools.green)
+    if not any(u.scheme == "https" for u in every):
+        raise ConfigError(tls_path, "is set, but no upstream of this service is https://")
+    return upstream_tls(data["upstream_tls"], tls_path)
 
 
 def _match(value: object, path: str) -> Match:

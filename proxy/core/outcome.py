@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Final
 
-FAILURE_REASONS: Final = frozenset({"connect", "timeout", "reset", "protocol"})
+FAILURE_REASONS: Final = frozenset({"connect", "tls", "timeout", "reset", "protocol"})
 _STATUS_CLASSES: Final = {n: f"{n}xx" for n in range(1, 6)}
 
 

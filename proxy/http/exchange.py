@@ -72,7 +72,13 @@ class Exchange(Relay):
         conn.exchange = self
         client = self.client
         self.up_out.append(
-            upstream_head(self.request, endpoint.authority, client.peer_bytes, self.route.extra)
+            upstream_head(
+                self.request,
+                endpoint.authority,
+                client.peer_bytes,
+                self.route.extra,
+                client.engine.scheme,
+            )
         )
         if self.pending:  # body bytes that arrived before the connection
             self.up_out += self.pending
@@ -150,7 +156,7 @@ class Exchange(Relay):
         upstream had closed, for a request that is idempotent and had no body."""
         if self.retried or self.response_started or self.tunnel:
             return False
-        if error.reason == "connect":
+        if error.reason in ("connect", "tls"):  # nothing was sent
             return len(self.route.pool.endpoints) > 1
         return (
             error.reason == "reset"
@@ -167,7 +173,7 @@ class Exchange(Relay):
         if route.fallback is None or self.response_started or self.tunnel or self.status:
             return False
         request = self.request
-        safe = error.reason == "connect" or (
+        safe = error.reason in ("connect", "tls") or (
             error.reason == "reset" and request.idempotent and not request.has_body
         )
         if not safe:

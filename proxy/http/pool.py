@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections import deque
+from ssl import SSLContext as Tls
+from ssl import SSLError
 from typing import TYPE_CHECKING
 
 from proxy.errors import Overloaded, UpstreamError
@@ -30,19 +32,37 @@ if TYPE_CHECKING:
 class Endpoint:
     """One upstream address: its idle connections and its passive health."""
 
-    __slots__ = ("_failures", "authority", "ejected_until", "host", "idle", "limits", "port")
+    __slots__ = (
+        "_failures",
+        "authority",
+        "ejected_until",
+        "host",
+        "idle",
+        "limits",
+        "port",
+        "scheme",
+        "server_name",
+        "tls",
+    )
 
-    def __init__(self, upstream: Upstream, limits: Limits) -> None:
+    def __init__(
+        self, upstream: Upstream, limits: Limits, tls: Tls | None = None, server_name: str = ""
+    ) -> None:
         self.host = upstream.host
         self.port = upstream.port
-        self.authority = str(upstream).removeprefix("http://").encode("ascii")
+        self.scheme = upstream.scheme
+        self.authority = str(upstream).partition("://")[2].encode("ascii")
+        # https:// only: the client context, and the name sent as SNI and verified.
+        self.tls = tls if upstream.scheme == "https" else None
+        self.server_name = server_name or upstream.host
         self.limits = limits
         self.idle: list[UpstreamConnection] = []
         self._failures = 0
         self.ejected_until = 0.0
 
     def __repr__(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
 
     def take_idle(self) -> UpstreamConnection | None:
         while self.idle:
@@ -91,8 +111,10 @@ class UpstreamPool:
         upstreams: tuple[Upstream, ...],
         limits: Limits,
         loop: asyncio.AbstractEventLoop,
+        tls: Tls | None = None,
+        server_name: str = "",
     ) -> None:
-        self.endpoints = [Endpoint(u, limits) for u in upstreams]
+        self.endpoints = [Endpoint(u, limits, tls, server_name) for u in upstreams]
         self.limits = limits
         self._loop = loop
         self._next = 0
@@ -150,17 +172,30 @@ class UpstreamPool:
     async def _connect(self, endpoint: Endpoint, waiter: Waiter) -> None:
         from proxy.http.upstream import UpstreamConnection
 
+        tls = endpoint.tls
         try:
             async with asyncio.timeout(self.limits.connect_timeout_s):
-                _, conn = await self._loop.create_connection(
-                    lambda: UpstreamConnection(endpoint), endpoint.host, endpoint.port
-                )
+                if tls is None:
+                    _, conn = await self._loop.create_connection(
+                        lambda: UpstreamConnection(endpoint), endpoint.host, endpoint.port
+                    )
+                else:
+                    _, conn = await self._loop.create_connection(
+                        lambda: UpstreamConnection(endpoint),
+                        endpoint.host,
+                        endpoint.port,
+                        ssl=tls,
+                        server_hostname=endpoint.server_name,
+                    )
         except (OSError, TimeoutError) as exc:
             # Counted here, once, even when the waiter has gone: the waiter is given no
             # endpoint, so that it does not count the same failure again.
             endpoint.failed(self._loop.time())
             detail = "timed out" if isinstance(exc, TimeoutError) else str(exc)
-            waiter.upstream_failed(UpstreamError("connect", detail, status=502), None)
+            # A certificate that fails verification is its own reason (a wrong CA, name or
+            # expiry is a deployment fault, not a host that is down).
+            reason = "tls" if isinstance(exc, SSLError) else "connect"
+            waiter.upstream_failed(UpstreamError(reason, detail, status=502), None)
             return
         if waiter.abandoned:
             endpoint.release(conn)

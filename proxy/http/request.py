@@ -188,9 +188,11 @@ def invalid_method_status(head: bytes) -> int:
     return 501 if _TOKEN_RE.match(method) else 400
 
 
-def upstream_head(request: Request, authority: bytes, peer: bytes, extra: bytes) -> bytes:
+def upstream_head(
+    request: Request, authority: bytes, peer: bytes, extra: bytes, scheme: bytes = b"http"
+) -> bytes:
     """The head sent upstream; `extra`: the route's own fields, `authority`: the upstream's,
-    `peer`: the client's address (ASCII)."""
+    `peer`: the client's address (ASCII), `scheme`: the listener's (http or https)."""
     host = request.host
     # An HTTP/1.0 request may come without Host: the upstream then gets its own authority.
     sent_host: bytes = host or authority
@@ -203,7 +205,7 @@ def upstream_head(request: Request, authority: bytes, peer: bytes, extra: bytes)
     # and the request's id.
     xff = request.xff
     chain: bytes = peer if xff is None else b"%b, %b" % (xff, peer)
-    proto: bytes = request.xfp or b"http"
+    proto: bytes = request.xfp or scheme
     forwarded_host: bytes = request.xfh or host or b""
     parts.append(
         b"X-Forwarded-For: %b\r\nX-Forwarded-Proto: %b\r\nX-Forwarded-Host: %b\r\n"

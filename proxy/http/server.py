@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from proxy.config import Config
     from proxy.dataplane import Router
     from proxy.errors import HttpError
+    from proxy.tls import ListenerTls
 
 _TRUST_CACHE_SIZE = 4096
 
@@ -51,6 +52,8 @@ class Engine:
         self.exchanges = exchanges or Exchanges()
         self.connections: set[ClientConnection] = set()
         self.draining = False
+        self.scheme = b"http"  # of this listener: X-Forwarded-Proto when no trusted peer says
+        self.tls: ListenerTls | None = None
         self._trust_cache: dict[str, bool] = {}
         self._on_reject = on_reject
         self._server: asyncio.Server | None = None
@@ -98,9 +101,15 @@ class Engine:
         if self._on_reject is not None:
             self._on_reject(error)
 
-    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> tuple[str, int]:
+    async def start(
+        self, host: str, port: int, *, reuse_port: bool = False, tls: ListenerTls | None = None
+    ) -> tuple[str, int]:
         """Listen on host:port (0 picks a free port); return the bound address. `reuse_port`:
-        share the port with other processes' listeners (the kernel spreads connections)."""
+        share the port with other processes' listeners (the kernel spreads connections);
+        `tls`: terminate TLS (X-Forwarded-Proto is then https), certificates reloadable."""
+        self.tls = tls
+        self.scheme = b"https" if tls is not None else b"http"
+        context = tls.context if tls is not None else None
         self._server = await self.loop.create_server(
             lambda: DownstreamProtocol(self),
             host,
@@ -108,6 +117,8 @@ class Engine:
             backlog=4096,
             reuse_address=True,
             reuse_port=reuse_port or None,
+            ssl=context,
+            ssl_handshake_timeout=self.limits.header_timeout_s if tls is not None else None,
         )
         self._sweeper = self.loop.call_later(self.sweep_s, self._sweep)
         # Untyped here: uvloop's server gives its sockets as a list where typeshed says a

@@ -29,8 +29,9 @@ from proxy.fleet.batch import EvidenceBuffer
 from proxy.http.server import Engine
 from proxy.metrics import Metrics
 from proxy.releases import served_config
-from proxy.runtime import data_engine, reconfigure_engine
+from proxy.runtime import data_engine, reconfigure_engine, reload_tls
 from proxy.store.records import ReleaseBook
+from proxy.tls import ListenerTls
 from proxy.workers.channel import (
     CONFIG,
     DRAIN,
@@ -82,6 +83,8 @@ class Worker:
             config = served_config(
                 parse_text(message["text"], "the reloaded config"), _books(message)
             )
+            if self.engine is not None:
+                reload_tls(self.engine, config)
         except ConfigError as exc:
             error = str(exc)  # the supervisor validated it: only a changed environment
         else:
@@ -148,7 +151,8 @@ async def serve_worker(port: int, channel_fd: int) -> int:
         loop.add_signal_handler(signum, worker.stop.set)
     # Reloads come from the supervisor; a SIGHUP sent to every process must not end this one.
     loop.add_signal_handler(signal.SIGHUP, lambda: None)
-    await engine.start(config.listen.host, port, reuse_port=True)
+    tls = ListenerTls(config.tls) if config.tls is not None else None
+    await engine.start(config.listen.host, port, reuse_port=True, tls=tls)
     writer.write(frame(READY, orjson.dumps({"pid": os.getpid()})))
     tasks = [
         loop.create_task(worker.listen(reader, writer)),
