@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 import orjson
 
-from proxy.config import ServiceConfig
+from proxy.config import ServiceConfig, Step
 from proxy.core.analysis import Assessment, StepAnalysis, TierBaseline
 from proxy.core.bucketing import BUCKETS
 from proxy.core.machine import RolloutState, Status
@@ -27,14 +27,20 @@ def spec_hash(service: ServiceConfig, release: str = "") -> str:
     spec: dict[str, object] = {
         "salt": rollout.salt,
         "strategy": rollout.strategy,
-        "steps": [
-            [s.percent, sorted(s.tiers), sorted(s.tenants), s.observe_s] for s in rollout.steps
-        ],
+        "steps": [_step_spec(s) for s in rollout.steps],
         "canary": [str(u) for u in service.upstreams.canary],
     }
     if release:
         spec["release"] = release
     return hashlib.sha256(orjson.dumps(spec, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+
+
+def _step_spec(step: Step) -> list[object]:
+    """A step in the spec hash; a shadow step adds its sample (other steps hash as before)."""
+    spec: list[object] = [step.percent, sorted(step.tiers), sorted(step.tenants), step.observe_s]
+    if step.shadow:
+        spec.append({"shadow": step.shadow})
+    return spec
 
 
 class Rollout:
