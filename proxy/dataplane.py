@@ -20,6 +20,7 @@ from proxy.core.identity import RequestView, subject_for, subject_headers
 from proxy.core.retries import RetryBudget
 from proxy.core.routing import RoutingPlan, Subject, Variant, decide
 from proxy.errors import NoRoute
+from proxy.http.capture import ShadowSink, ShadowTap
 from proxy.http.pool import UpstreamPool
 from proxy.metrics import Metrics
 
@@ -113,6 +114,7 @@ class Route:
         "recorder",
         "series",
         "service",
+        "shadow",
         "step",
         "tier",
         "variant",
@@ -127,6 +129,7 @@ class Route:
         pool: UpstreamPool,
         recorder: Recorder,
         budget: RetryBudget,
+        shadow: ShadowTap | None = None,
     ) -> None:
         self.service = service
         self.variant = variant.value
@@ -138,6 +141,8 @@ class Route:
         self.series = recorder.metrics.arm(service, self.variant, tier)
         self.budget = budget
         self.fallback: Route | None = None
+        # A shadow step on a stable route: samples requests to mirror to the canary.
+        self.shadow = shadow if variant is Variant.STABLE else None
         # Added to the upstream request; the same names are stripped from incoming requests.
         self.extra = b"X-Rollout-Variant: %s\r\nX-Rollout-Step: %d\r\n" % (
             variant.value.encode("ascii"),
@@ -166,14 +171,22 @@ class ServiceRoutes:
         pools: Mapping[Variant, UpstreamPool],
         recorder: Recorder,
         budget: RetryBudget,
+        sink: ShadowSink | None = None,
     ) -> None:
         self.config = config
         self.plan = plan
         self.host = config.match.host.lower() if config.match.host else None
         self.path_prefix = config.match.path_prefix
         step = plan.step_index
+        tap = None
+        if (
+            sink is not None
+            and plan.shadow > 0
+            and pools[Variant.CANARY] is not pools[Variant.STABLE]
+        ):
+            tap = ShadowTap(config, plan.shadow, sink)
         self.routes: dict[tuple[Variant, str], Route] = {
-            (variant, tier): Route(config.name, variant, tier, step, pool, recorder, budget)
+            (variant, tier): Route(config.name, variant, tier, step, pool, recorder, budget, tap)
             for variant, pool in pools.items()
             for tier in config.tiers.names
         }
@@ -227,7 +240,15 @@ class ServiceRoutes:
 class Router:
     """Maps a parsed request to its Route; owns the upstream pools."""
 
-    def __init__(self, config: Config, metrics: Metrics, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        config: Config,
+        metrics: Metrics,
+        loop: asyncio.AbstractEventLoop,
+        shadow: ShadowSink | None = None,
+    ) -> None:
+        """`shadow`: where shadow steps' captured answers go (None: no mirroring)."""
+        self.shadow = shadow
         self.recorder = Recorder(metrics)
         self.metrics = metrics
         self.loop = loop
@@ -273,7 +294,7 @@ class Router:
     def _snapshot(self, service: ServiceConfig, plan: RoutingPlan) -> ServiceRoutes:
         self.metrics.set_step(service.name, plan.step_index, plan.canary_percent())
         pools, budget = self.pools[service.name], self.budgets[service.name]
-        return ServiceRoutes(service, plan, pools, self.recorder, budget)
+        return ServiceRoutes(service, plan, pools, self.recorder, budget, self.shadow)
 
     def set_plan(self, name: str, plan: RoutingPlan) -> None:
         """Swap in a new routing snapshot for service `name` (atomic for requests)."""
