@@ -92,6 +92,7 @@ class Rollout:
             step=self.state.step,
             steps=self.machine_steps,
             expected_shares=expected,
+            shadow_tolerance=rollout.shadow.tolerance if plan.shadow > 0 else 0.0,
         )
 
     def enter_step(self, now: float, wall: float, *, keep_baselines: bool) -> None:

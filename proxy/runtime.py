@@ -34,6 +34,7 @@ from proxy.http.server import Engine
 from proxy.logexchange import AccessLines, LoggedExchanges, path_id_patterns
 from proxy.metrics import Metrics
 from proxy.reload import Reloader, ReloadResult
+from proxy.shadowing import Shadowing
 from proxy.store.opener import open_store
 from proxy.tasks import finish
 from proxy.workers.supervisor import Supervisor
@@ -92,6 +93,7 @@ class Runtime:
         self.access_log: AccessLog | None = None
         self._admin: web.AppRunner | None = None
         self.sampler: adminpage.Sampler | None = None  # the admin page's history
+        self.shadowing: Shadowing | None = None  # the shadow steps' mirror
 
     @property
     def data_url(self) -> str:
@@ -113,10 +115,15 @@ class Runtime:
             assert self.source is not None
             plans = self.supervisor = Supervisor(config, self.source, self.metrics, self.workers)
         else:
-            plans = self.router = Router(config, self.metrics, loop)
+            # Shadow steps mirror in this process only (worker processes do not mirror).
+            self.shadowing = Shadowing(self.metrics)
+            plans = self.router = Router(config, self.metrics, loop, shadow=self.shadowing)
         self.controller = Controller(
             config, plans, store, self.metrics, clock=self.clock, deciding=not fleet
         )
+        if self.shadowing is not None:
+            self.shadowing.evidence = self.controller.feed.compared
+            self.shadowing.start()
         evidence: Evidence = self.controller.feed
         if fleet:
             evidence = buffer = self._buffer = EvidenceBuffer(config)
@@ -204,6 +211,9 @@ class Runtime:
             cut = await self._engine.drain(drain)
             await self._engine.close()
             self._engine = None
+        if self.shadowing is not None:
+            await self.shadowing.close()
+            self.shadowing = None
         if self.supervisor is not None:
             await self.supervisor.stop(drain)
         if self.access_log is not None:
