@@ -172,6 +172,10 @@ class Reloader:
             return ReloadResult("unchanged", trigger, now)
         try:
             notes = await self.apply(config, text)
+        except ConfigError as exc:  # valid alone, but not for how this proxy runs
+            return ReloadResult(
+                "invalid", trigger, now, error=str(exc), key=exc.path, reason=exc.reason
+            )
         except StateError as exc:
             return ReloadResult("failed", trigger, now, tuple(changes), error=str(exc))
         return ReloadResult("applied", trigger, now, tuple(_merged(changes, notes)))

@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry
 from proxy import adminapi, adminpage, build
 from proxy.accesslog import AccessLog
 from proxy.admin import REFRESH, Readiness, build_admin_app
-from proxy.config import Config
+from proxy.config import Config, ConfigError
 from proxy.controller import CLOSE_WAIT_S, Clock, Controller
 from proxy.core.identity import header_rule_names, relevant_headers
 from proxy.dataplane import Evidence, Router
@@ -74,6 +74,8 @@ class Runtime:
         self.supervisor: Supervisor | None = None
         if workers > 1 and config_path is None:
             raise ValueError("worker processes read the config from a file: give config_path")
+        if workers > 1:
+            refuse_shadow_steps(config)
         self.workers = workers
         self.config_path = config_path
         if workers > 1 and source is None:
@@ -174,6 +176,7 @@ class Runtime:
         routing first, in one step, then the engine's limits and header kinds."""
         assert self.controller is not None, "reloaded before start"
         if self.supervisor is not None:
+            refuse_shadow_steps(config)
             self.supervisor.staged = source
         notes = await self.controller.reconfigure(config)
         if self._engine is not None:
@@ -223,6 +226,17 @@ class Runtime:
             await self._admin.cleanup()
             self._admin = None
         return cut
+
+
+def refuse_shadow_steps(config: Config) -> None:
+    """Worker processes do not mirror: a shadow step there would never be judged."""
+    for i, service in enumerate(config.services):
+        for j, step in enumerate(service.rollout.steps):
+            if step.shadow:
+                raise ConfigError(
+                    f"services[{i}].rollout.steps[{j}].shadow",
+                    "shadow steps need the single-process data plane: run with --workers 1",
+                )
 
 
 def _replica(

@@ -11,6 +11,7 @@ import pytest
 from proxy.config import ConfigError, ShadowConfig, parse_config
 from proxy.core.routing import RoutingPlan
 from proxy.rollout import spec_hash
+from proxy.runtime import Runtime
 from tests.test_config import ENV, example_data, svc
 
 
@@ -97,3 +98,11 @@ def test_a_shadow_step_needs_a_canary_upstream() -> None:
     svc(data)["upstreams"].pop("canary", None)
     with pytest.raises(ConfigError, match=re.escape("upstreams.canary: must list at least one")):
         parse_config(data, ENV)
+
+
+def test_worker_processes_refuse_a_shadow_step() -> None:
+    config = parse_config(with_shadow([{"shadow": 10}, {"percent": 5}]), ENV)
+    with pytest.raises(ConfigError, match=re.escape("rollout.steps[0].shadow: shadow steps need")):
+        Runtime(config, workers=2, config_path="unused.yaml", source="")
+    plain = parse_config(with_shadow([{"percent": 5}]), ENV)
+    assert Runtime(plain, workers=2, config_path="unused.yaml", source="").workers == 2
