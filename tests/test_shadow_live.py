@@ -67,11 +67,13 @@ async def apps(*bodies: Body) -> AsyncIterator[list[App]]:
             await app.close()
 
 
-def shadow_config(stable: list[App], canary: App, tolerance: float) -> dict[str, Any]:
+def shadow_config(
+    stable: list[App], canary: App, tolerance: float, observe: str = "0s"
+) -> dict[str, Any]:
     section = service(
         [app.url for app in stable],
         [canary.url],
-        steps=[{"shadow": 100, "observe": "0s"}, {"percent": 10, "observe": "1h"}],
+        steps=[{"shadow": 100, "observe": observe}, {"percent": 10, "observe": "1h"}],
     )
     section["rollout"]["shadow"] = {"tolerance": tolerance, "noise_sample": 10}
     section["rollout"]["analysis"] = {"interval": "100ms", "min_requests": 100}
@@ -251,3 +253,37 @@ async def test_a_slow_canary_never_delays_stable_and_its_overflow_is_dropped_and
     assert 'rollout_shadow_requests_total{result="dropped_concurrency",service="svc"} 36.0' in (
         exposition
     )
+
+
+async def test_the_page_api_shows_the_shadow_step() -> None:
+    async with (
+        apps(stable_item, canary_item) as (stable, canary),
+        running_proxy(shadow_config([stable], canary, 0.5, observe="1h")) as runtime,
+        aiohttp.ClientSession() as session,
+    ):
+        paths = [f"/items/{i}" for i in range(1, 201)]
+        got = await drive(runtime, paths, lambda: False)
+        assert runtime.shadowing is not None
+        shadowing = runtime.shadowing
+        assert await wait_for(lambda: shadowing.in_flight("svc") == 0, 5.0)
+        async with session.get(runtime.admin_url + "/api/v1/services/svc/shadow") as response:
+            assert response.status == 200
+            shadow = await response.json()
+        async with session.get(runtime.admin_url + "/api/v1/services/svc/plan") as response:
+            plan = await response.json()
+        async with session.get(runtime.admin_url + "/api/v1/services/svc") as response:
+            status = await response.json()
+    assert len(got) == 200
+    assert [s["shadow"] for s in plan["steps"]] == [100.0, 0.0]
+    assert status["step_definition"]["shadow"] == 100.0
+    assert (shadow["sample"], shadow["tolerance"]) == (100.0, 0.5)
+    assert shadow["results"]["compared"] == 200
+    (route,) = shadow["routes"]
+    mismatched = sum(1 for i in range(1, 201) if i % 50 == 7)
+    assert (route["route"], route["compared"], route["mismatched"]) == (
+        "/items/{id}",
+        200,
+        mismatched,
+    )
+    assert route["mismatch_rate"] == mismatched / 200
+    assert route["paths"] == [["$.price", mismatched]]
