@@ -115,7 +115,11 @@ class Rollout:
         step's analysis starts again under them, with the baselines kept."""
         before = self.config
         self.config = config
-        if before.rollout.analysis != config.rollout.analysis or before.tiers != config.tiers:
+        if (
+            before.rollout.analysis != config.rollout.analysis
+            or before.rollout.shadow != config.rollout.shadow
+            or before.tiers != config.tiers
+        ):
             self.analysis = self.new_analysis(self.step_started, self.analysis.tier_baselines())
             self.last = None
 

@@ -30,6 +30,7 @@ from proxy.core.shadow import (
     RouteTally,
     bounded_route,
     fingerprint,
+    generalize,
     mismatches,
     record,
     route_of,
@@ -44,6 +45,9 @@ LEARN_FIRST: Final = 3  # copies of a new route always also sent to stable again
 TIMEOUT_S: Final = 10.0  # a mirrored request, whole
 CONNECT_S: Final = 3.0
 _READ: Final = 65536
+MAX_PATHS: Final = 256  # differing field paths tallied per route
+MAX_NOISE: Final = 4096  # noise paths learned per route (then no more are learned)
+OTHER_PATH: Final = "other"
 _log = logging.getLogger(__name__)
 
 # (service, route, the paths the canary alone changed, the request's id hash)
@@ -168,10 +172,11 @@ class Shadowing(ShadowSink):
         tally = routes.get(route, RouteTally())
         first = fingerprint(stable)
         if stable_again is not None:
-            tally = teach(tally, first, fingerprint(stable_again))
+            if len(tally.noise) < MAX_NOISE:
+                tally = teach(tally, first, fingerprint(stable_again))
             self._taught[(name, route)] = self._taught.get((name, route), 0) + 1
         differing = mismatches(tally.noise, first, fingerprint(canary))
-        routes[route] = record(tally, differing)
+        routes[route] = record(tally, _bounded(tally, differing))
         self.metrics.shadow(name, "compared")
         if differing:
             self.metrics.shadow(name, "mismatched")
@@ -204,6 +209,15 @@ class Shadowing(ShadowSink):
             )
             is_json = "json" in response.headers.get("content-type", "").lower()
             return Answer(response.status, headers, b"".join(chunks), is_json)
+
+
+def _bounded(tally: RouteTally, differing: tuple[str, ...]) -> tuple[str, ...]:
+    """The paths a route's tally counts: past MAX_PATHS distinct ones (a body keyed by ids),
+    a new path is counted as OTHER_PATH, so the tally stays bounded and the mismatch counted."""
+    if len(tally.paths) < MAX_PATHS:
+        return differing
+    known = {path for path, _ in tally.paths}
+    return tuple(p if generalize(p) in known else OTHER_PATH for p in differing)
 
 
 def _picked(request_id: str, percent: float) -> bool:

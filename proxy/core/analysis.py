@@ -132,7 +132,7 @@ I/O, no clock (time is passed in as monotonic seconds).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final
 
@@ -490,8 +490,7 @@ class ShadowChecks:
         for route, check in self.routes.items():
             counts = self.paths.get(route, {})
             top = tuple(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
-            found = check.evidence(1.0)
-            out.append(replace(found, paths=top[:SHADOW_EVIDENCE_PATHS]))
+            out.append(check.evidence(1.0, top[:SHADOW_EVIDENCE_PATHS]))
         return tuple(sorted(out, key=lambda c: (-c.canary.rate, c.check)))
 
     def assess(self, now: float) -> Assessment:
