@@ -21,6 +21,7 @@ from aiohttp import web
 
 from proxy.core.machine import Status
 from proxy.runtime import Runtime
+from tests.support.promtool import promtool_check
 from tests.support.proxy import config_dict, running_proxy, service
 
 Body = Callable[[str, str], dict[str, Any]]  # (route kind, id) -> the JSON answer
@@ -240,7 +241,7 @@ async def test_a_slow_canary_never_delays_stable_and_its_overflow_is_dropped_and
                     took.append(time.monotonic() - started)
                 counts = runtime.metrics.shadow_counts("svc")
                 async with session.get(runtime.admin_url + "/metrics") as response:
-                    exposition = await response.text()
+                    exposition = await response.read()
                 assert runtime.shadowing is not None
                 in_flight = runtime.shadowing.in_flight("svc")
         finally:
@@ -249,10 +250,11 @@ async def test_a_slow_canary_never_delays_stable_and_its_overflow_is_dropped_and
     assert counts["mirrored"] == 4
     assert in_flight == 4
     assert counts["dropped_concurrency"] == 36
-    assert 'rollout_shadow_requests_total{result="mirrored",service="svc"} 4.0' in exposition
-    assert 'rollout_shadow_requests_total{result="dropped_concurrency",service="svc"} 36.0' in (
+    assert b'rollout_shadow_requests_total{result="mirrored",service="svc"} 4.0' in exposition
+    assert b'rollout_shadow_requests_total{result="dropped_concurrency",service="svc"} 36.0' in (
         exposition
     )
+    await promtool_check(exposition)
 
 
 async def test_the_page_api_shows_the_shadow_step() -> None:
