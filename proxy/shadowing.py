@@ -8,9 +8,10 @@ comparison sends the copy to a canary endpoint, reads up to `max_body` bytes, fi
 answers and records the paths the canary alone changes, per route. A share of the copies
 (`noise_sample`, by a hash of the request id; and every copy of a route until it has learned
 its noise from 3 pairs) is also sent to stable a second time (another stable endpoint when
-there are several) and the paths that differ between the two stable answers are that route's
-noise, learned before the copy is compared. Every comparison is handed to `evidence` (the
-controller's analysis feed) and counted in `rollout_shadow_requests_total`.
+there are several, falling back to the one that answered) and the paths that differ between
+the two stable answers are that route's noise, learned before the copy is compared. Every
+comparison is handed to `evidence` (the controller's analysis feed) and counted in
+`rollout_shadow_requests_total`.
 """
 
 from __future__ import annotations
@@ -147,7 +148,7 @@ class Shadowing(ShadowSink):
         try:
             if learn:
                 self.metrics.shadow(name, "noise")
-                second = self._fetch(copy, _other(service, copy.served_by), shadow.max_body)
+                second = self._stable_again(copy, shadow.max_body)
                 canary_answer, stable_again = await asyncio.gather(canary, second)
             else:
                 canary_answer, stable_again = await canary, None
@@ -188,6 +189,19 @@ class Shadowing(ShadowSink):
         self._turn += 1
         return endpoints[self._turn % len(endpoints)]
 
+    async def _stable_again(self, copy: ShadowCopy, max_body: int) -> Answer:
+        """Stable's second answer: from another stable endpoint when there is one, else (or
+        when that one fails) from the endpoint that gave the first."""
+        stable = copy.service.upstreams.stable
+        other = _other(copy.service, copy.served_by)
+        served = next((u for u in stable if _hostport(u) == copy.served_by), None)
+        if served is None or served == other:
+            return await self._fetch(copy, other, max_body)
+        try:
+            return await self._fetch(copy, other, max_body)
+        except (aiohttp.ClientError, TimeoutError):
+            return await self._fetch(copy, served, max_body)
+
     async def _fetch(self, copy: ShadowCopy, upstream: Upstream, max_body: int) -> Answer:
         session = self._session
         if session is None:
@@ -226,10 +240,14 @@ def _picked(request_id: str, percent: float) -> bool:
     return int.from_bytes(digest.digest(), "big") % 10_000 < percent * 100.0
 
 
+def _hostport(upstream: Upstream) -> str:
+    return f"{upstream.host}:{upstream.port}"
+
+
 def _other(service: ServiceConfig, served_by: str) -> Upstream:
     """A stable endpoint other than the one that answered, when there is one."""
     endpoints = service.upstreams.stable
     for upstream in endpoints:
-        if f"{upstream.host}:{upstream.port}" != served_by:
+        if _hostport(upstream) != served_by:
             return upstream
     return endpoints[0]

@@ -10,6 +10,7 @@ shadow step: the noise learned from stable's second answers hides them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -38,7 +39,7 @@ class App:
         self.url = ""
 
     async def handle(self, request: web.Request) -> web.Response:
-        self.seen.append(dict(request.headers))
+        self.seen.append({**request.headers, ":path": request.path})
         kind, ident = request.match_info["kind"], request.match_info["id"]
         return web.json_response(self.body(kind, ident))
 
@@ -289,3 +290,49 @@ async def test_the_page_api_shows_the_shadow_step() -> None:
     )
     assert route["mismatch_rate"] == mismatched / 200
     assert route["paths"] == [["$.price", mismatched]]
+
+
+async def test_an_answer_stable_did_not_give_is_never_mirrored() -> None:
+    async def cut(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.content_length = 100
+        await response.prepare(request)
+        await response.write(b'{"partial": ')
+        assert request.transport is not None
+        request.transport.close()  # the body ends short: the client sees a truncated answer
+        return response
+
+    async def whole(request: web.Request) -> web.Response:
+        return web.json_response(stable_item("good", request.match_info["id"]))
+
+    async with apps(stable_item) as (canary,):
+        app = web.Application()
+        app.router.add_get("/items/{id}", cut)
+        app.router.add_get("/good/{id}", whole)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        cutting = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        config = shadow_config([canary], canary, 0.01)
+        section = config["services"][0]
+        section["upstreams"]["stable"] = ["http://127.0.0.1:9", cutting]  # 9: nobody listens
+        try:
+            async with running_proxy(config) as runtime, aiohttp.ClientSession() as session:
+                statuses = []
+                for i in range(1, 21):
+                    with contextlib.suppress(aiohttp.ClientPayloadError):
+                        async with session.get(f"{runtime.data_url}/items/{i}") as response:
+                            statuses.append(response.status)
+                            await response.read()
+                for i in range(1, 6):  # the control: whole answers are mirrored
+                    async with session.get(f"{runtime.data_url}/good/{i}") as response:
+                        assert response.status == 200
+                assert await wait_for(lambda: len(canary.seen) == 5, 5.0)
+                counts = runtime.metrics.shadow_counts("svc")
+        finally:
+            await runner.cleanup()
+    assert len(statuses) == 20
+    assert set(statuses) <= {200, 502}
+    assert counts["mirrored"] == 5
+    assert counts["compared"] == 5
+    assert sorted(h[":path"] for h in canary.seen) == [f"/good/{i}" for i in range(1, 6)]
