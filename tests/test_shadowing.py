@@ -12,7 +12,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from proxy.config import ServiceConfig, parse_config
-from proxy.core.shadow import Answer
+from proxy.core.shadow import MAX_ROUTES, OTHER_ROUTE, Answer
 from proxy.http.capture import ShadowCopy
 from proxy.metrics import Metrics
 from proxy.shadowing import MAX_PATHS, OTHER_PATH, Shadowing
@@ -112,3 +112,24 @@ async def test_paths_per_route_stay_bounded() -> None:
     assert len(tally.paths) <= MAX_PATHS + 1
     assert dict(tally.paths)[OTHER_PATH] > 0
     assert dict(tally.paths)["$.base"] == n
+
+
+async def test_routes_per_service_stay_bounded() -> None:
+    metrics = Metrics(CollectorRegistry())
+    mirror = Shadowing(metrics)
+    done: list[str] = []
+    mirror.evidence = lambda service, route, differing, id_hash: done.append(route)
+    mirror.start()
+    n = MAX_ROUTES + 5
+    try:
+        async with apps(lambda k, i: {"same": 1}, lambda k, i: {"same": 1}) as (stable, canary):
+            config = config_of([stable], canary)
+            for i in range(n):
+                mirror.submit(copy_of(config, f"/r{i}/x", {"same": 1}, endpoint(stable)))
+                await wait_for(partial(reached, done, i + 1), 5.0)
+    finally:
+        await mirror.close()
+    routes = mirror.tallies["svc"]
+    assert len(routes) == MAX_ROUTES + 1
+    assert routes[OTHER_ROUTE].compared == 5
+    assert done[-5:] == [OTHER_ROUTE] * 5
