@@ -433,9 +433,6 @@ class StepAnalysis:
         return TierBaseline(errors, slow, edge, MappingProxyType(routes))
 
 
-_WHOLE: Final = ShareEstimate()  # never added to: "wholly on the canary", judged alone
-
-
 class ShadowChecks:
     """The `shadow` check of a shadow step, one e-process per route.
 
@@ -462,13 +459,15 @@ class ShadowChecks:
         self.routes: dict[str, RatioCheck] = {}
         self.paths: dict[str, dict[str, int]] = {}
         self.compared = 0
+        # Never added to: every route is "wholly on the canary", judged against its reference.
+        self._whole = ShareEstimate()
 
     def observe(self, route: str, differing: tuple[str, ...], id_hash: int, now: float) -> None:
         check = self.routes.get(route)
         if check is None:
             check = self._check(route, now)
         self.compared += 1
-        check.record(route, True, bool(differing), _WHOLE, id_hash, now)
+        check.record(route, True, bool(differing), self._whole, id_hash, now)
         if differing:
             counts = self.paths.setdefault(route, {})
             for path in {generalize(p) for p in differing}:
