@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+
+from prometheus_client import CollectorRegistry
+
 from proxy.config import ServiceConfig, parse_config
+from proxy.core.routing import RoutingPlan, Variant
+from proxy.dataplane import Router
 from proxy.http.capture import ShadowCopy, ShadowSink, ShadowTap
 from proxy.http.request import Request
+from proxy.metrics import Metrics
 from tests.support.proxy import config_dict, service
 
 
@@ -86,3 +93,25 @@ def test_a_body_over_the_cap_is_marked_too_large_and_not_kept() -> None:
     assert capture.body == []
     capture.hand_over(request(), "")
     assert sink.copies[0].stable is None
+
+
+async def test_only_stable_routes_of_a_shadow_step_carry_the_tap() -> None:
+    section = service(
+        ["http://127.0.0.1:9"], ["http://127.0.0.1:10"], steps=[{"shadow": 5}, {"percent": 5}]
+    )
+    config = parse_config(config_dict(section), {})
+    sink = Sink()
+    router = Router(config, Metrics(CollectorRegistry()), asyncio.get_running_loop(), shadow=sink)
+    try:
+        routes = router.services[0].routes
+        stable, canary = routes[(Variant.STABLE, "free")], routes[(Variant.CANARY, "free")]
+        assert stable.shadow is not None
+        assert (stable.shadow.sample, stable.shadow.sink) == (5.0, sink)
+        assert canary.shadow is None
+        router.set_plan("svc", RoutingPlan.build(config.services[0].rollout, 1))
+        assert all(route.shadow is None for route in router.services[0].routes.values())
+        quiet = Router(config, Metrics(CollectorRegistry()), asyncio.get_running_loop())
+        assert all(route.shadow is None for route in quiet.services[0].routes.values())
+        quiet.close()
+    finally:
+        router.close()
