@@ -19,6 +19,8 @@ Usage::
     python loadtests/bench.py --quick              # smoke run: 1 round x 2 s, tiny GET only
     python loadtests/bench.py --targets direct,nginx --scenarios tiny --json out.json
     python loadtests/bench.py --scenarios soak     # RSS over 2 million requests (minutes)
+    python loadtests/bench.py --targets rollout-proxy --scenarios tiny --shadow 10
+                                                   # a shadow step mirroring 10% (--workers 1)
 
 Exit status: 0 ok, 1 a target failed its checks or a run had errors, 2 a required tool is missing.
 """
@@ -183,7 +185,7 @@ services:
       strategy: canary
       salt: bench-2026
       steps:
-        - {{percent: 10, observe: 24h}}
+        - {first_step}
         - {{percent: 100}}
       analysis:
         # The canary's requests through the proxy are slower than the stable ones against
@@ -368,6 +370,7 @@ class Options:
     proxy_cmd: str
     quick: bool
     keep_workdir: bool
+    shadow: float = 0.0  # > 0: the rollout is at a shadow step mirroring this percent
 
 
 TIMED_SCENARIOS: dict[str, Callable[[Options], Scenario]] = {
@@ -713,12 +716,15 @@ class Bench:
                     self.upstream_ports,
                     self.workdir / "state" / "rollouts.json",
                     self.max_conns,
+                    self.opts.shadow,
                 )
             )
             argv = [
                 a.format(python=sys.executable, config=cfg)
                 for a in shlex.split(self.opts.proxy_cmd)
             ]
+            if self.opts.shadow and "--workers" not in argv:
+                argv += ["--workers", "1"]  # shadow steps run in the single-process data plane
             env = dict(os.environ)
             env["PYTHONPATH"] = os.pathsep.join(
                 p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
@@ -727,6 +733,11 @@ class Bench:
 
         proc, ports = self._start("rollout-proxy", build, 2, 1)
         note = "as shipped: metrics and analysis on, rollout at a 10% canary step"
+        if self.opts.shadow:
+            note = (
+                f"metrics and analysis on, rollout at a shadow step mirroring "
+                f"{self.opts.shadow:g}% to the canary (--workers 1)"
+            )
         return Target("rollout-proxy", ports[0], proc, note, admin_port=ports[1])
 
     def start_bare(self) -> Target:
@@ -751,8 +762,15 @@ def nginx_argv(prefix: Path) -> list[str]:
 
 
 def rollout_config(
-    port: int, admin_port: int, upstream: tuple[int, int], state: Path, max_connections: int
+    port: int,
+    admin_port: int,
+    upstream: tuple[int, int],
+    state: Path,
+    max_connections: int,
+    shadow: float = 0.0,
 ) -> str:
+    """`shadow` > 0: the first step is a shadow step mirroring that percent of the requests
+    to the canary (exposing nobody) instead of a 10% canary step."""
     tiers = {f"tenant-{i:04d}": "enterprise" for i in range(1, 11)}
     tiers.update({f"tenant-{i:04d}": "internal" for i in range(11, 21)})
     tier_lines = "\n".join(f"        {k}: {v}" for k, v in tiers.items())
@@ -764,6 +782,9 @@ def rollout_config(
         tier_lines=tier_lines,
         stable_port=upstream[0],
         canary_port=upstream[1],
+        first_step=f"{{shadow: {shadow:g}, observe: 24h}}"
+        if shadow
+        else "{percent: 10, observe: 24h}",
     )
 
 
@@ -1093,9 +1114,10 @@ def measure_soak(bench: Bench, target: Target, total: int, segment_s: float) -> 
 # ---------------------------------------------------------------------------------------------
 
 
-def check_rollout(target: Target, expect_traffic: bool) -> RolloutCheck:
+def check_rollout(target: Target, expect_traffic: bool, shadow: bool = False) -> RolloutCheck:
     """The rollout must still be progressing at its first (10%) step, and its analysis must
-    have counted requests on both arms (the step's baseline is the stable arm)."""
+    have counted requests on both arms (the step's baseline is the stable arm). At a shadow
+    step: compared answers (canary: the mirrored copies, baseline: stable's answers)."""
     check = RolloutCheck()
     if target.admin_port is None:
         check.failure = "no admin port"
@@ -1115,6 +1137,9 @@ def check_rollout(target: Target, expect_traffic: bool) -> RolloutCheck:
         if evidence.get("check") == "errors":
             check.canary_requests = int(evidence["canary"]["requests"])
             check.baseline_requests = int(evidence["baseline"]["requests"])
+        elif shadow and str(evidence.get("check", "")).startswith("shadow:"):
+            check.canary_requests += int(evidence["canary"]["requests"])
+            check.baseline_requests += int(evidence["canary"]["requests"])
     if check.status != "progressing" or check.step != 0:
         check.failure = f"rollout {check.status} at step {check.step}, expected progressing at 0"
     elif expect_traffic and not (check.canary_requests and check.baseline_requests):
@@ -1547,7 +1572,7 @@ def execute(opts: Options, workdir: Path) -> int:
             if "soak" in opts.scenarios and t.proc is not None
         ]
         proxy = [t for t in targets if t.name == "rollout-proxy"]
-        rollout = check_rollout(proxy[0], bool(runs or soak)) if proxy else None
+        rollout = check_rollout(proxy[0], bool(runs or soak), opts.shadow > 0) if proxy else None
         data = report(opts, machine_info(), targets, failures, runs, idle, soak, rollout)
     finally:
         bench.close()
@@ -1609,6 +1634,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="command starting rollout-proxy; {python} and {config} are substituted",
     )
     p.add_argument("--keep-workdir", action="store_true", help="keep configs and logs")
+    p.add_argument(
+        "--shadow",
+        type=float,
+        default=0.0,
+        metavar="PERCENT",
+        help="hold rollout-proxy's rollout at a shadow step mirroring PERCENT (e.g. 10 or 100) "
+        "of the requests to the canary instead of a 10%% canary step, run with --workers 1; "
+        "compare with a run without it (--proxy-cmd '... --workers 1') for the cost of "
+        "shadowing (default 0: no shadow step)",
+    )
     return p.parse_args(argv)
 
 
@@ -1646,8 +1681,15 @@ def resolve(ns: argparse.Namespace) -> tuple[Options, dict[str, str | None]]:
         proxy_cmd=ns.proxy_cmd,
         quick=quick,
         keep_workdir=ns.keep_workdir,
+        shadow=_shadow_percent(ns.shadow),
     )
     return opts, avail
+
+
+def _shadow_percent(value: float) -> float:
+    if not 0.0 <= value <= 100.0:
+        raise SystemExit(f"--shadow: a percent from 0 to 100, not {value:g}")
+    return value
 
 
 def missing_tools(opts: Options) -> list[str]:

@@ -126,6 +126,7 @@ def _step_definition(rollout: Rollout) -> dict[str, Any]:
     if rollout.in_baseline:
         return {
             "baseline": True,
+            "shadow": 0.0,
             "percent": 0.0,
             "tiers": [],
             "tenants": [],
@@ -134,6 +135,7 @@ def _step_definition(rollout: Rollout) -> dict[str, Any]:
     step = rollout.config.rollout.steps[rollout.step_index]
     return {
         "baseline": False,
+        "shadow": step.shadow,
         "percent": step.percent,
         "tiers": sorted(step.tiers),
         "tenants": sorted(step.tenants),

@@ -161,6 +161,7 @@ def plan_json(rollout: Rollout) -> dict[str, Any]:
                 "tiers": sorted(s.tiers),
                 "tenants": sorted(s.tenants),
                 "observe_s": s.observe_s,
+                "shadow": s.shadow,
             }
             for s in config.rollout.steps
         ],
@@ -179,6 +180,39 @@ async def plan(request: web.Request) -> web.Response:
     if isinstance(rollout, web.Response):
         return rollout
     return web.json_response(plan_json(rollout))
+
+
+def shadow_json(rollout: Rollout, metrics: Metrics, paths: int = 5) -> dict[str, Any]:
+    """The shadow step's comparison: its sample, what became of the sampled answers, and per
+    route the compared answers, the mismatch rate and the top differing field paths (paths and
+    counts, never values). `sample` is 0 outside a shadow step."""
+    plan = rollout.plan()
+    checks = rollout.analysis.shadow.evidence() if plan.shadow > 0 else ()
+    return {
+        "service": rollout.config.name,
+        "sample": plan.shadow,
+        "tolerance": rollout.config.rollout.shadow.tolerance,
+        "results": metrics.shadow_counts(rollout.config.name),
+        "routes": [
+            {
+                "route": check.check.removeprefix("shadow:"),
+                "compared": check.canary.requests,
+                "mismatched": check.canary.events,
+                "mismatch_rate": check.canary.rate,
+                "shown_within": check.non_inferior,
+                "shown_over": check.crossed,
+                "paths": [list(p) for p in check.paths[:paths]],
+            }
+            for check in checks
+        ],
+    }
+
+
+async def shadow(request: web.Request) -> web.Response:
+    rollout = _found(request)
+    if isinstance(rollout, web.Response):
+        return rollout
+    return web.json_response(shadow_json(rollout, request.app[SAMPLER].metrics))
 
 
 def _serve(body: bytes, content_type: str) -> Handler:
@@ -215,6 +249,7 @@ def install(app: web.Application, controller: Controller, metrics: Metrics) -> S
             *asset_routes(),
             web.get("/api/v1/services/{name}/series", series),
             web.get("/api/v1/services/{name}/plan", plan),
+            web.get("/api/v1/services/{name}/shadow", shadow),
         ]
     )
     sampler.start()

@@ -28,6 +28,7 @@ from proxy.core.identity import RequestView, subject_for, subject_headers
 from proxy.core.retries import RetryBudget
 from proxy.core.routing import RoutingPlan, Subject, Variant, decide
 from proxy.errors import NoRoute
+from proxy.http.capture import ShadowSink, ShadowTap
 from proxy.http.pool import UpstreamPool
 from proxy.metrics import ArmSeries, Metrics
 from proxy.tls import UpstreamContexts
@@ -142,6 +143,7 @@ class Route:
         "recorder",
         "series",
         "service",
+        "shadow",
         "step",
         "tier",
         "variant",
@@ -156,6 +158,7 @@ class Route:
         pool: UpstreamPool,
         recorder: Recorder,
         budget: RetryBudget,
+        shadow: ShadowTap | None = None,
         *,
         forced: bool = False,
     ) -> None:
@@ -176,6 +179,8 @@ class Route:
         )
         self.budget = budget
         self.fallback: Route | None = None
+        # A shadow step on a stable route: samples requests to mirror to the canary.
+        self.shadow = shadow if variant is Variant.STABLE else None
         # Added to the upstream request; the same names are stripped from incoming requests.
         self.extra = b"X-Rollout-Variant: %s\r\nX-Rollout-Step: %d\r\n" % (
             variant.value.encode("ascii"),
@@ -209,14 +214,22 @@ class ServiceRoutes:
         budget: RetryBudget,
         forced: ForcedRecorder | None = None,
         wall: Callable[[], float] = time.time,
+        sink: ShadowSink | None = None,
     ) -> None:
         self.config = config
         self.plan = plan
         self.host = config.match.host.lower() if config.match.host else None
         self.path_prefix = config.match.path_prefix
         step = plan.step_index
+        tap = None
+        if (
+            sink is not None
+            and plan.shadow > 0
+            and pools[Variant.CANARY] is not pools[Variant.STABLE]
+        ):
+            tap = ShadowTap(config, plan.shadow, sink)
         self.routes: dict[tuple[Variant, str], Route] = {
-            (variant, tier): Route(config.name, variant, tier, step, pool, recorder, budget)
+            (variant, tier): Route(config.name, variant, tier, step, pool, recorder, budget, tap)
             for variant, pool in pools.items()
             for tier in config.tiers.names
         }
@@ -296,7 +309,10 @@ class Router:
         metrics: Metrics,
         loop: asyncio.AbstractEventLoop,
         wall: Callable[[], float] = time.time,
+        shadow: ShadowSink | None = None,
     ) -> None:
+        """`shadow`: where shadow steps' captured answers go (None: no mirroring)."""
+        self.shadow = shadow
         self.recorder = Recorder(metrics)
         self.forced_recorder = ForcedRecorder(metrics)
         self.wall = wall  # Unix time, for the expiry of force tokens
@@ -349,7 +365,9 @@ class Router:
         self.metrics.set_step(service.name, plan.step_index, plan.canary_percent())
         pools, budget = self.pools[service.name], self.budgets[service.name]
         forced = self.forced_recorder
-        return ServiceRoutes(service, plan, pools, self.recorder, budget, forced, self.wall)
+        return ServiceRoutes(
+            service, plan, pools, self.recorder, budget, forced, self.wall, self.shadow
+        )
 
     def set_plan(self, name: str, plan: RoutingPlan) -> None:
         """Swap in a new routing snapshot for service `name` (atomic for requests)."""

@@ -72,3 +72,12 @@ class AnalysisFeed(Evidence):
             rollout.guardrail_pending = True
             rollout.last = tripped
             self.on_trip(service, tripped)
+
+    def compared(self, service: str, route: str, differing: tuple[str, ...], id_hash: int) -> None:
+        """One answer of a shadow step compared (the mirror's callback; never awaits)."""
+        rollout = self.rollouts.get(service)
+        if rollout is None or rollout.state.status not in _OBSERVED:
+            return
+        rollout.analysis.observe_shadow(
+            route=route, differing=differing, id_hash=id_hash, now=self.now()
+        )

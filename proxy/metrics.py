@@ -101,6 +101,19 @@ class ArmCounts:
     buckets: tuple[int, ...]
 
 
+# What became of a stable answer sampled for a shadow step (`rollout_shadow_requests_total`).
+SHADOW_RESULTS: Final = frozenset(
+    {
+        "mirrored",  # a copy sent to the canary: the canary's load from shadowing
+        "noise",  # a copy sent to stable a second time, to learn the noise
+        "compared",  # the canary's answer compared with stable's
+        "mismatched",  # ... and the canary alone changed a field
+        "failed",  # the canary (or stable's second answer) failed or timed out: not compared
+        "dropped_queue",  # the mirror's queue was full
+        "dropped_concurrency",  # max_concurrency copies were already in flight
+        "dropped_too_large",  # a body over max_body: not compared
+    }
+)
 ROLLOUT_STATUSES: Final = frozenset({"progressing", "paused", "completed", "rolled_back"})
 # The statuses of the refusals the proxy raises (BadRequest and NoRoute, proxy/errors.py).
 REJECT_STATUSES: Final = frozenset({400, 404, 405, 408, 413, 414, 417, 431, 501, 505})
@@ -173,6 +186,7 @@ class Metrics(Collector):
         self._status: dict[str, str] = {}
         self._decisions: dict[tuple[str, str], int] = {}
         self._rejected: dict[str, int] = {}
+        self._shadow: dict[tuple[str, str], int] = {}
         self._staleness: Callable[[], float] = _in_sync
         registry.register(self)
 
@@ -312,6 +326,18 @@ class Metrics(Collector):
         label = str(status) if status in REJECT_STATUSES else status_class(status)
         self._rejected[label] = self._rejected.get(label, 0) + 1
 
+    def shadow(self, service: str, result: str) -> None:
+        """A sampled stable answer of a shadow step came to `result` (SHADOW_RESULTS)."""
+        key = (service, result)
+        if key not in self._shadow:
+            _check("result", result, SHADOW_RESULTS)
+            self._shadow[key] = 0
+        self._shadow[key] += 1
+
+    def shadow_counts(self, service: str) -> dict[str, int]:
+        """The shadow results of `service` so far, by result."""
+        return {result: n for (name, result), n in self._shadow.items() if name == service}
+
     def set_step(self, service: str, step: int, canary_percent: float) -> None:
         """The rollout step now served (-1: nothing exposed) and its share of everyone."""
         self._steps[service] = (step, canary_percent)
@@ -433,6 +459,15 @@ class Metrics(Collector):
         for pair, count in self._decisions.items():
             decisions.add_metric(pair, count)
         yield decisions
+        shadow = CounterMetricFamily(
+            "rollout_shadow_requests",
+            "Sampled stable answers of shadow steps, by what became of them (mirrored: the "
+            "canary's shadow load; compared, mismatched, dropped_*, failed).",
+            labels=("service", "result"),
+        )
+        for pair, count in self._shadow.items():
+            shadow.add_metric(pair, count)
+        yield shadow
         yield GaugeMetricFamily(
             "rollout_state_stale_seconds",
             "Seconds since this process last confirmed the rollout state with its store "

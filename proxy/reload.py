@@ -172,7 +172,8 @@ class Reloader:
             return ReloadResult("unchanged", trigger, now)
         try:
             notes = await self.apply(config, text)
-        except ConfigError as exc:  # a certificate file changed since it was read
+        except ConfigError as exc:  # a certificate file changed since it was read, or valid
+            # alone but not for how this proxy runs
             return ReloadResult(
                 "invalid", trigger, now, error=str(exc), key=exc.path, reason=exc.reason
             )

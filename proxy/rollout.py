@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 import orjson
 
-from proxy.config import ServiceConfig
+from proxy.config import ServiceConfig, Step
 from proxy.core.analysis import Assessment, StepAnalysis, TierBaseline
 from proxy.core.bucketing import BUCKETS
 from proxy.core.machine import RolloutState, Status
@@ -27,14 +27,20 @@ def spec_hash(service: ServiceConfig, release: str = "") -> str:
     spec: dict[str, object] = {
         "salt": rollout.salt,
         "strategy": rollout.strategy,
-        "steps": [
-            [s.percent, sorted(s.tiers), sorted(s.tenants), s.observe_s] for s in rollout.steps
-        ],
+        "steps": [_step_spec(s) for s in rollout.steps],
         "canary": [str(u) for u in service.upstreams.canary],
     }
     if release:
         spec["release"] = release
     return hashlib.sha256(orjson.dumps(spec, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+
+
+def _step_spec(step: Step) -> list[object]:
+    """A step in the spec hash; a shadow step adds its sample (other steps hash as before)."""
+    spec: list[object] = [step.percent, sorted(step.tiers), sorted(step.tenants), step.observe_s]
+    if step.shadow:
+        spec.append({"shadow": step.shadow})
+    return spec
 
 
 class Rollout:
@@ -86,6 +92,7 @@ class Rollout:
             step=self.state.step,
             steps=self.machine_steps,
             expected_shares=expected,
+            shadow_tolerance=rollout.shadow.tolerance if plan.shadow > 0 else 0.0,
         )
 
     def enter_step(self, now: float, wall: float, *, keep_baselines: bool) -> None:
@@ -108,7 +115,11 @@ class Rollout:
         step's analysis starts again under them, with the baselines kept."""
         before = self.config
         self.config = config
-        if before.rollout.analysis != config.rollout.analysis or before.tiers != config.tiers:
+        if (
+            before.rollout.analysis != config.rollout.analysis
+            or before.rollout.shadow != config.rollout.shadow
+            or before.tiers != config.tiers
+        ):
             self.analysis = self.new_analysis(self.step_started, self.analysis.tier_baselines())
             self.last = None
 

@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry
 from proxy import adminapi, adminpage, build
 from proxy.accesslog import AccessLog
 from proxy.admin import REFRESH, Readiness, build_admin_app
-from proxy.config import Config
+from proxy.config import Config, ConfigError
 from proxy.controller import CLOSE_WAIT_S, Clock, Controller
 from proxy.core.identity import header_rule_names, relevant_headers
 from proxy.dataplane import Evidence, Router
@@ -34,6 +34,7 @@ from proxy.http.server import Engine
 from proxy.logexchange import AccessLines, LoggedExchanges, path_id_patterns
 from proxy.metrics import Metrics
 from proxy.reload import Reloader, ReloadResult
+from proxy.shadowing import Shadowing
 from proxy.store.opener import open_store
 from proxy.tasks import finish
 from proxy.tls import ListenerTls
@@ -74,6 +75,8 @@ class Runtime:
         self.supervisor: Supervisor | None = None
         if workers > 1 and config_path is None:
             raise ValueError("worker processes read the config from a file: give config_path")
+        if workers > 1:
+            refuse_shadow_steps(config)
         self.workers = workers
         self.config_path = config_path
         if workers > 1 and source is None:
@@ -93,6 +96,7 @@ class Runtime:
         self.access_log: AccessLog | None = None
         self._admin: web.AppRunner | None = None
         self.sampler: adminpage.Sampler | None = None  # the admin page's history
+        self.shadowing: Shadowing | None = None  # the shadow steps' mirror
 
     @property
     def data_url(self) -> str:
@@ -114,10 +118,15 @@ class Runtime:
             assert self.source is not None
             plans = self.supervisor = Supervisor(config, self.source, self.metrics, self.workers)
         else:
-            plans = self.router = Router(config, self.metrics, loop)
+            # Shadow steps mirror in this process only (worker processes do not mirror).
+            self.shadowing = Shadowing(self.metrics)
+            plans = self.router = Router(config, self.metrics, loop, shadow=self.shadowing)
         self.controller = Controller(
             config, plans, store, self.metrics, clock=self.clock, deciding=not fleet
         )
+        if self.shadowing is not None:
+            self.shadowing.evidence = self.controller.feed.compared
+            self.shadowing.start()
         evidence: Evidence = self.controller.feed
         if fleet:
             evidence = buffer = self._buffer = EvidenceBuffer(config)
@@ -173,6 +182,7 @@ class Runtime:
         if self._engine is not None:
             reload_tls(self._engine, config)  # first: a certificate that fails changes nothing
         if self.supervisor is not None:
+            refuse_shadow_steps(config)
             self.supervisor.staged = source
         notes = await self.controller.reconfigure(config)
         if self._engine is not None:
@@ -210,6 +220,9 @@ class Runtime:
             cut = await self._engine.drain(drain)
             await self._engine.close()
             self._engine = None
+        if self.shadowing is not None:
+            await self.shadowing.close()
+            self.shadowing = None
         if self.supervisor is not None:
             await self.supervisor.stop(drain)
         if self.access_log is not None:
@@ -219,6 +232,17 @@ class Runtime:
             await self._admin.cleanup()
             self._admin = None
         return cut
+
+
+def refuse_shadow_steps(config: Config) -> None:
+    """Worker processes do not mirror: a shadow step there would never be judged."""
+    for i, service in enumerate(config.services):
+        for j, step in enumerate(service.rollout.steps):
+            if step.shadow:
+                raise ConfigError(
+                    f"services[{i}].rollout.steps[{j}].shadow",
+                    "shadow steps need the single-process data plane: run with --workers 1",
+                )
 
 
 def _replica(

@@ -141,8 +141,14 @@ async def test_plan_lists_every_step_and_the_split_per_tier(upstreams: Any) -> N
         status, plan = await _json(runtime, "/api/v1/services/shop/plan")
         assert status == 200
         assert plan["steps"] == [
-            {"percent": 100.0, "tiers": ["internal"], "tenants": [], "observe_s": 3600.0},
-            {"percent": 30.0, "tiers": [], "tenants": [], "observe_s": None},
+            {
+                "percent": 100.0,
+                "tiers": ["internal"],
+                "tenants": [],
+                "observe_s": 3600.0,
+                "shadow": 0.0,
+            },
+            {"percent": 30.0, "tiers": [], "tenants": [], "observe_s": None, "shadow": 0.0},
         ]
         assert (plan["step"], plan["baseline_s"]) == (0, 0.0)
         assert plan["tiers"] == {"free": 0.0, "internal": 100.0}

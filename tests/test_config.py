@@ -507,7 +507,7 @@ BROKEN: list[tuple[str, Mutation, str, str]] = [
         "step key",
         lambda d: step(d, 1).update(weight=5),
         f"{S0}.rollout.steps[1].weight",
-        "expected one of: observe, percent, tenants, tiers",
+        "expected one of: observe, percent, shadow, tenants, tiers",
     ),
     (
         "pin variant",

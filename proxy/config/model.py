@@ -102,6 +102,20 @@ class Step:
     tiers: frozenset[str] = frozenset()
     tenants: frozenset[str] = frozenset()
     observe_s: float | None = None
+    shadow: float = 0.0  # a shadow step: percent of stable's requests mirrored (exposes nobody)
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowConfig:
+    """`rollout.shadow`: what a shadow step mirrors and compares, and its cost bounds."""
+
+    methods: frozenset[str] = frozenset({"GET", "HEAD"})
+    headers: tuple[str, ...] = ()  # response headers compared, lower-cased
+    max_body: int = 256 * 1024  # body bytes compared; a longer body is "too large", uncompared
+    max_concurrency: int = 64  # mirrored requests in flight to the canary
+    noise_sample: float = 10.0  # percent of mirrored requests also sent to stable again
+    tolerance: float = 0.01  # mismatch rate (over the learned noise) tolerated per route
+    queue: int = 1024  # captured answers waiting for the mirror
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +128,7 @@ class RolloutConfig:
     # Seconds of all-stable traffic measured before step 0 (0: none): the pre-exposure
     # baseline of tiers that a step sends wholly to the canary.
     baseline_s: float = 0.0
+    shadow: ShadowConfig = field(default_factory=ShadowConfig)
 
 
 @dataclass(frozen=True, slots=True)

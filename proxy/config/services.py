@@ -22,6 +22,7 @@ from proxy.config.model import (
     Match,
     RolloutConfig,
     ServiceConfig,
+    ShadowConfig,
     Step,
     TierConfig,
     Upstream,
@@ -163,7 +164,9 @@ def _names(
 
 
 def _step(value: object, path: str, strategy: str, known_tiers: frozenset[str]) -> Step:
-    data = read.mapping(value, path, ("percent", "tiers", "tenants", "observe"))
+    data = read.mapping(value, path, ("percent", "tiers", "tenants", "observe", "shadow"))
+    if "shadow" in data:
+        return _shadow_step(data, path)
     percent_path = read.key(path, "percent")
     percent = _percent(data.get("percent", 100), percent_path)
     if strategy == "blue-green" and percent not in (0, 100):
@@ -188,8 +191,80 @@ def _step(value: object, path: str, strategy: str, known_tiers: frozenset[str]) 
     )
 
 
+def _shadow_step(data: Mapping[str, object], path: str) -> Step:
+    """`{shadow: 10, observe: 5m}`: mirror 10% of stable's requests to the canary; exposes
+    nobody, so it takes no percent, tiers or tenants."""
+    for key in ("percent", "tiers", "tenants"):
+        if key in data:
+            raise ConfigError(read.key(path, key), "cannot be given in a shadow step")
+    shadow_path = read.key(path, "shadow")
+    sample = _percent(data["shadow"], shadow_path)
+    if sample <= 0:
+        raise ConfigError(shadow_path, "must be a percent above 0 (up to 100)")
+    observe = data.get("observe")
+    return Step(
+        percent=0.0,
+        shadow=sample,
+        observe_s=None
+        if observe is None
+        else read.duration(observe, read.key(path, "observe"), allow_zero=True),
+    )
+
+
+_SHADOW_KEYS = ("methods", "headers", "max_body", "max_concurrency", "noise_sample", "tolerance")
+_REPLAYABLE = frozenset({"GET", "HEAD", "OPTIONS"})  # safe methods (RFC 9110 9.2.1)
+_METHOD = re.compile(r"[A-Za-z]{1,16}")
+_HEADER = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}")
+
+
+def shadow(value: object, path: str) -> ShadowConfig:
+    """`rollout.shadow`: only methods whose replay cannot write may be mirrored."""
+    data = read.mapping(value, path, _SHADOW_KEYS)
+    default = ShadowConfig()
+    methods_path = read.key(path, "methods")
+    methods = default.methods
+    if "methods" in data:
+        items = read.sequence(data["methods"], methods_path, min_items=1)
+        methods = frozenset(
+            _method(item, read.index(methods_path, i)) for i, item in enumerate(items)
+        )
+    headers_path = read.key(path, "headers")
+    headers = tuple(
+        read.string(item, read.index(headers_path, i), _HEADER, "a header name").lower()
+        for i, item in enumerate(read.sequence(data.get("headers", []), headers_path))
+    )
+    return ShadowConfig(
+        methods=methods,
+        headers=tuple(dict.fromkeys(headers)),
+        max_body=read.integer(
+            data.get("max_body", default.max_body), read.key(path, "max_body"), 0, 64 * 2**20
+        ),
+        max_concurrency=read.integer(
+            data.get("max_concurrency", default.max_concurrency),
+            read.key(path, "max_concurrency"),
+            1,
+            10_000,
+        ),
+        noise_sample=read.number(
+            data.get("noise_sample", default.noise_sample), read.key(path, "noise_sample"), 0, 100
+        ),
+        tolerance=read.number(
+            data.get("tolerance", default.tolerance), read.key(path, "tolerance"), 0.0001, 0.5
+        ),
+    )
+
+
+def _method(value: object, path: str) -> str:
+    method = read.string(value, path, _METHOD, "an HTTP method, like GET").upper()
+    if method not in _REPLAYABLE:
+        allowed = ", ".join(sorted(_REPLAYABLE))
+        reason = f"{method} is not safe to replay (a mirrored copy could write); allowed: {allowed}"
+        raise ConfigError(path, reason)
+    return method
+
+
 def _rollout(value: object, path: str, service_name: str, tier_config: TierConfig) -> RolloutConfig:
-    keys = ("strategy", "salt", "pins", "steps", "analysis", "baseline")
+    keys = ("strategy", "salt", "pins", "steps", "analysis", "baseline", "shadow")
     data = read.mapping(value, path, keys, required=("steps",))
     strategy = read.choice(data.get("strategy", "canary"), read.key(path, "strategy"), _STRATEGIES)
     pins_path = read.key(path, "pins")
@@ -216,6 +291,7 @@ def _rollout(value: object, path: str, service_name: str, tier_config: TierConfi
         baseline_s=_default_baseline(steps)
         if baseline is None
         else read.duration(baseline, read.key(path, "baseline"), allow_zero=True),
+        shadow=shadow(data.get("shadow", {}), read.key(path, "shadow")),
     )
 
 
@@ -247,7 +323,7 @@ def _check_canary(upstreams: UpstreamsConfig, rollout: RolloutConfig, path: str)
         return
     reason = "must list at least one upstream: {} sends traffic to the canary"
     for i, step in enumerate(rollout.steps):
-        if step.percent > 0:
+        if step.percent > 0 or step.shadow > 0:
             raise ConfigError(
                 read.key(path, "upstreams.canary"), reason.format(f"rollout.steps[{i}]")
             )

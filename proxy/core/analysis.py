@@ -147,13 +147,17 @@ from proxy.core.budget import (
     latency_grid,
     step_share,
 )
-from proxy.core.checks import RatioCheck
+from proxy.core.checks import RatioCheck, Reference
 from proxy.core.guardrail import Guardrail
 from proxy.core.latency import LatencyHistogram
 from proxy.core.outcome import status_class
+from proxy.core.shadow import MAX_ROUTES, generalize
 from proxy.core.summary import degraded, guardrail, healthy, inconclusive
 from proxy.core.traffic import IncidentWatch, ShareEstimate
 from proxy.core.verdict import Assessment, CheckEvidence, Verdict
+
+SHADOW_PATHS: Final = 50  # differing field paths counted per route (the rest are not named)
+SHADOW_EVIDENCE_PATHS: Final = 10  # ... and named in a check's evidence
 
 __all__ = [
     "AnalysisConfig",
@@ -246,10 +250,13 @@ class StepAnalysis:
         step: int = 0,
         steps: int = 1,
         expected_shares: Mapping[str, float] = _NO_SHARES,
+        shadow_tolerance: float = 0.0,
     ) -> None:
         """`expected_shares`: the canary share the routing plan gives each tier, if known
-        (pins and tenant cohorts make it approximate; the measured share overrides it)."""
+        (pins and tenant cohorts make it approximate; the measured share overrides it).
+        `shadow_tolerance` > 0: a shadow step, judged by its `shadow` checks alone."""
         share = step_share(step, steps)
+        self.shadow = ShadowChecks(config, share, shadow_tolerance, started)
         self.config = config
         self.started = started
         self._baselines = dict(baselines)
@@ -372,8 +379,17 @@ class StepAnalysis:
         ]
         return (errors, latency, *routes)
 
+    def observe_shadow(
+        self, *, route: str, differing: tuple[str, ...], id_hash: int, now: float
+    ) -> None:
+        """One compared answer of a shadow step: `differing`, the paths the canary alone
+        changed (empty: the answers agree)."""
+        self.shadow.observe(route, differing, id_hash, now)
+
     def assess(self, now: float) -> Assessment:
         """The interval verdict (see the module docstring)."""
+        if self.shadow.tolerance > 0.0:
+            return self.shadow.assess(now)
         if self._tripped is not None:
             return self._tripped
         for state in self._tiers.values():
@@ -415,3 +431,76 @@ class StepAnalysis:
         else:
             slow, edge = RateCount(measured.samples, measured.above), measured.edge_s
         return TierBaseline(errors, slow, edge, MappingProxyType(routes))
+
+
+class ShadowChecks:
+    """The `shadow` check of a shadow step, one e-process per route.
+
+    A compared answer is a canary request; a mismatch (a field the canary alone changed, over
+    the learned noise) is its event. Each route is a one-sample test of its mismatch rate
+    against `tolerance`, by the machinery of the other checks: `RatioCheck` with the route as
+    its only tier, judged against a pre-exposure reference whose rate is exactly the tolerance
+    (rolling back: the mixture over rates from the tolerance up; advancing: the ratio test and
+    the floor test at the tolerance; the grid of the latency check, whose null also sits at
+    1: rolling back tests rates from sqrt(2) times the tolerance up). The step's whole share
+    of the rollout's rate is the check's (no other check runs in a shadow step); each route
+    may spend 1/(MAX_ROUTES + 1) of it (routes are bounded: MAX_ROUTES and `other`), so a
+    union bound keeps the promise.
+    Advancing needs `min_requests` compared answers and every route seen shown within the
+    tolerance (intersection-union)."""
+
+    def __init__(self, config: AnalysisConfig, share: float, tolerance: float, now: float) -> None:
+        self.config = config
+        self.tolerance = tolerance
+        self.started = now
+        rate = config.false_rollback_rate
+        levels = check_levels(rate, checks_share(share, 1, 1) / (MAX_ROUTES + 1), 0)
+        self._levels = levels
+        self.routes: dict[str, RatioCheck] = {}
+        self.paths: dict[str, dict[str, int]] = {}
+        self.compared = 0
+        # Never added to: every route is "wholly on the canary", judged against its reference.
+        self._whole = ShareEstimate()
+
+    def observe(self, route: str, differing: tuple[str, ...], id_hash: int, now: float) -> None:
+        check = self.routes.get(route)
+        if check is None:
+            check = self._check(route, now)
+        self.compared += 1
+        check.record(route, True, bool(differing), self._whole, id_hash, now)
+        if differing:
+            counts = self.paths.setdefault(route, {})
+            for path in {generalize(p) for p in differing}:
+                if path in counts or len(counts) < SHADOW_PATHS:
+                    counts[path] = counts.get(path, 0) + 1
+
+    def _check(self, route: str, now: float) -> RatioCheck:
+        check = RatioCheck(
+            f"shadow:{route}", latency_grid(), self._levels, {}, self.started, self.tolerance
+        )
+        bound = self.tolerance
+        check.refs[route] = Reference(RateCount(), bound, bound)
+        self.routes[route] = check
+        return check
+
+    def evidence(self) -> tuple[CheckEvidence, ...]:
+        """Every route's check, the most mismatched first, with its top differing paths."""
+        out = []
+        for route, check in self.routes.items():
+            counts = self.paths.get(route, {})
+            top = tuple(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+            out.append(check.evidence(1.0, top[:SHADOW_EVIDENCE_PATHS]))
+        return tuple(sorted(out, key=lambda c: (-c.canary.rate, c.check)))
+
+    def assess(self, now: float) -> Assessment:
+        checks = self.evidence()
+        shortfall = max(0, self.config.min_requests - self.compared)
+        crossed = [c for c in checks if c.crossed]
+        if crossed and not shortfall:
+            return degraded(max(crossed, key=lambda c: c.e_value / c.threshold), checks, now)
+        if checks and not shortfall and all(c.non_inferior for c in checks):
+            return healthy(checks, now)
+        if not checks:
+            summary = f"shadow: no answer compared yet; min_requests not met: {shortfall:,} more"
+            return Assessment(Verdict.INCONCLUSIVE, "shadow", summary, 0.0, 0.0, (), shortfall, now)
+        return inconclusive(checks, shortfall, now)

@@ -222,8 +222,9 @@ class RatioCheck:
             return Source.PRE_EXPOSURE
         return Source.CONCURRENT if t.s_req else Source.NONE
 
-    def evidence(self, tolerance: float) -> CheckEvidence:
-        """The check's numbers now; `tolerance` is the ratio reported as tolerated."""
+    def evidence(self, tolerance: float, paths: tuple[tuple[str, int], ...] = ()) -> CheckEvidence:
+        """The check's numbers now; `tolerance` is the ratio reported as tolerated; `paths`:
+        a shadow check's differing field paths, with their counts."""
         high, low = self._loglik(high=True), self._loglik(high=False)
         log_roll, log_adv = log(1.0 / self.levels.rollback), log(1.0 / self.levels.advance)
         roll, floor = rollback_log_e(self.grid, high), self._floor_log_e()
@@ -252,6 +253,7 @@ class RatioCheck:
             non_inferior=self._shown,
             floor=self.floor,
             floor_e_value=_exp(floor),
+            paths=paths,
         )
 
     def _floor_log_e(self) -> float:

@@ -84,6 +84,7 @@ class RoutingPlan:
     everyone: int  # threshold in buckets (0..BUCKETS) that applies to every subject
     by_tier: Mapping[str, int]
     by_tenant: Mapping[str, int]
+    shadow: float = 0.0  # the step's shadow sample: percent of stable's requests mirrored
     salt_prefix: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -113,6 +114,7 @@ class RoutingPlan:
             everyone=everyone,
             by_tier={t: v for t, v in by_tier.items() if v > everyone},
             by_tenant={t: v for t, v in by_tenant.items() if v > everyone},
+            shadow=rollout.steps[step_index].shadow if active and step_index >= 0 else 0.0,
         )
 
     def canary_percent(self) -> float:

@@ -14,6 +14,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Final
 
 Fingerprint = dict[str, str]
 
@@ -171,3 +172,29 @@ def shadow_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     kept = [(name, value) for name, value in headers if name.lower() != SHADOW_HEADER]
     kept.append((SHADOW_HEADER, "1"))
     return kept
+
+
+MAX_ROUTES: Final = 100  # routes tallied per service; the rest under OTHER_ROUTE
+OTHER_ROUTE: Final = "other"
+_HEX: Final = frozenset("0123456789abcdefABCDEF-")
+
+
+def _is_id(segment: str) -> bool:
+    """A path segment that names one thing: a number, or a long hexadecimal id (UUID, hash)."""
+    if segment.isdigit():
+        return True
+    return (
+        len(segment) >= 16 and all(c in _HEX for c in segment) and any(c.isdigit() for c in segment)
+    )
+
+
+def route_of(path: str) -> str:
+    """The route a path belongs to: `/users/42/orders/9f1c...` -> `/users/{id}/orders/{id}`."""
+    return "/".join("{id}" if _is_id(part) else part for part in path.split("/"))
+
+
+def bounded_route(known: frozenset[str], route: str, limit: int = MAX_ROUTES) -> str:
+    """`route` if it is known or there is room for it among `known`, else OTHER_ROUTE."""
+    if route in known or len(known) < limit:
+        return route
+    return OTHER_ROUTE

@@ -31,6 +31,13 @@ def _ratio(value: float) -> str:
 def describe(check: CheckEvidence) -> str:
     """What the two arms did, in one clause."""
     c, b = check.canary, check.baseline
+    if check.check.startswith("shadow:"):
+        differing = ", ".join(f"{path} ({count:,})" for path, count in check.paths[:3])
+        return (
+            f"{check.check}: {_pct(c.rate)} of {c.requests:,} compared canary answers differ "
+            f"from stable's (tolerated {_pct(check.floor)})"
+            + (f"; differing: {differing}" if differing else "")
+        )
     if check.check == "latency":
         return (
             f"latency: {_pct(c.rate)} of canary requests slower than the tolerated quantile "
@@ -96,7 +103,9 @@ def _weakest(checks: Sequence[CheckEvidence]) -> CheckEvidence:
 
 def healthy(checks: tuple[CheckEvidence, ...], now: float) -> Assessment:
     weakest = _weakest(checks)
-    summary = "within tolerance: " + "; ".join(_bound(c) for c in checks)
+    summary = "within tolerance: " + "; ".join(_bound(c) for c in checks[:10])
+    if len(checks) > 10:
+        summary += f"; and {len(checks) - 10} more"
     return Assessment(
         Verdict.HEALTHY,
         "all",

@@ -67,6 +67,9 @@ class CheckEvidence:
     non_inferior: bool  # the advance e-value has reached its threshold during this step
     floor: float  # the absolute event rate tolerated whatever the baseline's (0: none)
     floor_e_value: float  # evidence that the canary's event rate is below `floor`
+    # A shadow check: the field paths the canary alone changed, with their counts, most
+    # first (paths only, never values).
+    paths: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,6 +49,9 @@ class Exchange(Relay):
         self.admitted = False
         self.retried = False
         self.rerouted = False  # a failed canary attempt was sent again to stable
+        tap = route.shadow
+        if tap is not None:  # a shadow step: is this request mirrored to the canary?
+            self.capture = tap.capture(request)
 
     # --- start and attach -------------------------------------------------------------
 
@@ -304,7 +307,26 @@ class Exchange(Relay):
         final = status if status is not None else self.status
         if final:
             self.record(final, status is not None or self.generated)
+        if self.capture is not None:
+            self._shadow(status)
         self.client.exchange_done(self)
+
+    def _shadow(self, status: int | None) -> None:
+        """Hand stable's captured answer to the mirror, if the upstream answered it whole."""
+        capture, self.capture = self.capture, None
+        if (
+            capture is None
+            or status is not None
+            or self.generated
+            or self.rerouted
+            or self.abandoned
+            or self.route.canary
+            or capture.status < 200
+        ):
+            return
+        endpoint = self.endpoint
+        served = f"{endpoint.host}:{endpoint.port}" if endpoint is not None else ""
+        capture.hand_over(self.request, served)
 
     def record(self, status: int, generated: bool = False) -> None:
         """Count the outcome once: metrics, and the rollout analysis as evidence."""

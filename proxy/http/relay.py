@@ -18,6 +18,7 @@ from proxy.http.framing import LAST_CHUNK, encode_chunk
 from proxy.http.response import CHUNKED, NO_BODY, response_head, switching_head
 
 if TYPE_CHECKING:
+    from proxy.http.capture import Capture
     from proxy.http.downstream import DownstreamProtocol
     from proxy.http.request import Request
     from proxy.http.upstream import UpstreamConnection
@@ -34,6 +35,7 @@ class Relay:
         "_eof_ends",
         "_framing",
         "_upgrade",
+        "capture",
         "client",
         "close_after",
         "conn",
@@ -73,6 +75,8 @@ class Relay:
         self._eof_ends = False  # the upstream delimits the response body by closing
         self._deadline = 0.0
         self._upgrade = b""
+        # Stable's answer kept for a shadow step's comparison (None: not mirrored).
+        self.capture: Capture | None = None
 
     def finish(self, status: int | None = None) -> None:
         """The response is complete (or can go no further): end the exchange."""
@@ -133,6 +137,9 @@ class Relay:
         self.status = status
         self.upstream_keep_alive = keep_alive
         self.response_started = True
+        capture = self.capture
+        if capture is not None:
+            capture.head(status, headers)
         client = self.client
         self._deadline = client.loop.time() + client.limits.body_timeout_s
         request = self.request
@@ -154,6 +161,9 @@ class Relay:
             return
         self._deadline = self.client.loop.time() + self.client.limits.body_timeout_s
         self.out.append(encode_chunk(body) if self._framing == CHUNKED else body)
+        capture = self.capture
+        if capture is not None:
+            capture.add(body)
 
     def response_complete(self) -> None:
         if self.informational:

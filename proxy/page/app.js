@@ -220,11 +220,13 @@ async function refresh(status) {
   const view = viewOf(status.service);
   const base = `/api/v1/services/${encodeURIComponent(status.service)}`;
   const planFresh = view.plan && view.planVersion === status.version;
-  const [series, journal, plan, releases] = await Promise.all([
+  const shadowing = status.step_definition && status.step_definition.shadow > 0;
+  const [series, journal, plan, releases, shadow] = await Promise.all([
     call("GET", `${base}/series?since=${view.lastT}`),
     call("GET", `${base}/decisions?limit=20`),
     planFresh ? view.plan : call("GET", `${base}/plan`),
     call("GET", `${base}/releases`),
+    shadowing ? call("GET", `${base}/shadow`) : null,
   ]);
   view.plan = plan;
   view.planVersion = status.version;
@@ -232,6 +234,30 @@ async function refresh(status) {
   keep(view, series.samples);
   render(view, status, journal.decisions);
   renderReleases(view.card, status, releases.releases);
+  renderShadow(view.card, shadow);
+}
+
+function renderShadow(card, shadow) {
+  // A shadow step: the canary answers copies of stable's requests, compared field by field.
+  const panel = $(card, "shadow-panel");
+  panel.hidden = !shadow;
+  if (!shadow) return;
+  const results = shadow.results;
+  const dropped = Object.entries(results)
+    .filter(([name]) => name.startsWith("dropped_"))
+    .reduce((sum, [, n]) => sum + n, 0);
+  $(card, "shadow-words").textContent =
+    `${percent(shadow.sample)} of stable's requests mirrored to the canary · ` +
+    `${(results.compared || 0).toLocaleString()} compared · ${dropped.toLocaleString()} dropped · ` +
+    `tolerated mismatch rate ${(shadow.tolerance * 100).toFixed(2)}% per route`;
+  $(card, "shadow-routes").replaceChildren(...shadow.routes.map((route) => {
+    const tr = el("tr");
+    const fields = route.paths.map(([path, count]) => `${path} (${count})`).join(", ");
+    const verdict = route.shown_over ? " · over" : route.shown_within ? " · within" : "";
+    tr.append(el("td", route.route), el("td", route.compared.toLocaleString()),
+      el("td", `${(route.mismatch_rate * 100).toFixed(2)}%${verdict}`), el("td", fields || "none"));
+    return tr;
+  }));
 }
 
 function keep(view, fresh) {
@@ -271,7 +297,9 @@ function renderHead(card, status) {
   const step = status.step_definition;
   $(card, "where").textContent = step.baseline
     ? "baseline period: everyone on stable, measuring each tier"
-    : `step ${status.step + 1} of ${status.steps}: ${percent(step.percent)} of ${cohort(step)}`;
+    : step.shadow > 0
+      ? `step ${status.step + 1} of ${status.steps}: shadow, ${percent(step.shadow)} of stable's requests mirrored to the canary`
+      : `step ${status.step + 1} of ${status.steps}: ${percent(step.percent)} of ${cohort(step)}`;
   const observe = step.observe_s ? ` of ${duration(step.observe_s)} observation` : "";
   $(card, "since").textContent = `${duration(status.time_in_step_s)} in this step${observe}`;
   const stateError = $(card, "state-error");
@@ -289,6 +317,11 @@ function renderTimeline(card, status, plan) {
   }
   plan.steps.forEach((step, i) => {
     const observe = step.observe_s ? ` · ${duration(step.observe_s)}` : "";
+    if (step.shadow > 0) {
+      items.push({ index: i, title: `${i + 1}. shadow ${percent(step.shadow)}`,
+        words: `mirrored, nobody exposed${observe}` });
+      return;
+    }
     items.push({ index: i, title: `${i + 1}. ${percent(step.percent)}`,
       words: `${cohort(step)}${observe}` });
   });
