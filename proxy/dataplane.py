@@ -474,6 +474,7 @@ def _view(request: Request, client: DownstreamProtocol) -> RequestView:
         headers=request.relevant,
         peer_ip=client.peer_ip,
         peer_trusted=client.trusted,
+        client_cert=client.client_cert,
     )
 
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
 
 from proxy.errors import ConfigError
 
@@ -29,6 +30,27 @@ if TYPE_CHECKING:
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 ALPN = ["http/1.1"]
 _VERIFY = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+
+
+NO_CERT: Mapping[str, str] = MappingProxyType({})
+
+
+def peer_names(peercert: Any) -> Mapping[str, str]:
+    """What identity rules may read of a verified client certificate (`getpeercert()`'s
+    form): its subject's common name (`cn`) and its first subjectAltName DNS name (`dns`) and
+    URI (`uri`, a SPIFFE id in a mesh). Empty when there is none."""
+    if not isinstance(peercert, dict) or not peercert:
+        return NO_CERT
+    names: dict[str, str] = {}
+    for rdn in peercert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName" and "cn" not in names:
+                names["cn"] = str(value)
+    for kind, value in peercert.get("subjectAltName", ()):
+        field = {"DNS": "dns", "URI": "uri"}.get(kind)
+        if field is not None and field not in names:
+            names[field] = str(value)
+    return MappingProxyType(names)
 
 
 def _hardened(context: ssl.SSLContext) -> ssl.SSLContext:

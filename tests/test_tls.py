@@ -19,6 +19,7 @@ from prometheus_client import generate_latest
 
 from proxy.config import ConfigError, load_config, parse_config
 from proxy.runtime import Runtime
+from proxy.tls import peer_names
 from tests.support.certs import Issued, TestCA
 from tests.support.proxy import config_dict, running_proxy, service
 
@@ -158,6 +159,49 @@ async def test_mtls_requires_a_client_certificate_from_the_ca(
 
 def _spoil(path: Path) -> None:
     path.write_text("not a certificate\n")
+
+
+async def test_identity_rules_read_the_verified_client_certificate(
+    ca: TestCA, plain_upstream: str
+) -> None:
+    runner, port = await _upstream("canary")
+    try:
+        cert = ca.issue("proxy", ["localhost"])
+        tester = ca.issue(
+            "tester", ["tenant-a", "spiffe://mesh.test/ns/shop/sa/tester"], client=True
+        )
+        other = ca.issue("other", ["tenant-b"], client=True)
+        svc = service([plain_upstream], [f"http://127.0.0.1:{port}"], name="shop",
+                      steps=[{"percent": 0}])  # fmt: skip
+        svc["identity"] = [{"client_cert": "cn", "kind": "tenant"}]
+        svc["rollout"]["pins"] = {"tenant-a": "canary"}
+        data = config_dict(svc)
+        data["tls"] = {"cert": str(cert.cert), "key": str(cert.key), "client_ca": str(ca.pem)}
+        async with running_proxy(data) as runtime:
+            listen = runtime.data_address[1]
+            assert (await _get(listen, _client(ca, cert=tester)))[0] == "canary https"
+            assert (await _get(listen, _client(ca, cert=other)))[0] == "stable https"
+        del data["tls"]["client_ca"]
+        with pytest.raises(ConfigError) as caught:
+            parse_config(data, {})
+        assert caught.value.path == "services[0].identity[0].client_cert"
+    finally:
+        await runner.cleanup()
+
+
+def test_the_names_of_a_verified_certificate() -> None:
+    peercert = {
+        "subject": ((("countryName", "EU"),), (("commonName", "tenant-a"),)),
+        "subjectAltName": (
+            ("DNS", "a.test"),
+            ("URI", "spiffe://mesh.test/sa/a"),
+            ("DNS", "b.test"),
+        ),
+    }
+    names = peer_names(peercert)
+    assert dict(names) == {"cn": "tenant-a", "dns": "a.test", "uri": "spiffe://mesh.test/sa/a"}
+    assert dict(peer_names({})) == {}
+    assert dict(peer_names(None)) == {}
 
 
 async def test_a_reload_serves_renewed_certificates_and_refuses_a_bad_one(

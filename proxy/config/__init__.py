@@ -244,7 +244,7 @@ def parse_config(data: object, env: Mapping[str, str]) -> Config:
     if admin.listen == listen and listen.port != 0:
         raise ConfigError("admin.listen", f"must differ from listen ({listen})")
     peers = read.sequence(top.get("trusted_peers", []), "trusted_peers")
-    return Config(
+    config = Config(
         listen=listen,
         admin=admin,
         state=_state(top.get("state", {}), "state", env),
@@ -257,6 +257,21 @@ def parse_config(data: object, env: Mapping[str, str]) -> Config:
         releases=_releases(top.get("releases", {}), "releases"),
         tls=None if top.get("tls") is None else listener_tls(top["tls"], "tls"),
     )
+    _check_client_cert_rules(config)
+    return config
+
+
+def _check_client_cert_rules(config: Config) -> None:
+    """An identity read from client certificates needs a listener that verifies them."""
+    if config.tls is not None and config.tls.client_ca is not None:
+        return
+    for i, svc in enumerate(config.services):
+        for j, rule in enumerate(svc.identity):
+            if rule.source is IdSource.CLIENT_CERT:
+                raise ConfigError(
+                    f"services[{i}].identity[{j}].client_cert",
+                    "needs tls.client_ca: only a certificate the listener verified is believed",
+                )
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

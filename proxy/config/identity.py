@@ -34,6 +34,9 @@ _RESERVED_HEADERS = frozenset(
     | {"x-rollout-variant", "x-rollout-step", "x-rollout-force"}
 )
 _ALGORITHMS = {name: algo for name, algo in get_default_algorithms().items() if name != "none"}
+# What a client_cert rule reads of the verified certificate: its subject's common name, or its
+# first subjectAltName DNS name or URI (a SPIFFE id, in a mesh).
+CLIENT_CERT_FIELDS = ("cn", "dns", "uri")
 _SOURCE_KEYS = {source.value: source for source in IdSource}
 _JWT_KEYS = ("algorithms", "key_env", "issuer", "audience", "leeway")
 _ALL_RULE_KEYS = (*_SOURCE_KEYS, "kind", *_JWT_KEYS)
@@ -85,6 +88,8 @@ def _rule(value: object, path: str, env: Mapping[str, str]) -> IdentityRule:
     if source is IdSource.PATH:
         pattern = _id_pattern(raw, name_path)
         return IdentityRule(source, pattern.pattern, kind, pattern=pattern)
+    if source is IdSource.CLIENT_CERT:
+        return IdentityRule(source, read.choice(raw, name_path, CLIENT_CERT_FIELDS), kind)
     return _jwt_rule(data, path, read.string(raw, name_path), kind, env)
 
 

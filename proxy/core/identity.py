@@ -28,6 +28,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Final, NamedTuple
 from urllib.parse import parse_qs, unquote
 
@@ -54,6 +55,7 @@ class IdSource(StrEnum):
     QUERY = "query"
     PATH = "path"
     JWT_CLAIM = "jwt_claim"
+    CLIENT_CERT = "client_cert"  # the verified client certificate (mTLS): cn, dns or uri
 
 
 class IdKind(StrEnum):
@@ -79,6 +81,9 @@ class RequestView(NamedTuple):
     headers: Mapping[str, str]  # identity-relevant headers only, names lower-cased
     peer_ip: str
     peer_trusted: bool
+    # The client certificate the TLS listener verified: {"cn", "dns", "uri"} -> its first value
+    # of each (empty without mTLS).
+    client_cert: Mapping[str, str] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,12 +184,17 @@ def _from_jwt(rule: IdentityRule, view: RequestView) -> str | None:
     return None
 
 
+def _from_client_cert(rule: IdentityRule, view: RequestView) -> str | None:
+    return view.client_cert.get(rule.name)
+
+
 _EXTRACTORS: Final[Mapping[IdSource, Callable[[IdentityRule, RequestView], str | None]]] = {
     IdSource.HEADER: _from_header,
     IdSource.COOKIE: _from_cookie,
     IdSource.QUERY: _from_query,
     IdSource.PATH: _from_path,
     IdSource.JWT_CLAIM: _from_jwt,
+    IdSource.CLIENT_CERT: _from_client_cert,
 }
 
 

@@ -19,10 +19,12 @@ import fcntl
 import socket
 import struct
 import termios
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Final, cast
 
 from proxy.errors import BadRequest, HttpError, Overloaded
 from proxy.http import framing
+from proxy.tls import NO_CERT, peer_names
 
 if TYPE_CHECKING:
     from proxy.config import Limits
@@ -51,6 +53,8 @@ class ClientConnection(asyncio.Protocol):
         self.peer_ip = ""
         self.peer_bytes = b""  # peer_ip as it is written in X-Forwarded-For
         self.trusted = False
+        # The verified client certificate's names (mTLS): {"cn", "dns", "uri"} -> value.
+        self.client_cert: Mapping[str, str] = NO_CERT
         self.draining = False
         self.in_feed = False  # a read is being parsed
         self.reading = False  # a request is being read (between its first byte and its end)
@@ -93,6 +97,8 @@ class ClientConnection(asyncio.Protocol):
         self.peer_ip = peer[0] if isinstance(peer, tuple) else ""
         self.peer_bytes = self.peer_ip.encode("ascii")
         self.trusted = engine.is_trusted(self.peer_ip)
+        if engine.tls is not None and engine.tls.config.client_auth != "none":
+            self.client_cert = peer_names(transport.get_extra_info("peercert"))
         self.draining = engine.draining
         self.deadline = self.loop.time() + self.limits.idle_timeout_s
 

@@ -69,6 +69,9 @@ class TestCA:
         now = datetime.datetime.now(datetime.UTC)
         alt: list[x509.GeneralName] = []
         for name in names:
+            if "://" in name:
+                alt.append(x509.UniformResourceIdentifier(name))
+                continue
             try:
                 alt.append(x509.IPAddress(ipaddress.ip_address(name)))
             except ValueError:
