@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from proxy.errors import ProxyError
+
 DEFAULT_ADMIN = "http://127.0.0.1:9090"
 DEFAULT_TOKEN_ENV = "ROLLOUT_ADMIN_TOKEN"
 ADMIN_URL_ENV = "ROLLOUT_ADMIN_URL"  # the admin listener's URL when --admin is not given
@@ -27,7 +29,7 @@ class Reply:
     body: Any
 
 
-class AdminUnreachable(Exception):
+class AdminUnreachable(ProxyError):
     """The admin listener did not answer (wrong URL, proxy not running)."""
 
 

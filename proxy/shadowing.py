@@ -37,6 +37,7 @@ from proxy.core.shadow import (
     route_of,
     teach,
 )
+from proxy.errors import ProxyError
 from proxy.http.capture import ShadowCopy, ShadowSink
 from proxy.metrics import Metrics
 from proxy.tasks import stop_tasks
@@ -55,7 +56,7 @@ _log = logging.getLogger(__name__)
 Compared = Callable[[str, str, tuple[str, ...], int], None]
 
 
-class TooLarge(Exception):
+class TooLarge(ProxyError):
     """An answer over `max_body`: it is not compared."""
 
 
