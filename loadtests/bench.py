@@ -19,6 +19,7 @@ Usage::
     python loadtests/bench.py --quick              # smoke run: 1 round x 2 s, tiny GET only
     python loadtests/bench.py --targets direct,nginx --scenarios tiny --json out.json
     python loadtests/bench.py --scenarios soak     # RSS over 2 million requests (minutes)
+    python loadtests/bench.py --scenarios tiny,tiny1,churn --tls   # the proxies listen with TLS
     python loadtests/bench.py --targets rollout-proxy --scenarios tiny --shadow 10
                                                    # a shadow step mirroring 10% (--workers 1)
 
@@ -33,6 +34,7 @@ import contextlib
 import datetime
 import http.client
 import importlib
+import ipaddress
 import json
 import os
 import platform
@@ -41,6 +43,7 @@ import shlex
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -116,6 +119,16 @@ UPSTREAM_SERVER = """\
     }}
 """
 
+# The proxies' TLS under --tls, as nginx is usually set up: TLS 1.2 and 1.3, a session cache
+# and tickets (rollout-proxy: tickets, OpenSSL's default; HAProxy: its defaults).
+NGINX_TLS = """\
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache shared:SSL:10m;
+        ssl_session_tickets on;
+"""
+
 PROXY_NGINX_HTTP = """\
     client_max_body_size 2m;
 
@@ -127,8 +140,8 @@ PROXY_NGINX_HTTP = """\
     }}
 
     server {{
-        listen 127.0.0.1:{port} backlog=4096;
-        location / {{
+        listen 127.0.0.1:{port} backlog=4096{ssl};
+{tls_lines}        location / {{
             proxy_pass http://stable;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
@@ -153,7 +166,7 @@ defaults
     timeout http-keep-alive 60s
 
 frontend fe
-    bind 127.0.0.1:{port}
+    bind 127.0.0.1:{port}{bind_tls}
     default_backend stable
 
 backend stable
@@ -162,7 +175,7 @@ backend stable
 
 ROLLOUT_YAML = """\
 listen: 127.0.0.1:{port}
-admin:
+{tls_block}admin:
   listen: 127.0.0.1:{admin_port}
 state: {{backend: file, path: {state_path}}}
 trusted_peers: [127.0.0.1/32]
@@ -371,6 +384,7 @@ class Options:
     quick: bool
     keep_workdir: bool
     shadow: float = 0.0  # > 0: the rollout is at a shadow step mirroring this percent
+    tls: bool = False  # every proxy listens with TLS; wrk speaks https to it
 
 
 TIMED_SCENARIOS: dict[str, Callable[[Options], Scenario]] = {
@@ -610,6 +624,7 @@ class Target:
     proc: Managed | None
     note: str = ""
     admin_port: int | None = None
+    tls: bool = False  # https (the proxies under --tls), else plain http
 
 
 class Bench:
@@ -628,6 +643,7 @@ class Bench:
         self.upstream_ports = (0, 0)
         self.nofile = nofile  # inherited by every server started here
         self.max_conns = max(8192, opts.idle_n + 1024)  # downstream connections to accept
+        self.cert: TlsFiles | None = make_certificate(workdir) if opts.tls else None
 
     def close(self) -> None:
         for proc in reversed(self.procs):
@@ -684,26 +700,39 @@ class Bench:
         return Target("direct", ports[0], None, "wrk straight at the upstream")
 
     def start_nginx(self) -> Target:
+        cert = self.cert
+        ssl, tls_lines = "", ""
+        if cert is not None:
+            ssl = " ssl"
+            tls_lines = NGINX_TLS.format(cert=cert.cert, key=cert.key)
+
         def build(ports: list[int]) -> tuple[list[str], Path | None, dict[str, str] | None]:
-            body = PROXY_NGINX_HTTP.format(upstream_port=self.upstream_ports[0], port=ports[0])
+            body = PROXY_NGINX_HTTP.format(
+                upstream_port=self.upstream_ports[0], port=ports[0], ssl=ssl, tls_lines=tls_lines
+            )
             prefix = self._nginx_prefix(f"nginx-proxy-{ports[0]}", body)
             return pinned(self.target_cpu, nginx_argv(prefix)), None, None
 
         proc, ports = self._start("nginx", build, 1, 1)
-        return Target("nginx", ports[0], proc, "1 worker, keep-alive upstream")
+        note = "1 worker, keep-alive upstream" + (", TLS" if cert else "")
+        return Target("nginx", ports[0], proc, note, tls=cert is not None)
 
     def start_haproxy(self) -> Target:
         def build(ports: list[int]) -> tuple[list[str], Path | None, dict[str, str] | None]:
             cfg = self.workdir / f"haproxy-{ports[0]}.cfg"
             cfg.write_text(
                 HAPROXY_CFG.format(
-                    maxconn=self.max_conns, port=ports[0], upstream_port=self.upstream_ports[0]
+                    maxconn=self.max_conns,
+                    port=ports[0],
+                    upstream_port=self.upstream_ports[0],
+                    bind_tls=f" ssl crt {self.cert.both} ssl-min-ver TLSv1.2" if self.cert else "",
                 )
             )
             return pinned(self.target_cpu, ["haproxy", "-db", "-f", str(cfg)]), None, None
 
         proc, ports = self._start("haproxy", build, 1, 1)
-        return Target("haproxy", ports[0], proc, "1 thread, http-reuse always")
+        note = "1 thread, http-reuse always" + (", TLS" if self.cert else "")
+        return Target("haproxy", ports[0], proc, note, tls=self.cert is not None)
 
     def start_rollout_proxy(self) -> Target:
         def build(ports: list[int]) -> tuple[list[str], Path | None, dict[str, str] | None]:
@@ -717,6 +746,7 @@ class Bench:
                     self.workdir / "state" / "rollouts.json",
                     self.max_conns,
                     self.opts.shadow,
+                    self.cert,
                 )
             )
             argv = [
@@ -738,7 +768,11 @@ class Bench:
                 f"metrics and analysis on, rollout at a shadow step mirroring "
                 f"{self.opts.shadow:g}% to the canary (--workers 1)"
             )
-        return Target("rollout-proxy", ports[0], proc, note, admin_port=ports[1])
+        if self.cert is not None:
+            note += ", TLS"
+        return Target(
+            "rollout-proxy", ports[0], proc, note, admin_port=ports[1], tls=self.cert is not None
+        )
 
     def start_bare(self) -> Target:
         def build(ports: list[int]) -> tuple[list[str], Path | None, dict[str, str] | None]:
@@ -757,6 +791,50 @@ class Bench:
         return Target("bare", ports[0], proc, note)
 
 
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    cert: Path
+    key: Path
+    both: Path  # certificate then key, as HAProxy's `crt` takes them
+
+
+def make_certificate(workdir: Path) -> TlsFiles:
+    """A self-signed EC P-256 certificate for 127.0.0.1, made for this run."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    files = TlsFiles(workdir / "bench.pem", workdir / "bench.key", workdir / "bench-both.pem")
+    files.cert.write_bytes(cert_pem)
+    files.key.write_bytes(key_pem)
+    files.both.write_bytes(cert_pem + key_pem)
+    return files
+
+
 def nginx_argv(prefix: Path) -> list[str]:
     return ["nginx", "-p", f"{prefix}/", "-c", "nginx.conf", "-e", "stderr"]
 
@@ -768,13 +846,16 @@ def rollout_config(
     state: Path,
     max_connections: int,
     shadow: float = 0.0,
+    cert: TlsFiles | None = None,
 ) -> str:
     """`shadow` > 0: the first step is a shadow step mirroring that percent of the requests
     to the canary (exposing nobody) instead of a 10% canary step."""
     tiers = {f"tenant-{i:04d}": "enterprise" for i in range(1, 11)}
     tiers.update({f"tenant-{i:04d}": "internal" for i in range(11, 21)})
     tier_lines = "\n".join(f"        {k}: {v}" for k, v in tiers.items())
+    tls_block = f"tls: {{cert: {cert.cert}, key: {cert.key}}}\n" if cert else ""
     return ROLLOUT_YAML.format(
+        tls_block=tls_block,
         port=port,
         admin_port=admin_port,
         state_path=state,
@@ -806,8 +887,18 @@ def _get(
     return resp.status, resp.getheader("X-Pool"), resp.will_close, len(data)
 
 
-def check_keepalive(port: int) -> str | None:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+def _connection(port: int, timeout: float, tls: bool) -> http.client.HTTPConnection:
+    """A pre-flight connection; over TLS it trusts the run's own self-signed certificate."""
+    if not tls:
+        return http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout, context=context)
+
+
+def check_keepalive(port: int, tls: bool = False) -> str | None:
+    conn = _connection(port, 5, tls)
     try:
         status, _, closes, _ = _get(conn, "tenant-0001")
         first = conn.sock
@@ -821,11 +912,11 @@ def check_keepalive(port: int) -> str | None:
         conn.close()
 
 
-def check_sticky(port: int, ids: int = 200) -> tuple[str | None, float]:
+def check_sticky(port: int, ids: int = 200, tls: bool = False) -> tuple[str | None, float]:
     """Every id twice, on two different connections: same X-Pool both times."""
     passes: list[list[str | None]] = []
     for _ in range(2):
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn = _connection(port, 5, tls)
         try:
             passes.append([_get(conn, f"sticky-{i}")[1] for i in range(ids)])
         finally:
@@ -837,8 +928,8 @@ def check_sticky(port: int, ids: int = 200) -> tuple[str | None, float]:
     return (f"{moved} of {ids} ids changed side" if moved else None), canary
 
 
-def check_body(port: int) -> str | None:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+def check_body(port: int, tls: bool = False) -> str | None:
+    conn = _connection(port, 10, tls)
     try:
         status, _, _, size = _get(conn, "tenant-0001", "POST", "/body", b"x" * BODY_BYTES)
         if status != 200 or size != BODY_BYTES:
@@ -851,13 +942,13 @@ def check_body(port: int) -> str | None:
 def preflight(target: Target, with_body: bool) -> tuple[str | None, str]:
     """Returns (error, note)."""
     try:
-        error = check_keepalive(target.port)
+        error = check_keepalive(target.port, target.tls)
         if error:
             return error, ""
-        error, canary = check_sticky(target.port)
+        error, canary = check_sticky(target.port, tls=target.tls)
         if error:
             return error, ""
-        if with_body and (error := check_body(target.port)):
+        if with_body and (error := check_body(target.port, target.tls)):
             return error, ""
         return None, f"canary share {canary:.1%} of 200 ids"
     except (OSError, http.client.HTTPException) as exc:
@@ -883,7 +974,9 @@ def write_lua(workdir: Path, sc: Scenario) -> Path:
     return path
 
 
-def run_wrk(bench: Bench, sc: Scenario, port: int, duration: float) -> dict[str, float]:
+def run_wrk(
+    bench: Bench, sc: Scenario, port: int, duration: float, *, tls: bool = False
+) -> dict[str, float]:
     argv = pinned(
         bench.load_cpu,
         [
@@ -895,7 +988,7 @@ def run_wrk(bench: Bench, sc: Scenario, port: int, duration: float) -> dict[str,
             f"--timeout={sc.timeout_s:g}s",
             "-s",
             str(write_lua(bench.workdir, sc)),
-            f"http://127.0.0.1:{port}{sc.path}",
+            f"{'https' if tls else 'http'}://127.0.0.1:{port}{sc.path}",
         ],
     )
     proc = subprocess.Popen(
@@ -926,7 +1019,7 @@ def measure(bench: Bench, sc: Scenario, target: Target, rnd: int, duration: floa
     sampler = RssSampler(target.proc.pid) if target.proc and sc.body_bytes else None
     try:
         with sampler or contextlib.nullcontext():
-            raw = run_wrk(bench, sc, target.port, duration)
+            raw = run_wrk(bench, sc, target.port, duration, tls=target.tls)
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
         result.failure = str(exc)
         return result
@@ -1072,7 +1165,7 @@ def measure_soak(bench: Bench, target: Target, total: int, segment_s: float) -> 
     sampler: RssSampler | None = None
     try:
         while result.requests < total and result.failure is None:
-            raw = run_wrk(bench, sc, target.port, segment_s)
+            raw = run_wrk(bench, sc, target.port, segment_s, tls=target.tls)
             run = RunResult("soak", target.name, 0)
             fill_result(run, sc, raw)
             result.requests += run.requests
@@ -1503,6 +1596,8 @@ def report(
         f"Python {info['python']}, rollout-proxy: {info['proxy_build']}"
     )
     print(f"{opts.rounds} round(s) x {opts.duration:g} s, medians of runs without errors")
+    if opts.tls:
+        print("TLS: nginx, haproxy and rollout-proxy listen with TLS; direct is plain HTTP")
     summaries: dict[str, list[Summary]] = {}
     for name in opts.scenarios:
         if name not in TIMED_SCENARIOS:
@@ -1635,6 +1730,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--keep-workdir", action="store_true", help="keep configs and logs")
     p.add_argument(
+        "--tls",
+        action="store_true",
+        help="every proxy (nginx, haproxy, rollout-proxy) listens with TLS, a self-signed "
+        "certificate made for the run (TLS 1.2+, session resumption), and wrk speaks https to "
+        "it; the upstream stays plain HTTP; bare (no TLS) is not run",
+    )
+    p.add_argument(
         "--shadow",
         type=float,
         default=0.0,
@@ -1666,6 +1768,10 @@ def resolve(ns: argparse.Namespace) -> tuple[Options, dict[str, str | None]]:
     default_cmd = ns.proxy_cmd == "{python} -m proxy run -c {config}"
     avail = available_targets(not default_cmd)
     chosen = targets or tuple(t for t in ALL_TARGETS if avail[t] is None)
+    if ns.tls:
+        if targets is not None and "bare" in targets:
+            raise SystemExit("--tls: bare speaks no TLS; leave it out of --targets")
+        chosen = tuple(t for t in chosen if t != "bare")
     opts = Options(
         rounds=ns.rounds or (1 if quick else 3),
         duration=ns.duration or (2.0 if quick else 10.0),
@@ -1682,6 +1788,7 @@ def resolve(ns: argparse.Namespace) -> tuple[Options, dict[str, str | None]]:
         quick=quick,
         keep_workdir=ns.keep_workdir,
         shadow=_shadow_percent(ns.shadow),
+        tls=bool(ns.tls),
     )
     return opts, avail
 
