@@ -103,6 +103,7 @@ class AccessLines:
             "time": self._time(),
             "request_id": request.request_id.decode("ascii"),
             "client": exchange.client.peer_ip,
+            "scheme": exchange.client.engine.scheme.decode("ascii"),
             "forwarded_for": None if request.xff is None else request.xff.decode("latin-1"),
             "method": request.method.decode("latin-1"),
             "path": path,

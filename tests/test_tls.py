@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import yaml
 from aiohttp import web
@@ -21,6 +22,7 @@ from proxy.config import ConfigError, load_config, parse_config
 from proxy.runtime import Runtime
 from proxy.tls import peer_names
 from tests.support.certs import Issued, TestCA
+from tests.support.process import ProxyProcess
 from tests.support.proxy import config_dict, running_proxy, service
 
 
@@ -325,3 +327,58 @@ def test_upstream_tls_needs_an_https_upstream(ca: TestCA) -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config(config_dict(svc), {})
     assert caught.value.path == "services[0].upstream_tls.ca"
+
+
+async def test_workers_admin_and_the_access_log_speak_tls(tmp_path: Path, ca: TestCA) -> None:
+    """Two worker processes serve the TLS listener; the admin listener takes its own `tls`;
+    the access log says https; `rollout-proxy status` reaches the admin listener over TLS
+    (trusting the CA through SSL_CERT_FILE)."""
+    runner, port = await _upstream("stable")
+    try:
+        cert = ca.issue("proxy", ["localhost", "127.0.0.1"])
+        data = _tls_data(f"http://127.0.0.1:{port}", cert)
+        data["admin"]["tls"] = {"cert": str(cert.cert), "key": str(cert.key)}
+        log = tmp_path / "access.jsonl"
+        data["access_log"] = {"enabled": True, "path": str(log)}
+        env = {"SSL_CERT_FILE": str(ca.pem)}
+        proxy = await ProxyProcess(data, tmp_path, env, ("--workers", "2")).start()
+        try:
+            assert proxy.data_url.startswith("https://")
+            assert proxy.admin_url.startswith("https://")
+            listen = int(proxy.data_url.rsplit(":", 1)[1])
+            bodies = [(await _get(listen, _client(ca)))[0] for _ in range(8)]
+            assert bodies == ["stable https"] * 8
+            code, out = await proxy.cli("status")
+            assert code == 0, out
+            assert "shop" in out
+        finally:
+            assert proxy.proc is not None
+            proxy.proc.terminate()  # a drain flushes each worker's log
+            await proxy.proc.wait()
+        lines = [orjson.loads(line) for line in log.read_bytes().splitlines()]
+        assert len(lines) == 8
+        assert {line["scheme"] for line in lines} == {"https"}
+    finally:
+        await runner.cleanup()
+
+
+async def test_an_upstream_that_requires_a_client_certificate_gets_the_configured_one(
+    ca: TestCA,
+) -> None:
+    served = ca.issue("upstream", ["127.0.0.1"])
+    mine = ca.issue("proxy-client", ["rollout-proxy"], client=True)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(ca.pem))
+    context.load_cert_chain(str(served.cert), str(served.key))
+    context.verify_mode = ssl.CERT_REQUIRED
+    runner, port = await _upstream("stable", context)
+    try:
+        svc = service([f"https://127.0.0.1:{port}"], [], name="shop", steps=[{"percent": 0}])
+        svc["upstream_tls"] = {"ca": str(ca.pem), "cert": str(mine.cert), "key": str(mine.key)}
+        async with running_proxy(config_dict(svc)) as runtime:
+            assert await _plain_get(runtime.data_address[1]) == "stable http"
+        svc["upstream_tls"] = {"ca": str(ca.pem)}  # no client certificate: refused upstream
+        async with running_proxy(config_dict(svc)) as runtime:
+            head = await _plain_get(runtime.data_address[1], head=True)
+            assert head.startswith("HTTP/1.1 502")
+    finally:
+        await runner.cleanup()

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-_READY = re.compile(r"data plane on (http://\S+), admin on (http://\S+)")
+_READY = re.compile(r"data plane on (https?://\S+), admin on (https?://\S+)")
 
 
 async def ready_line(
