@@ -73,11 +73,18 @@ class AnalysisFeed(Evidence):
             rollout.last = tripped
             self.on_trip(service, tripped)
 
-    def compared(self, service: str, route: str, differing: tuple[str, ...], id_hash: int) -> None:
+    def compared(
+        self,
+        service: str,
+        route: str,
+        differing: tuple[str, ...],
+        id_hash: int,
+        tier: str = "default",
+    ) -> None:
         """One answer of a shadow step compared (the mirror's callback; never awaits)."""
         rollout = self.rollouts.get(service)
         if rollout is None or rollout.state.status not in _OBSERVED:
             return
         rollout.analysis.observe_shadow(
-            route=route, differing=differing, id_hash=id_hash, now=self.now()
+            route=route, differing=differing, id_hash=id_hash, now=self.now(), tier=tier
         )

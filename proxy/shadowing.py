@@ -52,8 +52,8 @@ MAX_NOISE: Final = 4096  # noise paths learned per route (then no more are learn
 OTHER_PATH: Final = "other"
 _log = logging.getLogger(__name__)
 
-# (service, route, the paths the canary alone changed, the request's id hash)
-Compared = Callable[[str, str, tuple[str, ...], int], None]
+# (service, route, the paths the canary alone changed, the request's id hash, its tier)
+Compared = Callable[[str, str, tuple[str, ...], int, str], None]
 
 
 class TooLarge(ProxyError):
@@ -159,7 +159,7 @@ class Shadowing(ShadowSink):
         except (aiohttp.ClientError, TimeoutError, ValueError):
             self.metrics.shadow(name, "failed")
             return
-        self._tally(name, route, stable, canary_answer, stable_again, copy.id_hash)
+        self._tally(name, route, stable, canary_answer, stable_again, copy)
 
     def _tally(
         self,
@@ -168,7 +168,7 @@ class Shadowing(ShadowSink):
         stable: Answer,
         canary: Answer,
         stable_again: Answer | None,
-        id_hash: int,
+        copy: ShadowCopy,
     ) -> None:
         routes = self.tallies.setdefault(name, {})
         tally = routes.get(route, RouteTally())
@@ -183,7 +183,7 @@ class Shadowing(ShadowSink):
         if differing:
             self.metrics.shadow(name, "mismatched")
         if self.evidence is not None:
-            self.evidence(name, route, differing, id_hash)
+            self.evidence(name, route, differing, copy.id_hash, copy.tier)
 
     def _canary(self, service: ServiceConfig) -> Upstream:
         endpoints = service.upstreams.canary

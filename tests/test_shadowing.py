@@ -66,7 +66,7 @@ async def test_noise_is_learned_from_another_stable_endpoint_before_comparing() 
     metrics = Metrics(CollectorRegistry())
     mirror = Shadowing(metrics)
     seen: list[tuple[str, str, tuple[str, ...]]] = []
-    mirror.evidence = lambda service, route, differing, id_hash: seen.append(
+    mirror.evidence = lambda service, route, differing, id_hash, tier: seen.append(
         (service, route, differing)
     )
     mirror.start()
@@ -94,7 +94,7 @@ async def test_paths_per_route_stay_bounded() -> None:
     metrics = Metrics(CollectorRegistry())
     mirror = Shadowing(metrics)
     done: list[tuple[str, ...]] = []
-    mirror.evidence = lambda service, route, differing, id_hash: done.append(differing)
+    mirror.evidence = lambda service, route, differing, id_hash, tier: done.append(differing)
     mirror.start()
     n = MAX_PATHS + 40
     try:
@@ -118,7 +118,7 @@ async def test_routes_per_service_stay_bounded() -> None:
     metrics = Metrics(CollectorRegistry())
     mirror = Shadowing(metrics)
     done: list[str] = []
-    mirror.evidence = lambda service, route, differing, id_hash: done.append(route)
+    mirror.evidence = lambda service, route, differing, id_hash, tier: done.append(route)
     mirror.start()
     n = MAX_ROUTES + 5
     try:

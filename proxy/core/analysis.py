@@ -380,11 +380,17 @@ class StepAnalysis:
         return (errors, latency, *routes)
 
     def observe_shadow(
-        self, *, route: str, differing: tuple[str, ...], id_hash: int, now: float
+        self,
+        *,
+        route: str,
+        differing: tuple[str, ...],
+        id_hash: int,
+        now: float,
+        tier: str = "default",
     ) -> None:
         """One compared answer of a shadow step: `differing`, the paths the canary alone
-        changed (empty: the answers agree)."""
-        self.shadow.observe(route, differing, id_hash, now)
+        changed (empty: the answers agree), for a request of `tier`."""
+        self.shadow.observe(route, differing, id_hash, now, tier)
 
     def assess(self, now: float) -> Assessment:
         """The interval verdict (see the module docstring)."""
@@ -438,8 +444,10 @@ class ShadowChecks:
 
     A compared answer is a canary request; a mismatch (a field the canary alone changed, over
     the learned noise) is its event. Each route is a one-sample test of its mismatch rate
-    against `tolerance`, by the machinery of the other checks: `RatioCheck` with the route as
-    its only tier, judged against a pre-exposure reference whose rate is exactly the tolerance
+    against `tolerance`, by the machinery of the other checks: `RatioCheck` with the request's
+    tiers as its tiers (each tier's rate is shown in the evidence, and a mismatch confined to
+    one tier weighs in that tier's tally against the same tolerance), judged against a
+    pre-exposure reference whose rate is exactly the tolerance
     (rolling back: the mixture over rates from the tolerance up; advancing: the ratio test and
     the floor test at the tolerance; the grid of the latency check, whose null also sits at
     1: rolling back tests rates from sqrt(2) times the tolerance up). The step's whole share
@@ -462,12 +470,16 @@ class ShadowChecks:
         # Never added to: every route is "wholly on the canary", judged against its reference.
         self._whole = ShareEstimate()
 
-    def observe(self, route: str, differing: tuple[str, ...], id_hash: int, now: float) -> None:
+    def observe(
+        self, route: str, differing: tuple[str, ...], id_hash: int, now: float, tier: str
+    ) -> None:
         check = self.routes.get(route)
         if check is None:
             check = self._check(route, now)
+        if tier not in check.refs:  # each tier of the route against the tolerance
+            check.refs[tier] = Reference(RateCount(), self.tolerance, self.tolerance)
         self.compared += 1
-        check.record(route, True, bool(differing), self._whole, id_hash, now)
+        check.record(tier, True, bool(differing), self._whole, id_hash, now)
         if differing:
             counts = self.paths.setdefault(route, {})
             for path in {generalize(p) for p in differing}:
@@ -478,8 +490,6 @@ class ShadowChecks:
         check = RatioCheck(
             f"shadow:{route}", latency_grid(), self._levels, {}, self.started, self.tolerance
         )
-        bound = self.tolerance
-        check.refs[route] = Reference(RateCount(), bound, bound)
         self.routes[route] = check
         return check
 

@@ -35,6 +35,7 @@ class ShadowCopy:
     id_hash: int
     served_by: str  # the stable endpoint that answered, as host:port
     stable: Answer | None
+    tier: str = "default"  # the request's tier: the shadow check judges per route and tier
 
 
 class ShadowSink:
@@ -110,7 +111,7 @@ class Capture:
             return
         self.body.append(body)
 
-    def hand_over(self, request: Request, served_by: str) -> None:
+    def hand_over(self, request: Request, served_by: str, tier: str = "default") -> None:
         """The exchange ended well: give the copy to the sink (never blocks)."""
         tap = self.tap
         answer = None
@@ -131,5 +132,6 @@ class Capture:
                 id_hash=request.bucket,
                 served_by=served_by,
                 stable=answer,
+                tier=tier,
             )
         )

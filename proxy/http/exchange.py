@@ -326,7 +326,7 @@ class Exchange(Relay):
             return
         endpoint = self.endpoint
         served = f"{endpoint.host}:{endpoint.port}" if endpoint is not None else ""
-        capture.hand_over(self.request, served)
+        capture.hand_over(self.request, served, self.route.tier)
 
     def record(self, status: int, generated: bool = False) -> None:
         """Count the outcome once: metrics, and the rollout analysis as evidence."""

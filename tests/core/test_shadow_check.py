@@ -103,3 +103,22 @@ def test_routes_per_service_stay_bounded(known: set[str], route: str) -> None:
         assert got == route
     elif len(kept) >= MAX_ROUTES:
         assert got == OTHER_ROUTE
+
+
+def test_a_mismatch_confined_to_one_tier_is_judged_and_shown_for_that_tier() -> None:
+    analysis = shadow_step(0.01)
+    rng = random.Random(3)
+    for i in range(3000):
+        tier = "enterprise" if i % 3 == 0 else "free"
+        wrong = tier == "enterprise" and rng.random() < 0.15
+        analysis.observe_shadow(
+            route="/items/{id}", differing=("$.price",) if wrong else (), id_hash=i, now=1.0,
+            tier=tier,
+        )  # fmt: skip
+    verdict = analysis.assess(2.0)
+    assert verdict.verdict is Verdict.DEGRADED
+    (check,) = verdict.checks
+    tiers = {t.tier: t.canary for t in check.tiers}
+    assert set(tiers) == {"enterprise", "free"}
+    assert tiers["free"].events == 0
+    assert tiers["enterprise"].events > 100
