@@ -33,6 +33,7 @@ from proxy.http.exchange import Exchanges
 from proxy.http.server import Engine
 from proxy.logexchange import AccessLines, LoggedExchanges, path_id_patterns
 from proxy.metrics import Metrics
+from proxy.notify.delivery import Notifier, reload_notice
 from proxy.reload import Reloader, ReloadResult
 from proxy.store.opener import open_store
 from proxy.workers.supervisor import Supervisor
@@ -85,6 +86,8 @@ class Runtime:
             env=self.env,
             wall=self.clock.wall,
         )
+        self.notifier = Notifier(config.notifications, self.registry, wall=self.clock.wall)
+        self.reloader.on_failure = lambda result: self.notifier.notify(reload_notice(result))
         self._buffer: EvidenceBuffer | None = None
         self._reloads: set[asyncio.Task[ReloadResult]] = set()
         self._engine: Engine | None = None
@@ -113,8 +116,15 @@ class Runtime:
             plans = self.supervisor = Supervisor(config, self.source, self.metrics, self.workers)
         else:
             plans = self.router = Router(config, self.metrics, loop)
+        await self.notifier.start()
         self.controller = Controller(
-            config, plans, store, self.metrics, clock=self.clock, deciding=not fleet
+            config,
+            plans,
+            store,
+            self.metrics,
+            clock=self.clock,
+            deciding=not fleet,
+            notices=self.notifier,
         )
         evidence: Evidence = self.controller.feed
         if fleet:
@@ -142,7 +152,12 @@ class Runtime:
             app[REFRESH] = self.supervisor.refresh
         token_env = config.admin.token_env or ""
         adminapi.install(
-            app, self.controller, self.env.get(token_env, ""), token_env, self.reloader
+            app,
+            self.controller,
+            self.env.get(token_env, ""),
+            token_env,
+            self.reloader,
+            notifier=self.notifier,
         )
         self.sampler = adminpage.install(app, self.controller, self.metrics)
         self._admin = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -172,6 +187,7 @@ class Runtime:
             reconfigure_engine(self._engine, config)
         if self._buffer is not None:
             self._buffer.reconfigure(config)
+        self.notifier.reconfigure(config.notifications)
         self.config = config
         if self.supervisor is not None:
             notes += await self.supervisor.reloaded()
@@ -198,6 +214,7 @@ class Runtime:
         await finish(self._reloads, CLOSE_WAIT_S)
         if self.controller is not None:
             await self.controller.close()
+        await self.notifier.close()
         drain = self.config.limits.drain_s if drain_s is None else drain_s
         if self._engine is not None:
             cut = await self._engine.drain(drain)
