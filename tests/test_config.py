@@ -233,8 +233,8 @@ BROKEN: list[tuple[str, Mutation, str, str]] = [
         "unknown top key",
         lambda d: d.update(listner=1),
         "listner",
-        "unknown key; expected one of: access_log, admin, limits, listen, releases, services, "
-        "state, trusted_peers",
+        "unknown key; expected one of: access_log, admin, limits, listen, notifications, "
+        "releases, services, state, trusted_peers",
     ),
     (
         "access log enabled not a boolean",
