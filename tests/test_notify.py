@@ -16,6 +16,7 @@ from proxy.adminclient import render
 from proxy.config import load_config
 from proxy.runtime import Runtime
 from tests.support.client import closed_port, scrape, value
+from tests.support.promtool import metrics_text, promtool_check
 from tests.support.proxy import config_dict, service
 from tests.support.servers import NameUpstream
 from tests.support.webhooks import Behaviour, Delivery, Webhooks, eventually
@@ -251,7 +252,8 @@ async def test_a_receiver_that_is_down_is_retried_with_backoff_and_slows_nothing
         gone = next(r for r in status["notifications"] if r["name"] == "down")
         assert gone["counts"]["failed"] >= 2
         assert gone["last_sent"] is None
-        assert "Connect" in gone["last_error"]["error"] or "connect" in gone["last_error"]["error"]
+        assert "connect" in gone["last_error"]["error"].lower()
+        await promtool_check(await metrics_text(runtime))
 
         # The flaky one answered 503 twice: the third attempt of the same notice (same id)
         # went through, each retry after at least half of its backoff ceiling (0.2 s, 0.4 s).
