@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 import yaml
 
+from proxy import adminclient
 from proxy.adminclient import render
 from proxy.config import load_config
 from proxy.runtime import Runtime
@@ -88,7 +89,10 @@ CHANGE = {"commit": "abc1234", "url": "https://git.example/pr/7", "summary": "fa
 
 
 async def test_each_format_tells_a_release_started_advanced_and_completed(
-    tmp_path: Path, hooks: Webhooks, upstreams: tuple[NameUpstream, NameUpstream]
+    tmp_path: Path,
+    hooks: Webhooks,
+    upstreams: tuple[NameUpstream, NameUpstream],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     receivers = [
         _receiver("chat", "slack", "CHAT_URL"),
@@ -165,6 +169,14 @@ async def test_each_format_tells_a_release_started_advanced_and_completed(
         assert chat["last_error"] is None
         line = render(status["services"], status["config"], status["notifications"])
         assert "notify chat (slack): queue 0/100, sent" in line
+        # `rollout-proxy status` prints it (the CLI is synchronous: off the loop).
+        code = await asyncio.to_thread(
+            adminclient.run, "status", None, runtime.admin_url, False, "ADMIN_TOKEN"
+        )
+        printed = capsys.readouterr().out
+        assert code == 0
+        assert "notify plain (json): queue 0/100, sent 1, retried 0, failed 0, dropped 0" in printed
+        assert "last sent " in printed and "(completed)" in printed
     finally:
         await runtime.stop(drain_s=0.5, notice_s=0.0)
 
