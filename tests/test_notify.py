@@ -176,7 +176,8 @@ async def test_each_format_tells_a_release_started_advanced_and_completed(
         printed = capsys.readouterr().out
         assert code == 0
         assert "notify plain (json): queue 0/100, sent 1, retried 0, failed 0, dropped 0" in printed
-        assert "last sent " in printed and "(completed)" in printed
+        assert "last sent " in printed
+        assert "(completed)" in printed
     finally:
         await runtime.stop(drain_s=0.5, notice_s=0.0)
 
