@@ -187,7 +187,17 @@ class Notifier(Collector):
                 receiver.wake.clear()
                 await receiver.wake.wait()
                 continue
-            await self._deliver(receiver, receiver.queue.popleft())
+            queued = receiver.queue.popleft()
+            try:
+                await self._deliver(receiver, queued)
+            except Exception as exc:  # a notice that cannot be sent must not stop the rest
+                event = queued.notice.kind.value
+                receiver.counts.add(event, "failed")
+                receiver.counts.last_error = {
+                    "time": self.wall(),
+                    "event": event,
+                    "error": str(exc),
+                }
 
     async def _deliver(self, receiver: Receiver, queued: Queued) -> None:
         config, event = receiver.config, queued.notice.kind.value
