@@ -1,6 +1,6 @@
 """The rollout API on the admin listener: see and steer rollouts.
 
-    GET  /api/v1/services                     every rollout's status
+    GET  /api/v1/services                     every rollout's status (and the receivers')
     GET  /api/v1/services/{name}              one rollout's status
     GET  /api/v1/services/{name}/decisions    its decision journal, newest first
     POST /api/v1/services/{name}/releases     start a release (proxy/releases.py)
@@ -40,6 +40,7 @@ from aiohttp import web
 from proxy.controller import Controller, ReleaseConflict, assessment_json
 from proxy.core.machine import Event
 from proxy.errors import ConfigError, StaleVersion, StateError, StoreUnavailable
+from proxy.notify.delivery import Notifier
 from proxy.releases import drift_of, release_json, stable_of, start_request
 from proxy.reload import Reloader
 from proxy.rollout import Rollout
@@ -48,6 +49,7 @@ CONTROLLER = web.AppKey("controller", Controller)
 TOKEN = web.AppKey("token", str)
 TOKEN_ENV = web.AppKey("token_env", str)
 RELOADER = web.AppKey("reloader", Reloader)
+NOTIFIER = web.AppKey("notifier", Notifier)
 # The answer to a reload, by its result.
 _RELOAD_STATUS = {"applied": 200, "unchanged": 200, "invalid": 422, "refused": 409, "failed": 503}
 
@@ -149,7 +151,9 @@ async def list_services(request: web.Request) -> web.Response:
     body = [_status(controller, r, now) for r in controller.rollouts.values()]
     reloader = request.app.get(RELOADER)
     config = reloader.status() if reloader is not None else None
-    return web.json_response({"services": body, "config": config})
+    notifier = request.app.get(NOTIFIER)
+    notifications = notifier.status() if notifier is not None else []
+    return web.json_response({"services": body, "config": config, "notifications": notifications})
 
 
 def _rollout(request: web.Request) -> Rollout | None:
@@ -350,6 +354,8 @@ def install(
     token: str,
     token_env: str,
     reloader: Reloader | None = None,
+    *,
+    notifier: Notifier | None = None,
 ) -> None:
     """Add the rollout API (and the reload endpoint, given a reloader) to the admin
     application (before it starts)."""
@@ -357,6 +363,8 @@ def install(
     app[TOKEN] = token
     app[TOKEN_ENV] = token_env
     app.add_routes(rollout_routes())
+    if notifier is not None:
+        app[NOTIFIER] = notifier
     if reloader is not None:
         app[RELOADER] = reloader
         app.add_routes(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -98,9 +99,13 @@ def _row(status: Mapping[str, Any]) -> list[str]:
     ]
 
 
-def render(statuses: Sequence[Mapping[str, Any]], config: Mapping[str, Any] | None = None) -> str:
+def render(
+    statuses: Sequence[Mapping[str, Any]],
+    config: Mapping[str, Any] | None = None,
+    notifications: Sequence[Mapping[str, Any]] = (),
+) -> str:
     """A plain-text table of rollout statuses (and, given the config's status, a warning
-    when its last reload was refused)."""
+    when its last reload was refused; given the webhook receivers', a line for each)."""
     header = ["service", "status", "step", "step exposes", "canary", "in step", "verdict"]
     rows = [header] + [_row(s) for s in statuses]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
@@ -119,7 +124,27 @@ def render(statuses: Sequence[Mapping[str, Any]], config: Mapping[str, Any] | No
             f"warning: the last reload of {config['path']} was {last['result']} "
             f"({last['trigger']}): {last['error']}; still serving the config loaded before"
         )
+    lines.extend(_receiver_line(r) for r in notifications)
     return "\n".join(lines)
+
+
+def _receiver_line(receiver: Mapping[str, Any]) -> str:
+    """`notify team-chat (slack): queue 0/100, sent 3, retried 0, failed 0, dropped 0; ...`"""
+    counts = ", ".join(f"{result} {n}" for result, n in receiver["counts"].items())
+    line = (
+        f"notify {receiver['name']} ({receiver['format']}): queue "
+        f"{receiver['queue_depth']}/{receiver['queue_limit']}, {counts}"
+    )
+    sent, error = receiver.get("last_sent"), receiver.get("last_error")
+    if sent:
+        line += f"; last sent {_clock(sent['time'])} ({sent['event']})"
+    if error:
+        line += f"; last error {_clock(error['time'])} ({error['event']}): {error['error']}"
+    return line
+
+
+def _clock(wall: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(wall))
 
 
 def _act(admin: str, service: str, command: str, token: str | None) -> Reply:
@@ -170,7 +195,9 @@ def run(command: str, service: str | None, admin: str, as_json: bool, token_env:
             print(f"rollout-proxy {command}: {hint}", file=sys.stderr)
     else:
         body = reply.body
-        print(render(body.get("services", [body]), body.get("config")))
+        print(
+            render(body.get("services", [body]), body.get("config"), body.get("notifications", ()))
+        )
     return 0 if reply.status < 400 else 1
 
 

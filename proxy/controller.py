@@ -36,6 +36,7 @@ import orjson
 from proxy.config import Config, ServiceConfig
 from proxy.core.analysis import Assessment, TierBaseline, Verdict
 from proxy.core.machine import Event, RolloutState, Status, Transition, initial, step
+from proxy.core.notices import Notice, NoticeKind
 from proxy.core.releases import (
     Known,
     ReleaseStatus,
@@ -104,6 +105,13 @@ class StatusSink(Protocol):
     def decision(self, service: str, action: str) -> None: ...
 
 
+class NoticeSink(Protocol):
+    """Where the team is told what happened (proxy/notify/): a plain call that never waits.
+    Only the controller that commits a transition announces it, not those that adopt it."""
+
+    def notify(self, notice: Notice) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Pending:
     """A transition applied here while the shared store was away, to be written back."""
@@ -125,6 +133,7 @@ class Controller:
         *,
         clock: Clock | None = None,
         deciding: bool = True,
+        notices: NoticeSink | None = None,
     ) -> None:
         # The config file's; `config` is what is served: the file's, with each service that has
         # releases as its release book has it served (proxy/releases.py).
@@ -135,6 +144,7 @@ class Controller:
         self.store = store
         self.sink = sink
         self.clock = clock or Clock()
+        self.notices = notices
         self.rollouts: dict[str, Rollout] = {}
         # What the data plane feeds each finished request to.
         self.feed = AnalysisFeed(
@@ -240,6 +250,7 @@ class Controller:
             entry = self._entry(rollout, "start", "controller", None, why)
             if await self.store.commit(rollout.record(wall), expected, entry):
                 record = rollout.record(wall)
+                self._announce(rollout, NoticeKind.RELEASE_STARTED, entry)
                 break
             record = (await self.store.load()).get(service.name)  # another replica started it
         else:
@@ -540,6 +551,10 @@ class Controller:
                 if not transition.applied or service in self.pending:
                     if transition.applied:  # already ahead of the store: stays local too
                         self._enter(rollout, transition, event)
+                        entry = self._entry(
+                            rollout, event.value, actor, evidence, reason, transition
+                        )
+                        self._announce_transition(rollout, transition, event, entry)
                     return transition
                 record = self._record(rollout, transition, event)
                 entry = self._entry(rollout, event.value, actor, evidence, reason, transition)
@@ -553,6 +568,7 @@ class Controller:
                     written = True
                 if written:
                     self._enter(rollout, transition, event)
+                    self._announce_transition(rollout, transition, event, entry)
                     return transition
                 if event not in SAFE_EVENTS:
                     raise StateError(f"{service}: the rollout changed elsewhere; try again")
@@ -567,6 +583,40 @@ class Controller:
             rollout.enter_step(now, wall, keep_baselines=event is not Event.RESTART)
         self._publish(rollout)
         self.sink.decision(rollout.config.name, event.value)
+
+    def _announce_transition(
+        self, rollout: Rollout, transition: Transition, event: Event, entry: JournalEntry
+    ) -> None:
+        kind = notice_kind(transition, event)
+        if kind is not None:
+            self._announce(rollout, kind, entry)
+
+    def _announce(self, rollout: Rollout, kind: NoticeKind, entry: JournalEntry) -> None:
+        """Tell the team about a transition this controller committed (or applied)."""
+        if self.notices is None:
+            return
+        book = self.books.get(rollout.config.name)
+        release = book.find(rollout.release) if book and rollout.release else None
+        steps = len(rollout.config.rollout.steps)
+        percent = None
+        if entry.to_step >= 0 and entry.to_step < steps:
+            percent = rollout.config.rollout.steps[entry.to_step].percent
+        self.notices.notify(
+            Notice(
+                kind=kind,
+                time=entry.time,
+                service=entry.service,
+                release=release.version if release else "",
+                release_id=release.id if release else "",
+                change=dict(release.change) if release else {},
+                step=entry.to_step,
+                steps=steps,
+                percent=percent,
+                status=entry.to_status,
+                actor=entry.actor,
+                verdict=entry.reason,
+            )
+        )
 
     def _record(self, rollout: Rollout, transition: Transition, event: Event) -> RolloutRecord:
         wall = self.clock.wall()
@@ -826,6 +876,20 @@ def _outcome_words(
         return f"aborted by {who}{reason}; stable stays {', '.join(stable)}"
     step = f" at step {last.from_step + 1}" if last else ""
     return f"rolled back{step}{reason}; stable stays {', '.join(stable)}"
+
+
+def notice_kind(transition: Transition, event: Event) -> NoticeKind | None:
+    """What the team is told about an applied transition (None: nothing)."""
+    before, after = transition.before, transition.after
+    if after.status is Status.ROLLED_BACK and before.status is not Status.ROLLED_BACK:
+        return NoticeKind.ROLLED_BACK
+    if after.status is Status.COMPLETED and before.status is not Status.COMPLETED:
+        return NoticeKind.COMPLETED
+    if after.status is Status.PAUSED and before.status is not Status.PAUSED:
+        return NoticeKind.PAUSED
+    if event in (Event.ADVANCE, Event.PROMOTE) and after.step > before.step:
+        return NoticeKind.STEP_ADVANCED
+    return None
 
 
 def _stable_only(service: ServiceConfig, now: float) -> Rollout:

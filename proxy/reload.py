@@ -31,6 +31,7 @@ from proxy.errors import ConfigError, StateError
 # validate; refused: it changes what needs a restart; failed: the state store refused the swap.
 RESULTS = ("applied", "unchanged", "invalid", "refused", "failed")
 GOOD = frozenset({"applied", "unchanged"})
+FAILED = frozenset({"invalid", "refused", "failed"})  # announced as config_reload_failed
 
 Apply = Callable[[Config, str], Awaitable[list[str]]]
 
@@ -129,6 +130,8 @@ class Reloader:
         self.counts = ReloadCounts(last_success=wall())
         self.metrics = ReloadMetrics(self.counts, registry)
         self.last: ReloadResult | None = None
+        # Told of every reload that changed nothing because it could not (the notifier).
+        self.on_failure: Callable[[ReloadResult], None] | None = None
         self._lock = asyncio.Lock()
 
     def status(self) -> dict[str, Any]:
@@ -150,6 +153,8 @@ class Reloader:
             counts.last_success = result.time
         self.last = result
         print(result.line(), file=sys.stderr, flush=True)
+        if result.result in FAILED and self.on_failure is not None:
+            self.on_failure(result)
         return result
 
     async def _reload(self, trigger: str) -> ReloadResult:

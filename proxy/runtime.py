@@ -33,6 +33,7 @@ from proxy.http.exchange import Exchanges
 from proxy.http.server import Engine
 from proxy.logexchange import AccessLines, LoggedExchanges, path_id_patterns
 from proxy.metrics import Metrics
+from proxy.notify.delivery import Notifier, reload_notice
 from proxy.reload import Reloader, ReloadResult
 from proxy.shadowing import Shadowing
 from proxy.store.opener import open_store
@@ -90,6 +91,8 @@ class Runtime:
             env=self.env,
             wall=self.clock.wall,
         )
+        self.notifier = Notifier(config.notifications, self.registry, wall=self.clock.wall)
+        self.reloader.on_failure = lambda result: self.notifier.notify(reload_notice(result))
         self._buffer: EvidenceBuffer | None = None
         self._reloads: set[asyncio.Task[ReloadResult]] = set()
         self._engine: Engine | None = None
@@ -121,8 +124,15 @@ class Runtime:
             # Shadow steps mirror in this process only (worker processes do not mirror).
             self.shadowing = Shadowing(self.metrics)
             plans = self.router = Router(config, self.metrics, loop, shadow=self.shadowing)
+        await self.notifier.start()
         self.controller = Controller(
-            config, plans, store, self.metrics, clock=self.clock, deciding=not fleet
+            config,
+            plans,
+            store,
+            self.metrics,
+            clock=self.clock,
+            deciding=not fleet,
+            notices=self.notifier,
         )
         if self.shadowing is not None:
             self.shadowing.evidence = self.controller.feed.compared
@@ -154,7 +164,12 @@ class Runtime:
             app[REFRESH] = self.supervisor.refresh
         token_env = config.admin.token_env or ""
         adminapi.install(
-            app, self.controller, self.env.get(token_env, ""), token_env, self.reloader
+            app,
+            self.controller,
+            self.env.get(token_env, ""),
+            token_env,
+            self.reloader,
+            notifier=self.notifier,
         )
         self.sampler = adminpage.install(app, self.controller, self.metrics)
         self._admin = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -189,6 +204,7 @@ class Runtime:
             reconfigure_engine(self._engine, config)
         if self._buffer is not None:
             self._buffer.reconfigure(config)
+        self.notifier.reconfigure(config.notifications)
         self.config = config
         if self.supervisor is not None:
             notes += await self.supervisor.reloaded()
@@ -215,6 +231,7 @@ class Runtime:
         await finish(self._reloads, CLOSE_WAIT_S)
         if self.controller is not None:
             await self.controller.close()
+        await self.notifier.close()
         drain = self.config.limits.drain_s if drain_s is None else drain_s
         if self._engine is not None:
             cut = await self._engine.drain(drain)

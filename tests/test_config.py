@@ -236,8 +236,8 @@ BROKEN: list[tuple[str, Mutation, str, str]] = [
         "unknown top key",
         lambda d: d.update(listner=1),
         "listner",
-        "unknown key; expected one of: access_log, admin, limits, listen, releases, services, "
-        "state, tls, trusted_peers",
+        "unknown key; expected one of: access_log, admin, limits, listen, notifications, "
+        "releases, services, state, tls, trusted_peers",
     ),
     (
         "access log enabled not a boolean",

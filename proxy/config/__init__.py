@@ -2,9 +2,10 @@
 
 This module owns the top level of the file (`listen`, `admin`, `state`, `services`,
 `trusted_peers`, `limits`, `access_log`) and loading YAML; services are read by
-proxy/config/services.py, identity rules and tiers by proxy/config/identity.py, scalar values
-by proxy/config/reader.py, and the dataclasses live in proxy/config/model.py (all re-exported
-here). Errors are `ConfigError(path, reason)` with paths like
+proxy/config/services.py, webhook receivers (`notifications`) by
+proxy/config/notifications.py, identity rules and tiers by proxy/config/identity.py, scalar
+values by proxy/config/reader.py, and the dataclasses live in proxy/config/model.py (all
+re-exported here). Errors are `ConfigError(path, reason)` with paths like
 `services[0].rollout.steps[2].percent`; unknown keys are errors that list the allowed keys.
 docs/configuration.md is the reference of every key.
 """
@@ -29,6 +30,7 @@ from proxy.config.model import (
     IdentityRule,
     Limits,
     Match,
+    ReceiverConfig,
     ReleasesConfig,
     RolloutConfig,
     ServiceConfig,
@@ -42,6 +44,7 @@ from proxy.config.model import (
     UpstreamsConfig,
     UpstreamTls,
 )
+from proxy.config.notifications import notifications
 from proxy.config.services import service
 from proxy.config.tls import listener_tls
 from proxy.core.identity import IdKind, IdSource, Unidentified
@@ -60,6 +63,7 @@ __all__ = [
     "IdentityRule",
     "Limits",
     "Match",
+    "ReceiverConfig",
     "ReleasesConfig",
     "RolloutConfig",
     "ServiceConfig",
@@ -90,6 +94,7 @@ _TOP_KEYS = (
     "access_log",
     "releases",
     "tls",
+    "notifications",
 )
 DEFAULT_ADMIN_LISTEN = "127.0.0.1:9090"
 DEFAULT_STATE_PATH = "state/rollouts.json"
@@ -256,6 +261,7 @@ def parse_config(data: object, env: Mapping[str, str]) -> Config:
         access_log=_access_log(top.get("access_log", {}), "access_log"),
         releases=_releases(top.get("releases", {}), "releases"),
         tls=None if top.get("tls") is None else listener_tls(top["tls"], "tls"),
+        notifications=notifications(top.get("notifications", []), "notifications", env),
     )
     _check_client_cert_rules(config)
     return config

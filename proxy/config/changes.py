@@ -49,7 +49,7 @@ def describe(old: Config, new: Config) -> list[str]:
             lines.append(f"service {name}: {', '.join(_service_changes(before[name], service))}")
     if [s.name for s in old.services] != [s.name for s in new.services] and not lines:
         lines.append("services: reordered (matching order)")
-    for key in ("trusted_peers", "limits", "releases"):
+    for key in ("trusted_peers", "limits", "releases", "notifications"):
         if getattr(old, key) != getattr(new, key):
             lines.append(f"{key}: changed")
     if new.tls is not None:

@@ -243,6 +243,21 @@ class ReleasesConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ReceiverConfig:
+    """A webhook that is told about releases (proxy/notify/)."""
+
+    name: str
+    format: str  # slack | cloudevents | json
+    url_env: str
+    url: str = field(repr=False)  # read from url_env; may hold a secret token
+    events: frozenset[str] = frozenset()  # proxy.core.notices.EVENTS
+    timeout_s: float = 5.0  # per attempt
+    queue: int = 100  # notices waiting; when full the oldest is dropped
+    attempts: int = 4
+    backoff_s: float = 0.5  # the first retry's delay ceiling, doubled each time
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     listen: Address
     admin: AdminConfig
@@ -253,3 +268,4 @@ class Config:
     access_log: AccessLogConfig = field(default_factory=AccessLogConfig)
     releases: ReleasesConfig = field(default_factory=ReleasesConfig)
     tls: TlsConfig | None = None  # set: the data listener speaks TLS
+    notifications: tuple[ReceiverConfig, ...] = ()
