@@ -76,5 +76,16 @@ async def test_each_transition_is_announced_by_the_replica_that_committed_it(
             assert (mine + theirs).count("release_started") == 1
             assert [e for e in mine if e != "release_started"] == []
             assert [e for e in theirs if e != "release_started"] == ["step_advanced"]
+
+            # A pause on the first replica, then an abort on the second: each told once, by
+            # the replica that applied it.
+            assert await _post(first.admin_url, "/api/v1/services/shop/pause") == 200
+            await eventually(lambda: "paused" in _events(hooks, "r0", "5.0"))
+            assert await _post(second.admin_url, "/api/v1/services/shop/abort") == 200
+            await eventually(lambda: "rolled_back" in _events(hooks, "r1", "5.0"))
+            await asyncio.sleep(0.5)
+            mine, theirs = _events(hooks, "r0", "5.0"), _events(hooks, "r1", "5.0")
+            assert [e for e in mine if e != "release_started"] == ["paused"]
+            assert [e for e in theirs if e != "release_started"] == ["step_advanced", "rolled_back"]
     finally:
         await hooks.close()
