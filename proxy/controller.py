@@ -728,6 +728,7 @@ class Controller:
             salt=release_salt(request, name),
             steps=request.steps,
             change=request.change,
+            checks=request.checks,
             stable_before=stable_of(service, book),
             rollout_version=self.rollouts[name].state.version + 1,
         )

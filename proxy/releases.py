@@ -21,7 +21,9 @@ from typing import Any
 
 from proxy.config import Config, ServiceConfig, Upstream, UpstreamsConfig
 from proxy.config import reader as read
+from proxy.config.analysis import increase, route_check
 from proxy.config.services import _default_baseline, _step
+from proxy.core.analysis import AnalysisConfig, RouteCheck
 from proxy.core.releases import (
     ReleaseStatus,
     derive_salt,
@@ -35,7 +37,9 @@ from proxy.store.records import ReleaseBook, ReleaseRecord
 
 _CHANGE_KEYS = ("commit", "url", "summary", "author", "routes")
 _STEP_KEYS = ("percent", "tiers", "tenants", "observe")
-_BODY_KEYS = ("version", "canary", "steps", "change", "salt", "supersede")
+_BODY_KEYS = ("version", "canary", "steps", "change", "checks", "salt", "supersede")
+_CHECK_KINDS = ("errors", "latency", "route")
+MAX_RELEASE_ROUTES = 20  # route checks a release may add (each takes a share of the budget)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -48,6 +52,7 @@ class StartRequest:
     change: Mapping[str, Any]
     salt: str | None
     supersede: bool
+    checks: tuple[Mapping[str, Any], ...] = ()
 
 
 def start_request(body: object, service: ServiceConfig) -> StartRequest:
@@ -76,9 +81,11 @@ def start_request(body: object, service: ServiceConfig) -> StartRequest:
     for key in ("commit", "url", "summary", "author"):
         if key in change:
             read.string(change[key], read.key("change", key))
-    if "routes" in change:
-        for i, route in enumerate(read.sequence(change["routes"], "change.routes")):
-            read.string(route, read.index("change.routes", i))
+    items = read.sequence(data.get("checks", []), "checks")
+    checks = tuple(
+        read.mapping(c, read.index("checks", i), _CHECK_KINDS) for i, c in enumerate(items)
+    )
+    release_analysis(service.rollout.analysis, checks, change, version)  # validated now
     salt = data.get("salt")
     return StartRequest(
         version=version,
@@ -87,6 +94,51 @@ def start_request(body: object, service: ServiceConfig) -> StartRequest:
         change=dict(change),
         salt=None if salt is None else read.string(salt, "salt"),
         supersede=read.boolean(data.get("supersede", False), "supersede"),
+        checks=tuple(dict(c) for c in checks),
+    )
+
+
+def release_analysis(
+    base: AnalysisConfig,
+    checks: tuple[Mapping[str, Any], ...],
+    change: Mapping[str, Any],
+    version: str,
+) -> AnalysisConfig:
+    """The service's analysis with a release's own checks added, for that release only:
+    `errors` (every request's error rate at the release's tolerance, beside the service's own
+    errors check), `route` (one route's error rate), `latency` (the service's latency check,
+    held to the tighter of the two tolerances), and a route check for each of the change's
+    `routes` (a path prefix, or `{path_prefix, errors: {max_increase}}` for a tighter one).
+    The checks a release brings are named after it (`route:/login [release 1.4.2]`)."""
+    origin = f"release {version}"
+    routes = list(base.routes)
+    quantile, latency = base.latency_quantile, base.latency_max_increase
+    for i, item in enumerate(checks):
+        path = read.index("checks", i)
+        if len(item) != 1:
+            raise ConfigError(path, f"must have exactly one of: {', '.join(_CHECK_KINDS)}")
+        kind, value = next(iter(item.items()))
+        kind_path = read.key(path, kind)
+        if kind == "errors":
+            section = read.mapping(value, kind_path, ("max_increase",))
+            tolerance = increase(section, kind_path, base.error_max_increase)
+            routes.append(RouteCheck("/", tolerance, origin))
+        elif kind == "route":
+            routes.append(route_check(value, kind_path, base.error_max_increase, origin))
+        else:
+            section = read.mapping(value, kind_path, ("quantile", "max_increase"))
+            latency = min(latency, increase(section, kind_path, latency))
+            if "quantile" in section:
+                quantile = read.number(section["quantile"], read.key(kind_path, "quantile"),
+                                       0.5, 0.999)  # fmt: skip
+    for i, route in enumerate(read.sequence(change.get("routes", []), "change.routes")):
+        path = read.index("change.routes", i)
+        given: object = {"path_prefix": route} if isinstance(route, str) else route
+        routes.append(route_check(given, path, base.error_max_increase, origin))
+    if len(routes) - len(base.routes) > MAX_RELEASE_ROUTES:
+        raise ConfigError("checks", f"a release may add at most {MAX_RELEASE_ROUTES} route checks")
+    return dataclasses.replace(
+        base, routes=tuple(routes), latency_quantile=quantile, latency_max_increase=latency
     )
 
 
@@ -161,8 +213,11 @@ def served(service: ServiceConfig, book: ReleaseBook | None) -> tuple[ServiceCon
         return idle, "", True
     steps = parse_steps(release.steps, service)
     baseline = _default_baseline(steps) if release.steps else service.rollout.baseline_s
+    analysis = release_analysis(
+        service.rollout.analysis, release.checks, release.change, release.version
+    )
     rollout = dataclasses.replace(
-        service.rollout, salt=release.salt, steps=steps, baseline_s=baseline
+        service.rollout, salt=release.salt, steps=steps, baseline_s=baseline, analysis=analysis
     )
     pools = UpstreamsConfig(stable, upstreams(release.canary, "canary"))
     return dataclasses.replace(service, upstreams=pools, rollout=rollout), release.id, False

@@ -41,7 +41,7 @@ def analysis(value: object, path: str) -> AnalysisConfig:
         min_requests=read.integer(
             data.get("min_requests", default.min_requests), read.key(path, "min_requests"), 1
         ),
-        error_max_increase=_increase(errors, read.key(path, "errors"), default.error_max_increase),
+        error_max_increase=increase(errors, read.key(path, "errors"), default.error_max_increase),
         error_min_rate=read.number(
             errors.get("min_rate", default.error_min_rate),
             read.key(read.key(path, "errors"), "min_rate"),
@@ -54,7 +54,7 @@ def analysis(value: object, path: str) -> AnalysisConfig:
             0.5,
             0.999,
         ),
-        latency_max_increase=_increase(
+        latency_max_increase=increase(
             latency, read.key(path, "latency"), default.latency_max_increase
         ),
         guardrail_max_error_rate=read.number(
@@ -79,24 +79,26 @@ def analysis(value: object, path: str) -> AnalysisConfig:
     )
 
 
-def _increase(section: Mapping[str, object], path: str, default: float) -> float:
+def increase(section: Mapping[str, object], path: str, default: float) -> float:
     return read.number(
         section.get("max_increase", default), read.key(path, "max_increase"), 0.0, 10.0
     )
 
 
 def _routes(value: object, path: str) -> tuple[RouteCheck, ...]:
-    checks = []
-    for i, item in enumerate(read.sequence(value, path)):
-        item_path = read.index(path, i)
-        data = read.mapping(item, item_path, ("path_prefix", "errors"), required=("path_prefix",))
-        prefix = read.string(data["path_prefix"], read.key(item_path, "path_prefix"))
-        if not prefix.startswith("/"):
-            raise ConfigError(read.key(item_path, "path_prefix"), "must start with /")
-        errors_path = read.key(item_path, "errors")
-        errors = read.mapping(data.get("errors", {}), errors_path, ("max_increase",))
-        checks.append(RouteCheck(prefix, _increase(errors, errors_path, 0.5)))
-    return tuple(checks)
+    items = enumerate(read.sequence(value, path))
+    return tuple(route_check(item, read.index(path, i)) for i, item in items)
+
+
+def route_check(value: object, path: str, default: float = 0.5, origin: str = "") -> RouteCheck:
+    """`{path_prefix: /login, errors: {max_increase: 0.2}}`: the error rate of one route."""
+    data = read.mapping(value, path, ("path_prefix", "errors"), required=("path_prefix",))
+    prefix = read.string(data["path_prefix"], read.key(path, "path_prefix"))
+    if not prefix.startswith("/"):
+        raise ConfigError(read.key(path, "path_prefix"), "must start with /")
+    errors_path = read.key(path, "errors")
+    errors = read.mapping(data.get("errors", {}), errors_path, ("max_increase",))
+    return RouteCheck(prefix, increase(errors, errors_path, default), origin)
 
 
 def _statuses(value: object, path: str) -> frozenset[str]:

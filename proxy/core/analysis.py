@@ -181,6 +181,11 @@ class RouteCheck:
 
     path_prefix: str
     error_max_increase: float = 0.5
+    origin: str = ""  # "release 1.4.2": the release that brought it (named in its verdicts)
+
+    @property
+    def name(self) -> str:
+        return f"route:{self.path_prefix}" + (f" [{self.origin}]" if self.origin else "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,7 +306,7 @@ class StepAnalysis:
         refs = {t: b.routes.get(route.path_prefix, RateCount()) for t, b in self._baselines.items()}
         levels = self._levels(share, 1, n)
         grid = error_grid(route.error_max_increase)
-        name, floor = f"route:{route.path_prefix}", self.config.error_min_rate
+        name, floor = route.name, self.config.error_min_rate
         return RatioCheck(name, grid, levels, refs, self.started, floor)
 
     def _tier(self, tier: str, now: float) -> _Tier:

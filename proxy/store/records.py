@@ -122,6 +122,7 @@ class ReleaseRecord:
     salt: str
     steps: tuple[Mapping[str, Any], ...] = ()  # as given (empty: the service's configured)
     change: Mapping[str, Any] = field(default_factory=dict)
+    checks: tuple[Mapping[str, Any], ...] = ()  # the release's own checks, as given
     color: str | None = None  # blue/green: the pool the release runs on
     stable_before: tuple[str, ...] = ()  # the stable pool when it started
     released: tuple[str, ...] = ()  # completed: the previous stable pool, free to tear down
@@ -143,6 +144,7 @@ class ReleaseRecord:
             "salt": self.salt,
             "steps": [dict(s) for s in self.steps],
             "change": dict(self.change),
+            "checks": [dict(c) for c in self.checks],
             "color": self.color,
             "stable_before": list(self.stable_before),
             "released": list(self.released),
@@ -170,6 +172,7 @@ class ReleaseRecord:
                 salt=str(data["salt"]),
                 steps=tuple(dict(s) for s in data.get("steps", [])),
                 change=dict(data.get("change", {})),
+                checks=tuple(dict(c) for c in data.get("checks", [])),
                 color=None if color is None else str(color),
                 stable_before=tuple(str(u) for u in data.get("stable_before", [])),
                 released=tuple(str(u) for u in data.get("released", [])),
