@@ -261,10 +261,12 @@ def cmd_release(args: argparse.Namespace) -> int:
                 )
                 if v
             }
+            if args.route:
+                change["routes"] = list(args.route)
             token = os.environ.get(args.token_env)
             return releaseclient.start(
                 args.admin, args.service, args.version, args.canary, args.steps, change,
-                args.supersede, token, args.json,
+                args.supersede, token, args.json, checks=args.checks,
             )  # fmt: skip
         if args.release_command == "list":
             return releaseclient.list_releases(args.admin, args.service, args.json)
@@ -298,8 +300,19 @@ def _add_release(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     start = commands.add_parser("start", help="start a release (the same version again: no-op)")
     start.add_argument("service", metavar="SERVICE")
     start.add_argument("--version", required=True, metavar="V")
-    start.add_argument("--canary", nargs="+", required=True, metavar="URL")
+    start.add_argument(
+        "--canary", nargs="+", default=[], metavar="URL",
+        help="the release's upstreams (left out for a blue/green pair: the idle pool)",
+    )  # fmt: skip
     start.add_argument("--steps", metavar="FILE", help="YAML list of steps (default: configured)")
+    start.add_argument(
+        "--checks", metavar="FILE",
+        help="YAML list of checks the release brings ({route: ...}, {errors: ...}, {latency: ...})",
+    )  # fmt: skip
+    start.add_argument(
+        "--route", action="append", default=[], metavar="PREFIX",
+        help="a route the change touches: judged by its own error-rate check (repeatable)",
+    )  # fmt: skip
     start.add_argument("--commit", default="")
     start.add_argument("--url", default="", help="a link to the change")
     start.add_argument("--summary", default="")

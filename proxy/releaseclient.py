@@ -77,11 +77,18 @@ def start(
     supersede: bool,
     token: str | None,
     as_json: bool,
+    *,
+    checks: str | None = None,
 ) -> int:
-    body: dict[str, Any] = {"version": version, "canary": list(canary), "change": dict(change)}
+    body: dict[str, Any] = {"version": version, "change": dict(change)}
+    if canary:
+        body["canary"] = list(canary)
     if steps:
         with open(steps, encoding="utf-8") as handle:
-            body["steps"] = _steps(handle.read(), steps)
+            body["steps"] = _listed(handle.read(), steps, "steps")
+    if checks:
+        with open(checks, encoding="utf-8") as handle:
+            body["checks"] = _listed(handle.read(), checks, "checks")
     if supersede:
         body["supersede"] = True
     reply = post_json(admin, f"/api/v1/services/{service}/releases", body, token)
@@ -95,15 +102,15 @@ def start(
     return 0
 
 
-def _steps(text: str, path: str) -> list[Any]:
-    """A steps file: YAML (or JSON) list of steps as in the config's rollout.steps."""
+def _listed(text: str, path: str, what: str) -> list[Any]:
+    """A steps or checks file: a YAML (or JSON) list, or a mapping holding it under `what`."""
     import yaml
 
     data = yaml.safe_load(text)
-    if isinstance(data, dict) and "steps" in data:
-        data = data["steps"]
+    if isinstance(data, dict) and what in data:
+        data = data[what]
     if not isinstance(data, list):
-        raise SystemExit(f"rollout-proxy release start: {path}: must hold a list of steps")
+        raise SystemExit(f"rollout-proxy release start: {path}: must hold a list of {what}")
     return data
 
 

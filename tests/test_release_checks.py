@@ -6,6 +6,7 @@ brought."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -146,3 +147,38 @@ async def test_a_route_the_change_touches_rolls_the_release_back_on_its_own_chec
     finally:
         await stable.close()
         await bad.close()
+
+
+async def test_the_cli_starts_a_release_with_its_checks_and_a_pair_without_canary(
+    tmp_path: Path,
+) -> None:
+    from proxy.cli import main
+
+    stable = await RecordingUpstream("blue").start()
+    green = await RecordingUpstream("green").start()
+    svc = service([stable.url], [], name="shop", steps=[{"percent": 50}])
+    del svc["upstreams"]["stable"], svc["upstreams"]["canary"]
+    svc["upstreams"].update({"blue": [stable.url], "green": [green.url], "live": "blue"})
+    data = config_dict(svc)
+    data["admin"]["token_env"] = "ADMIN_TOKEN"
+    checks = tmp_path / "checks.yaml"
+    checks.write_text("- route: {path_prefix: /pay, errors: {max_increase: 0.1}}\n")
+    try:
+        async with running_proxy(data, {"ADMIN_TOKEN": TOKEN}) as proxy:
+            argv = ["release", "start", "shop", "--version", "2.0", "--checks", str(checks),
+                    "--route", "/cart", "--admin", proxy.admin_url]  # fmt: skip
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setenv("ROLLOUT_ADMIN_TOKEN", TOKEN)
+                code = await asyncio.to_thread(main, argv)
+            assert code == 0
+            controller = proxy.controller
+            assert controller is not None
+            served = next(s for s in controller.config.services if s.name == "shop")
+            assert [r.name for r in served.rollout.analysis.routes] == [
+                "route:/pay [release 2.0]",
+                "route:/cart [release 2.0]",
+            ]
+            assert [str(u) for u in served.upstreams.canary] == [green.url]  # the idle pool
+    finally:
+        await stable.close()
+        await green.close()
