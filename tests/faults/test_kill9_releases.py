@@ -25,26 +25,11 @@ from proxy.store.records import ReleaseBook
 from tests.faults.harness import load, origin, report, trials
 from tests.support.client import bodies_for, get
 from tests.support.process import ProxyProcess
-from tests.support.proxy import config_dict, service
+from tests.test_releases_process import _config
 
 TOKEN = "kill9-releases-token"
 STEPS = [{"percent": 30, "observe": "150ms"}, {"percent": 100, "observe": "150ms"}]
-ANALYSIS = {
-    "interval": "50ms",
-    "min_requests": 5,
-    "errors": {"min_rate": 0.5},
-    "latency": {"quantile": 0.5, "max_increase": 10},
-}
 OVER = ("completed", "rolled_back", "aborted", "superseded")
-
-
-def _config(tmp_path: Path, stable: str) -> dict[str, Any]:
-    section = service([stable], [], name="shop", steps=[{"percent": 0}])
-    section["rollout"]["analysis"] = ANALYSIS
-    data = config_dict(section)
-    data["state"] = {"backend": "file", "path": str(tmp_path / "state.json")}
-    data["admin"]["token_env"] = "ADMIN_TOKEN"
-    return data
 
 
 async def _call(
