@@ -92,6 +92,9 @@ class Shadowing(ShadowSink):
             connector=aiohttp.TCPConnector(limit=0),
             auto_decompress=False,
             skip_auto_headers=("Accept-Encoding", "User-Agent"),
+            # Each copy carries its own client's cookies, and only those: a jar would add the
+            # cookies earlier answers set (another user's session) to every later copy.
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         self._runner = asyncio.get_running_loop().create_task(self._run())
 

@@ -4,6 +4,7 @@ before comparing, and the tallies kept bounded whatever the bodies hold."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from functools import partial
@@ -133,3 +134,46 @@ async def test_routes_per_service_stay_bounded() -> None:
     assert len(routes) == MAX_ROUTES + 1
     assert routes[OTHER_ROUTE].compared == 5
     assert done[-5:] == [OTHER_ROUTE] * 5
+
+
+async def test_a_copy_carries_its_own_clients_cookies_only() -> None:
+    """An answer that sets a cookie must not make the mirror send it with later copies (of
+    other users' requests)."""
+    from aiohttp import web
+
+    cookies_seen: list[str | None] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        cookies_seen.append(request.headers.get("Cookie"))
+        response = web.json_response({})
+        response.set_cookie("session", uuid.uuid4().hex)
+        return response
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    # By name: a cookie jar keeps no cookies of IP-addressed hosts, so only a name shows it.
+    url = f"http://localhost:{port}"
+    section = service([url], [url], steps=[{"shadow": 100}])
+    section["rollout"]["shadow"] = {"noise_sample": 0}
+    config = parse_config(config_dict(section), {}).services[0]
+    mirror = Shadowing(Metrics(CollectorRegistry()))
+    done: list[str] = []
+    mirror.evidence = lambda service, route, differing, id_hash, tier: done.append(route)
+    mirror.start()
+    try:
+        first = copy_of(config, "/a/1", {}, "")
+        mine = dataclasses.replace(first, headers=(("cookie", "user=alice"),))
+        mirror.submit(mine)
+        await wait_for(partial(reached, done, 1), 5.0)
+        mirror.submit(copy_of(config, "/a/2", {}, ""))  # another client, no cookie
+        await wait_for(partial(reached, done, 2), 5.0)
+    finally:
+        await mirror.close()
+        await runner.cleanup()
+    # Each copy went to the canary and (learning the route's noise) to stable again.
+    assert cookies_seen == ["user=alice", "user=alice", None, None]
