@@ -183,3 +183,21 @@ async def test_worker_processes_serve_the_release_pools(
         }
     finally:
         await proxy.kill()
+
+
+def test_the_ci_script_passes_the_checks_and_routes_of_the_change(tmp_path: Path) -> None:
+    """What release.sh hands to `rollout-proxy release start` (ROLLOUT=echo prints it)."""
+    import subprocess
+
+    env = {
+        **os.environ, "ROLLOUT": "echo", "SERVICE": "shop", "VERSION": "2.0",
+        "CANARY": "http://10.0.0.7:8080", "CHECKS_FILE": "checks.yaml",
+        "ROUTES": "/checkout /cart", "COMMIT": "abc", "SUMMARY": "s", "AUTHOR": "a",
+    }  # fmt: skip
+    done = subprocess.run(
+        ["sh", str(SCRIPT)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    start = next(line for line in done.stdout.splitlines() if line.startswith("release start"))
+    assert "--checks checks.yaml" in start
+    assert "--route /checkout --route /cart" in start

@@ -14,6 +14,8 @@ set -eu
 ROLLOUT=${ROLLOUT:-rollout-proxy}
 TIMEOUT=${TIMEOUT:-30m}
 # STEPS_FILE: a YAML list of steps for this release (default: the service's configured steps)
+# CHECKS_FILE: a YAML list of checks this change brings (docs/checks.md has blocks to paste)
+# ROUTES: the routes the change touches, space separated: each judged on its own
 
 # 1. Deploy (a placeholder: put your deploy step here, e.g. kubectl apply, ansible, ...).
 ${DEPLOY:-echo} "deploy $SERVICE $VERSION on $CANARY"
@@ -25,7 +27,8 @@ AUTHOR=${AUTHOR:-$(git log -1 --format=%an 2>/dev/null || echo "${USER:-ci}")}
 # shellcheck disable=SC2086 # CANARY holds one URL per word
 $ROLLOUT release start "$SERVICE" --version "$VERSION" --canary $CANARY \
     --commit "$COMMIT" --summary "$SUMMARY" --author "$AUTHOR" \
-    ${CHANGE_URL:+--url "$CHANGE_URL"} ${STEPS_FILE:+--steps "$STEPS_FILE"}
+    ${CHANGE_URL:+--url "$CHANGE_URL"} ${STEPS_FILE:+--steps "$STEPS_FILE"} \
+    ${CHECKS_FILE:+--checks "$CHECKS_FILE"} $(for r in ${ROUTES:-}; do printf -- '--route %s ' "$r"; done)
 
 # 3. Follow it to its verdict.
 set +e
