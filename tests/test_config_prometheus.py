@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from proxy.config import parse_config
 from proxy.core.promql import PromCheck
@@ -109,3 +111,11 @@ def test_two_checks_of_one_name_are_refused() -> None:
     with pytest.raises(ConfigError) as raised:
         parse_config(config_dict(section), ENV)
     assert raised.value.path == "services[0].rollout.analysis.prometheus[1].name"
+
+
+def test_the_documented_example_loads() -> None:
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
+    section = docs.split("### `rollout.analysis.prometheus`", 1)[1]
+    example = yaml.safe_load(section.split("```yaml", 1)[1].split("```", 1)[0])
+    (check,) = _load(example["rollout"]["analysis"]["prometheus"][0])
+    assert (check.name, check.stable_label, check.canary_label) == ("payments", "v1", "v2")
