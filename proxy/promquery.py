@@ -74,6 +74,11 @@ class PromReader:
         if check.by_instances and not hosts:
             return f"the {variant} pool has no upstreams"
         query = render(check.bad if kind == "bad" else check.total, check.label(variant), hosts)
+        return await self.query(check, query)
+
+    async def query(self, check: PromCheck, query: str) -> Read:
+        """One instant query against the check's server, within its timeout: the value of
+        each series, or why there is none."""
         try:
             async with asyncio.timeout(check.timeout_s):
                 return parse_result(await self._get(check.url, query))
@@ -88,9 +93,11 @@ class PromReader:
         if self._session is None:
             self._session = aiohttp.ClientSession()
         async with self._session.get(f"{url}/api/v1/query", params={"query": query}) as answer:
-            body = await answer.content.read(MAX_ANSWER_BYTES + 1)
-            if len(body) > MAX_ANSWER_BYTES:
-                raise NoPromData(f"the answer is larger than {MAX_ANSWER_BYTES:,} bytes")
+            body = bytearray()
+            async for chunk in answer.content.iter_chunked(1 << 16):
+                body += chunk
+                if len(body) > MAX_ANSWER_BYTES:
+                    raise NoPromData(f"the answer is larger than {MAX_ANSWER_BYTES:,} bytes")
             try:
                 return orjson.loads(body)
             except orjson.JSONDecodeError:

@@ -26,9 +26,11 @@ batch only multiplies together. A batch in which an arm's total did not grow is 
 its events wait for the next batch (an arm without requests says nothing about theta).
 
 *Levels.* Each prometheus check is a check of weight 1 in the step's budget (analysis.py), so
-its rollback rate is a share of the same false-rollback rate; it has no pre-exposure baseline.
-Advancing it needs non-inferiority, as the error check: the ratio's advance test at 1 +
-max_increase averaged with the floor test, and `min_total` on each arm.
+its rollback rate is a share of the same false-rollback rate. Rolling back needs `min_total` on
+each arm. Advancing needs non-inferiority, as the error check: the ratio's advance test at 1 +
+max_increase averaged with the floor test, and `min_total` on the canary. It has no
+pre-exposure baseline: in a step with no stable traffic (all on the canary) the ratio gathers
+nothing, and only the floor test (`min_rate`) can show the canary within tolerance.
 
 *No data is not health.* A check whose latest reads did not all succeed (an error, no series, a
 timeout), or that has not been read yet, is `missing`: the step cannot advance, the verdict
@@ -169,9 +171,14 @@ class CountCheck:
         add_batch(self.profile, x_c, x_s, n_c / (n_c + n_s))
         self.consumed = self.seen
 
-    def _enough(self) -> bool:
-        least = min(self.seen.canary.requests, self.seen.stable.requests)
-        return least >= self.config.min_total
+    def _enough(self, *, both: bool) -> bool:
+        """`min_total` on the canary, and on stable too (`both`: rolling back)."""
+        canary, stable = self.seen.canary.requests, self.seen.stable.requests
+        return (
+            min(canary, stable) >= self.config.min_total
+            if both
+            else (canary >= self.config.min_total)
+        )
 
     def evidence(self) -> CheckEvidence:
         loglik = self.profile.loglik
@@ -182,9 +189,8 @@ class CountCheck:
         advance = advance_log_e(self.grid, loglik)
         if self.config.min_rate > 0.0:
             advance = either_log_e(advance, floor)
-        enough = self._enough()
-        self._crossed = self._crossed or (enough and roll >= log_roll)
-        self._shown = self._shown or (enough and advance >= log_adv)
+        self._crossed = self._crossed or (self._enough(both=True) and roll >= log_roll)
+        self._shown = self._shown or (self._enough(both=False) and advance >= log_adv)
         total = canary.requests + stable.requests
         share = canary.requests / total if total else 0.0
         tier = TierEvidence("prometheus", canary, stable, share, Source.CONCURRENT)
@@ -213,7 +219,7 @@ class CountCheck:
         """More canary requests (of `total`) to show non-inferiority at the current rates: the
         nearer of `min_total` plus the floor test's need (-1: nothing to size it by)."""
         canary = self.seen.canary
-        short = max(0, self.config.min_total - min(canary.requests, self.seen.stable.requests))
+        short = max(0, self.config.min_total - canary.requests)
         if advance >= log_adv:
             return short
         rate = canary.rate if canary.requests else 0.0

@@ -289,3 +289,16 @@ def test_rollback_evidence_of_a_batch_equals_the_per_event_test() -> None:
     assert rollback_log_e(check.grid, check.profile.loglik) == pytest.approx(
         rollback_log_e(single.grid, single.loglik)
     )
+
+
+def test_a_step_all_on_the_canary_advances_on_the_floor_alone() -> None:
+    check, counters = CountCheck(CHECK, LEVELS), Counters()
+    check.record(counters.reads())
+    for _ in range(40):
+        counters.serve("canary", 1000, 0)  # stable serves nothing: its counters stand still
+        check.record(counters.reads())
+    evidence = check.evidence()
+    assert check.profile.events == 0
+    assert evidence.baseline.requests == 0
+    assert evidence.non_inferior
+    assert not evidence.crossed
