@@ -183,3 +183,11 @@ async def test_prometheus_stopped_holds_the_step_without_rolling_back(tmp_path: 
         assert runtime.controller is not None
         actions = {e.action for e in await runtime.controller.history("svc")}
         assert actions == {"start"}
+        # The status the API (and the CLI and the page) show says so too.
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{runtime.admin_url}/api/v1/services/svc") as response,
+        ):
+            status = await response.json()
+        assert status["status"] == "progressing"
+        assert status["verdict"]["summary"].startswith("no data from prometheus (prometheus:")

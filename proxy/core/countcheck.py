@@ -20,7 +20,12 @@ supermartingale in the filtration of looks, and Ville's inequality bounds the pr
 its mixture ever reaches 1/alpha by alpha. Equivalently: it is the per-event test of the other
 checks, with every event of a batch looked at once; batch boundaries are optional stopping
 times, and a test valid at every event is valid at any subsequence of looks. Large or uneven
-batches cost power (the share is coarser), never validity. The floor test (the canary's own
+batches cost power (the share is coarser), never validity. Nor does the rollback side rest on
+the Poisson approximation: with equal rates on the two arms, x_c given x is hypergeometric,
+which the binomial dominates in convex order (Hoeffding 1963), and each likelihood ratio of
+theta > 1 against 1 is convex and increasing in x_c, so its expectation is at most 1 (a canary
+with a lower rate only makes x_c smaller). The advance side (null theta >= tolerance) uses the
+binomial at the tolerance as its model, like the per-request test. The floor test (the canary's own
 bad/total against `min_rate`) is a product of per-request binomial likelihood ratios, which a
 batch only multiplies together. A batch in which an arm's total did not grow is not consumed:
 its events wait for the next batch (an arm without requests says nothing about theta).
