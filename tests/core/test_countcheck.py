@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.core.analysis import AnalysisConfig, StepAnalysis
+from proxy.core.baseline import RateCount
 from proxy.core.budget import check_levels, checks_share, error_grid, step_share
 from proxy.core.countcheck import NO_DATA, CountCheck, Increase, PromChecks, Read, add_batch
 from proxy.core.evidence import Profile, rollback_log_e
@@ -75,7 +76,9 @@ def test_increase_is_the_sum_of_the_gains_whatever_the_resets(
             value = 0.0
         value += gain
         total += gain
+        before = counter.value
         counter.update({"": value})
+        assert counter.value >= before  # an increase never goes down
     # Gains made between a restart and the next read are counted from the first value read
     # after the restart, so a reset can only lose counts, never add any.
     assert 0 <= counter.value <= total
@@ -302,3 +305,26 @@ def test_a_step_all_on_the_canary_advances_on_the_floor_alone() -> None:
     assert evidence.baseline.requests == 0
     assert evidence.non_inferior
     assert not evidence.crossed
+
+
+def test_a_canary_restarting_mid_step_keeps_its_counts_and_adds_no_false_events() -> None:
+    check, counters = CountCheck(CHECK, LEVELS), Counters()
+    check.record(counters.reads())
+    counters.serve("canary", 200, 2)
+    counters.serve("stable", 200, 2)
+    check.record(counters.reads())
+    counters.values["canary", "bad"] = counters.values["canary", "total"] = 0.0  # restarted
+    counters.serve("canary", 100, 1)
+    counters.serve("stable", 100, 1)
+    check.record(counters.reads())
+    evidence = check.evidence()
+    # The 100 canary payments since the restart are counted from the first value read after
+    # it (100, 1): a reset loses what came between two reads, never adds.
+    assert evidence.canary == RateCount(200, 2)
+    assert evidence.baseline == RateCount(300, 3)
+    assert check.profile.events == 4
+    counters.serve("canary", 100, 1)
+    counters.serve("stable", 100, 1)
+    check.record(counters.reads())
+    assert check.evidence().canary == RateCount(300, 3)
+    assert not check.evidence().crossed
