@@ -6,6 +6,7 @@ whatever the canary's failures do is seen through Prometheus alone.
 (a) The canary fails 1 payment in 4, stable 1 in 100: rolled back, the journal naming the
 check. (b) Both fail 1 in 50: never rolled back, and the step advances on the check's evidence.
 (c) Prometheus stopped mid-step: "no data from prometheus", no advance and no rollback.
+(d) Prometheus hung: each read times out (bounded), requests through the proxy never wait.
 """
 
 from __future__ import annotations
@@ -88,9 +89,11 @@ async def deployed(
 
 
 @asynccontextmanager
-async def traffic(runtime: Runtime) -> AsyncIterator[list[int]]:
+async def traffic(
+    runtime: Runtime, latencies: list[float] | None = None
+) -> AsyncIterator[list[int]]:
     """Payments through the proxy (8 clients, one tenant id per request) until the block
-    ends; the statuses the clients got."""
+    ends; the statuses the clients got (and each request's latency, when asked)."""
     statuses: list[int] = []
     stop = asyncio.Event()
 
@@ -99,9 +102,12 @@ async def traffic(runtime: Runtime) -> AsyncIterator[list[int]]:
         while not stop.is_set():
             i += 1
             headers = {"X-Tenant-ID": f"tenant-{n}-{i}"}
+            started = time.monotonic()
             async with session.get(f"{runtime.data_url}/pay", headers=headers) as response:
                 await response.read()
                 statuses.append(response.status)
+            if latencies is not None:
+                latencies.append(time.monotonic() - started)
             await asyncio.sleep(0.01)
 
     async with aiohttp.ClientSession() as session:
@@ -191,3 +197,29 @@ async def test_prometheus_stopped_holds_the_step_without_rolling_back(tmp_path: 
             status = await response.json()
         assert status["status"] == "progressing"
         assert status["verdict"]["summary"].startswith("no data from prometheus (prometheus:")
+
+
+async def test_a_hung_prometheus_times_out_and_never_delays_requests(tmp_path: Path) -> None:
+    deployment = deployed(tmp_path, stable_fails=50, canary_fails=50, observe="1s")
+    async with deployment as (runtime, rollout, prometheus):
+        check = rollout.analysis.prometheus.checks["payments"]
+        latencies: list[float] = []
+        async with traffic(runtime, latencies) as statuses:
+            assert await wait_for(lambda: not check.missing, 20)
+            prometheus.pause()
+            assert await wait_for(lambda: "timed out after 1s" in check.missing, 10)
+            latencies.clear()
+            await asyncio.sleep(3.0)  # three reads in a row hang for their whole timeout
+            last = rollout.last
+        # Requests kept flowing at their usual pace while the controller's reads hung.
+        assert len(latencies) > 100
+        assert max(latencies) < 0.5
+        assert set(statuses) == {200}
+        # Held where it was, with the reason (its step would advance after 1 s on evidence).
+        assert rollout.state.status is Status.PROGRESSING
+        assert rollout.state.step == 0
+        assert last is not None
+        assert last.verdict is Verdict.INCONCLUSIVE
+        assert "no data from prometheus (prometheus:payments: stable bad: timed out" in (
+            last.summary
+        )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import signal
 import socket
 from pathlib import Path
 
@@ -95,9 +96,14 @@ class PrometheusServer:
             await asyncio.sleep(0.2)
         raise AssertionError("prometheus did not scrape its targets")
 
+    def pause(self) -> None:
+        """SIGSTOP: connections are accepted by the kernel and nothing answers (a hung server)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
     async def stop(self) -> None:
         if self.proc is not None and self.proc.returncode is None:
-            self.proc.kill()
+            self.proc.kill()  # also ends a paused one
             await self.proc.wait()
 
 
