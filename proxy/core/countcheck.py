@@ -262,17 +262,15 @@ class PromChecks:
         if not missing or assessment.verdict is Verdict.DEGRADED:
             return assessment
         why = "; ".join(f"{check}: {reason}" for check, reason in missing.items())
-        summary = f"{NO_DATA} ({why})"
+        summary, needed = f"{NO_DATA} ({why})", -1  # -1: no count of requests brings data
         if assessment.verdict is Verdict.INCONCLUSIVE:
-            summary = f"{summary}; {assessment.summary}"
+            summary, needed = f"{summary}; {assessment.summary}", assessment.requests_needed
         return replace(
             assessment,
             verdict=Verdict.INCONCLUSIVE,
             check=next(iter(missing)),
             summary=summary,
-            requests_needed=-1
-            if assessment.verdict is Verdict.HEALTHY
-            else (assessment.requests_needed),
+            requests_needed=needed,
         )
 
 
