@@ -164,7 +164,7 @@ async def test_equal_failure_rates_never_roll_back_and_advance(tmp_path: Path) -
         assert check["non_inferior"]
         assert not check["crossed"]
         assert check["canary"]["requests"] >= 20
-        assert check["baseline"]["requests"] > 0  # stable was read too
+        assert check["baseline"]["requests"] >= 20
 
 
 async def test_prometheus_stopped_holds_the_step_without_rolling_back(tmp_path: Path) -> None:

@@ -302,7 +302,8 @@ class StepAnalysis:
         )
         self.routes = tuple(self._route_check(r, share, n) for r in config.routes)
         self._prefixes = tuple(r.path_prefix for r in config.routes)
-        self.prometheus = PromChecks(config.prometheus, self._levels(share, 1, 0))
+        levels = self._levels(share, 1, 0)
+        self.prometheus = PromChecks(config.prometheus, levels, self.expected_shares)
         references = {t: (r.counts, r.high) for t, r in self.errors.refs.items()}
         self._guard = Guardrail(
             config.guardrail_max_error_rate,

@@ -31,11 +31,12 @@ batch only multiplies together. A batch in which an arm's total did not grow is 
 its events wait for the next batch (an arm without requests says nothing about theta).
 
 *Levels.* Each prometheus check is a check of weight 1 in the step's budget (analysis.py), so
-its rollback rate is a share of the same false-rollback rate. Rolling back needs `min_total` on
-each arm. Advancing needs non-inferiority, as the error check: the ratio's advance test at 1 +
-max_increase averaged with the floor test, and `min_total` on the canary. It has no
-pre-exposure baseline: in a step with no stable traffic (all on the canary) the ratio gathers
-nothing, and only the floor test (`min_rate`) can show the canary within tolerance.
+its rollback rate is a share of the same false-rollback rate. Either verdict needs `min_total`
+on each arm. Advancing needs non-inferiority, as the error check: the ratio's advance test at
+1 + max_increase averaged with the floor test. It has no pre-exposure baseline: in a step whose
+plan sends every tier wholly to the canary (`canary_only`, no stable traffic) the ratio gathers
+nothing, `min_total` is asked of the canary alone, and only the floor test (`min_rate`) can show
+the canary within tolerance.
 
 *No data is not health.* A check whose latest reads did not all succeed (an error, no series, a
 timeout), or that has not been read yet, is `missing`: the step cannot advance, the verdict
@@ -48,6 +49,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from math import ceil, exp, inf, log
+from types import MappingProxyType
 
 from proxy.core.baseline import RateCount
 from proxy.core.budget import Levels, error_grid
@@ -64,7 +66,7 @@ from proxy.core.evidence import (
     upper_bound,
 )
 from proxy.core.promql import KINDS, VARIANTS, PromCheck
-from proxy.core.traffic import Concentration
+from proxy.core.traffic import WHOLE_SHARE, Concentration
 from proxy.core.verdict import Assessment, CheckEvidence, Source, TierEvidence, Verdict
 
 NOT_READ = "not read yet"
@@ -125,6 +127,7 @@ class CountCheck:
     __slots__ = (
         "_crossed",
         "_shown",
+        "canary_only",
         "config",
         "consumed",
         "grid",
@@ -135,8 +138,10 @@ class CountCheck:
         "seen",
     )
 
-    def __init__(self, config: PromCheck, levels: Levels) -> None:
+    def __init__(self, config: PromCheck, levels: Levels, *, canary_only: bool = False) -> None:
+        """`canary_only`: the step sends no traffic to stable (see the module docstring)."""
         self.config = config
+        self.canary_only = canary_only
         self.levels = levels
         self.grid: RatioGrid = error_grid(config.max_increase)
         self.profile = Profile(self.grid)
@@ -176,14 +181,12 @@ class CountCheck:
         add_batch(self.profile, x_c, x_s, n_c / (n_c + n_s))
         self.consumed = self.seen
 
-    def _enough(self, *, both: bool) -> bool:
-        """`min_total` on the canary, and on stable too (`both`: rolling back)."""
+    def _short(self, *, both: bool) -> int:
+        """How much `total` is still missing for `min_total` on the canary, and on stable too
+        (`both`: rolling back; or advancing in a step that has stable traffic)."""
         canary, stable = self.seen.canary.requests, self.seen.stable.requests
-        return (
-            min(canary, stable) >= self.config.min_total
-            if both
-            else (canary >= self.config.min_total)
-        )
+        least = min(canary, stable) if both or not self.canary_only else canary
+        return max(0, self.config.min_total - least)
 
     def evidence(self) -> CheckEvidence:
         loglik = self.profile.loglik
@@ -194,8 +197,8 @@ class CountCheck:
         advance = advance_log_e(self.grid, loglik)
         if self.config.min_rate > 0.0:
             advance = either_log_e(advance, floor)
-        self._crossed = self._crossed or (self._enough(both=True) and roll >= log_roll)
-        self._shown = self._shown or (self._enough(both=False) and advance >= log_adv)
+        self._crossed = self._crossed or (not self._short(both=True) and roll >= log_roll)
+        self._shown = self._shown or (not self._short(both=False) and advance >= log_adv)
         total = canary.requests + stable.requests
         share = canary.requests / total if total else 0.0
         tier = TierEvidence("prometheus", canary, stable, share, Source.CONCURRENT)
@@ -223,8 +226,7 @@ class CountCheck:
     def _needed(self, log_adv: float, advance: float, floor: float) -> int:
         """More canary requests (of `total`) to show non-inferiority at the current rates: the
         nearer of `min_total` plus the floor test's need (-1: nothing to size it by)."""
-        canary = self.seen.canary
-        short = max(0, self.config.min_total - canary.requests)
+        canary, short = self.seen.canary, self._short(both=False)
         if advance >= log_adv:
             return short
         rate = canary.rate if canary.requests else 0.0
@@ -240,8 +242,17 @@ class PromChecks:
 
     __slots__ = ("checks",)
 
-    def __init__(self, configs: tuple[PromCheck, ...], levels: Levels) -> None:
-        self.checks = {c.name: CountCheck(c, levels) for c in configs}
+    def __init__(
+        self,
+        configs: tuple[PromCheck, ...],
+        levels: Levels,
+        expected_shares: Mapping[str, float] = MappingProxyType({}),
+    ) -> None:
+        """`expected_shares`: the canary share the routing plan gives each tier (all of them
+        whole: the step has no stable traffic)."""
+        shares = expected_shares.values()
+        only = bool(shares) and min(shares) >= WHOLE_SHARE
+        self.checks = {c.name: CountCheck(c, levels, canary_only=only) for c in configs}
 
     def record(self, name: str, reads: Mapping[tuple[str, str], Read]) -> None:
         check = self.checks.get(name)

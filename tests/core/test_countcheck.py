@@ -294,8 +294,9 @@ def test_rollback_evidence_of_a_batch_equals_the_per_event_test() -> None:
     )
 
 
-def test_a_step_all_on_the_canary_advances_on_the_floor_alone() -> None:
-    check, counters = CountCheck(CHECK, LEVELS), Counters()
+@pytest.mark.parametrize("canary_only", [True, False])
+def test_a_step_all_on_the_canary_advances_on_the_floor_alone(canary_only: bool) -> None:
+    check, counters = CountCheck(CHECK, LEVELS, canary_only=canary_only), Counters()
     check.record(counters.reads())
     for _ in range(40):
         counters.serve("canary", 1000, 0)  # stable serves nothing: its counters stand still
@@ -303,8 +304,20 @@ def test_a_step_all_on_the_canary_advances_on_the_floor_alone() -> None:
     evidence = check.evidence()
     assert check.profile.events == 0
     assert evidence.baseline.requests == 0
-    assert evidence.non_inferior
+    # Only a step whose plan leaves stable no traffic may advance without stable's counts
+    # (elsewhere they may just not be scraped yet).
+    assert evidence.non_inferior is canary_only
+    assert evidence.requests_needed == (0 if canary_only else CHECK.min_total)
     assert not evidence.crossed
+
+
+def test_the_plan_says_when_a_step_is_all_on_the_canary() -> None:
+    def canary_only(shares: dict[str, float]) -> bool:
+        return PromChecks((CHECK,), LEVELS, shares).checks["payments"].canary_only
+
+    assert canary_only({"free": 1.0, "paid": 0.99})
+    assert not canary_only({"free": 1.0, "paid": 0.5})
+    assert not canary_only({})
 
 
 def test_a_canary_restarting_mid_step_keeps_its_counts_and_adds_no_false_events() -> None:
