@@ -50,6 +50,7 @@ from proxy.core.routing import RoutingPlan
 from proxy.errors import StaleVersion, StateError, StoreUnavailable
 from proxy.feed import AnalysisFeed
 from proxy.fleet.batch import ServiceEvidence, replay
+from proxy.promquery import PromReader
 from proxy.releases import (
     StartRequest,
     ended,
@@ -156,6 +157,7 @@ class Controller:
         self._task: asyncio.Task[None] | None = None
         self._pending_tasks: set[asyncio.Task[Transition]] = set()
         self._books_lock = asyncio.Lock()  # one release write at a time
+        self.prometheus = PromReader()  # the prometheus checks' counters, read every tick
 
     # --- start and resume -----------------------------------------------------------------
 
@@ -478,6 +480,7 @@ class Controller:
         """Take a verdict for every progressing rollout and act on it."""
         if not self.deciding or self.state_error:
             return
+        await self.prometheus.read(self.rollouts.values())  # bounded by each check's timeout
         now = self.clock.monotonic()
         for name, rollout in self.rollouts.items():
             if rollout.state.status is not Status.PROGRESSING or name in self.pending:
@@ -831,6 +834,7 @@ class Controller:
             await stop_tasks([self._task], CLOSE_WAIT_S)
             self._task = None
         await finish(self._pending_tasks, CLOSE_WAIT_S)
+        await self.prometheus.close()
 
 
 _OVER = frozenset({Status.COMPLETED, Status.ROLLED_BACK})

@@ -88,3 +88,8 @@ class StaleVersion(StateError):
 class StoreUnavailable(StateError):
     """The state store cannot be reached or written now (Redis away, a full disk): nothing
     changed, and the same call may succeed later."""
+
+
+class NoPromData(ProxyError):
+    """A Prometheus query gave no usable value (an error answer, no series, a timeout): the
+    check it belongs to has no data, which blocks advancing and never rolls back."""

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from types import MappingProxyType
 
 from proxy.config import reader as read
+from proxy.config.prometheus import prometheus_checks
 from proxy.core.analysis import AnalysisConfig, RouteCheck
 from proxy.errors import ConfigError
 
@@ -18,11 +20,14 @@ _KEYS = (
     "routes",
     "error_statuses",
     "false_rollback_rate",
+    "prometheus",
 )
 _STATUS = re.compile(r"[1-5](?:xx|[0-9]{2})")
 
 
-def analysis(value: object, path: str) -> AnalysisConfig:
+def analysis(
+    value: object, path: str, env: Mapping[str, str] = MappingProxyType({})
+) -> AnalysisConfig:
     data = read.mapping(value, path, _KEYS)
     default = AnalysisConfig()
     errors = read.mapping(
@@ -76,6 +81,7 @@ def analysis(value: object, path: str) -> AnalysisConfig:
             1e-6,
             0.2,
         ),
+        prometheus=prometheus_checks(data.get("prometheus", []), read.key(path, "prometheus"), env),
     )
 
 

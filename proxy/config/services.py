@@ -66,7 +66,7 @@ def service(value: object, path: str, env: Mapping[str, str]) -> ServiceConfig:
     tier_config = tiers(data.get("tiers", {}), read.key(path, "tiers"))
     upstreams = _upstreams(data["upstreams"], read.key(path, "upstreams"))
     tls = _upstream_tls(data, upstreams, path)
-    rollout = _rollout(data["rollout"], read.key(path, "rollout"), name, tier_config)
+    rollout = _rollout(data["rollout"], read.key(path, "rollout"), name, tier_config, env)
     _check_tenants(rules, tier_config, rollout, path)
     _check_canary(upstreams, rollout, path)
     return ServiceConfig(
@@ -263,7 +263,13 @@ def _method(value: object, path: str) -> str:
     return method
 
 
-def _rollout(value: object, path: str, service_name: str, tier_config: TierConfig) -> RolloutConfig:
+def _rollout(
+    value: object,
+    path: str,
+    service_name: str,
+    tier_config: TierConfig,
+    env: Mapping[str, str],
+) -> RolloutConfig:
     keys = ("strategy", "salt", "pins", "steps", "analysis", "baseline", "shadow")
     data = read.mapping(value, path, keys, required=("steps",))
     strategy = read.choice(data.get("strategy", "canary"), read.key(path, "strategy"), _STRATEGIES)
@@ -287,7 +293,7 @@ def _rollout(value: object, path: str, service_name: str, tier_config: TierConfi
         salt=read.string(data.get("salt", service_name), read.key(path, "salt")),
         pins=MappingProxyType(pins),
         steps=steps,
-        analysis=analysis(data.get("analysis", {}), read.key(path, "analysis")),
+        analysis=analysis(data.get("analysis", {}), read.key(path, "analysis"), env),
         baseline_s=_default_baseline(steps)
         if baseline is None
         else read.duration(baseline, read.key(path, "baseline"), allow_zero=True),

@@ -75,6 +75,18 @@ regression into a false showing of non-inferiority. Nor does a step advance duri
 incident: nothing can be judged then, and it keeps an incident from following the rollout into a
 step with no stable traffic to compare with.
 
+*Prometheus checks* (countcheck.py, promql.py): a ratio of two counters per variant (`bad`
+over `total`), read from a Prometheus server every interval as increases since the step began,
+in batches. Each is a check of weight 1 in the split above, like a route (its rollback rate a
+share of the step's), tested with the same conditional e-process fed one batch at a time:
+given a batch's totals, each of its bad events is the canary's with probability q at the
+batch's own measured share, so a batch's likelihood ratio has expectation at most 1 under the
+null and the product over batches stays a test supermartingale; batch boundaries are optional
+stopping times of the per-event test, which Ville's inequality covers at any look. Advancing
+needs each of them non-inferior too, and a check without data (an error, no series, a timeout,
+or not read yet) holds the step inconclusive ("no data from prometheus") without ever rolling
+it back. A shadow step and the baseline period do not read them.
+
 *Weight per id.* An id contributes at most 10 events per 10 s to the evidence (traffic.py), and
 the cap only ever removes evidence from the side it would help: the canary's events of an id over
 its cap do not count for rolling back (against a pre-exposure baseline, none of that id's
@@ -148,9 +160,11 @@ from proxy.core.budget import (
     step_share,
 )
 from proxy.core.checks import RatioCheck, Reference
+from proxy.core.countcheck import PromChecks
 from proxy.core.guardrail import Guardrail
 from proxy.core.latency import LatencyHistogram
 from proxy.core.outcome import status_class
+from proxy.core.promql import PromCheck
 from proxy.core.shadow import MAX_ROUTES, generalize
 from proxy.core.summary import degraded, guardrail, healthy, inconclusive
 from proxy.core.traffic import IncidentWatch, ShareEstimate
@@ -203,6 +217,7 @@ class AnalysisConfig:
     routes: tuple[RouteCheck, ...] = ()
     error_statuses: frozenset[str] = field(default_factory=lambda: frozenset({"5xx"}))
     false_rollback_rate: float = 0.01
+    prometheus: tuple[PromCheck, ...] = ()  # checks on the service's own counters
 
 
 # The class and the text of every three-digit status, made once: classifying a response (on
@@ -287,6 +302,8 @@ class StepAnalysis:
         )
         self.routes = tuple(self._route_check(r, share, n) for r in config.routes)
         self._prefixes = tuple(r.path_prefix for r in config.routes)
+        levels = self._levels(share, 1, 0)
+        self.prometheus = PromChecks(config.prometheus, levels, self.expected_shares)
         references = {t: (r.counts, r.high) for t, r in self.errors.refs.items()}
         self._guard = Guardrail(
             config.guardrail_max_error_rate,
@@ -298,7 +315,7 @@ class StepAnalysis:
         self._tripped: Assessment | None = None
 
     def _levels(self, share: float, weight: int, baselines: int) -> Levels:
-        total = ERRORS_WEIGHT + 1 + len(self.config.routes)
+        total = ERRORS_WEIGHT + 1 + len(self.config.routes) + len(self.config.prometheus)
         rate = self.config.false_rollback_rate
         return check_levels(rate, checks_share(share, weight, total), baselines)
 
@@ -382,7 +399,7 @@ class StepAnalysis:
             check.evidence(1.0 + route.error_max_increase)
             for check, route in zip(self.routes, self.config.routes, strict=True)
         ]
-        return (errors, latency, *routes)
+        return (errors, latency, *routes, *self.prometheus.evidence())
 
     def observe_shadow(
         self,
@@ -411,8 +428,10 @@ class StepAnalysis:
         if crossed and not shortfall:
             return degraded(max(crossed, key=lambda c: c.e_value / c.threshold), checks, now)
         if not shortfall and all(c.non_inferior for c in checks) and not self._incident.active:
-            return healthy(checks, now)
-        return inconclusive(checks, shortfall, now, incident=self._incident.active)
+            return self.prometheus.hold(healthy(checks, now))
+        return self.prometheus.hold(
+            inconclusive(checks, shortfall, now, incident=self._incident.active)
+        )
 
     def _shortfall(self) -> int:
         """Requests still missing on the shorter arm before min_requests is met."""

@@ -2,10 +2,10 @@
 
 The split (theory in analysis.py): step i of n spends 1/2, 1/4, ... of the rollout's rate, the
 last step what is left; within a step 1% goes to the guardrail and the rest to the checks, each
-by its weight (errors 3, latency 1, each route 1); within a check, 10% goes to the pre-exposure
-baselines' bounds when there are any. Advancing is held to the rollout's rate per step and
-check (intersection-union test), with the same 10% for the baselines' lower bounds. Pure
-arithmetic.
+by its weight (errors 3, latency, each route and each prometheus check 1); within a check,
+10% goes to the pre-exposure baselines' bounds when there are any. Advancing is held to the
+rollout's rate per step and check (intersection-union test), with the same 10% for the
+baselines' lower bounds. Pure arithmetic.
 """
 
 from __future__ import annotations

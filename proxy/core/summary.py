@@ -38,6 +38,11 @@ def describe(check: CheckEvidence) -> str:
             f"from stable's (tolerated {_pct(check.floor)})"
             + (f"; differing: {differing}" if differing else "")
         )
+    if check.check.startswith("prometheus:"):
+        return (
+            f"{check.check}: canary {_pct(c.rate)} bad vs {_pct(b.rate)} stable, over "
+            f"{c.requests:,} canary and {b.requests:,} stable counts since the step began"
+        )
     if check.check == "latency":
         return (
             f"latency: {_pct(c.rate)} of canary requests slower than the tolerated quantile "
