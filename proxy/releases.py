@@ -22,6 +22,7 @@ from typing import Any
 from proxy.config import Config, ServiceConfig, Upstream, UpstreamsConfig
 from proxy.config import reader as read
 from proxy.config.analysis import increase, route_check
+from proxy.config.prometheus import release_check
 from proxy.config.services import _default_baseline, _step
 from proxy.core.analysis import AnalysisConfig, RouteCheck
 from proxy.core.releases import (
@@ -38,7 +39,7 @@ from proxy.store.records import ReleaseBook, ReleaseRecord
 _CHANGE_KEYS = ("commit", "url", "summary", "author", "routes")
 _STEP_KEYS = ("percent", "tiers", "tenants", "observe")
 _BODY_KEYS = ("version", "canary", "steps", "change", "checks", "salt", "supersede")
-_CHECK_KINDS = ("errors", "latency", "route")
+_CHECK_KINDS = ("errors", "latency", "route", "prometheus")
 MAX_RELEASE_ROUTES = 20  # route checks a release may add (each takes a share of the budget)
 
 
@@ -112,6 +113,7 @@ def release_analysis(
     The checks a release brings are named after it (`route:/login [release 1.4.2]`)."""
     origin = f"release {version}"
     routes = list(base.routes)
+    prometheus = list(base.prometheus)
     quantile, latency = base.latency_quantile, base.latency_max_increase
     for i, item in enumerate(checks):
         path = read.index("checks", i)
@@ -125,6 +127,14 @@ def release_analysis(
             routes.append(RouteCheck("/", tolerance, origin))
         elif kind == "route":
             routes.append(route_check(value, kind_path, base.error_max_increase, origin))
+        elif kind == "prometheus":
+            if not base.prometheus:
+                raise ConfigError(
+                    kind_path,
+                    "the service has no Prometheus server to ask: configure a check in its "
+                    "rollout.analysis.prometheus (releases bring queries, not servers)",
+                )
+            prometheus.append(release_check(value, kind_path, base.prometheus[0], origin))
         else:
             section = read.mapping(value, kind_path, ("quantile", "max_increase"))
             latency = min(latency, increase(section, kind_path, latency))
@@ -138,7 +148,11 @@ def release_analysis(
     if len(routes) - len(base.routes) > MAX_RELEASE_ROUTES:
         raise ConfigError("checks", f"a release may add at most {MAX_RELEASE_ROUTES} route checks")
     return dataclasses.replace(
-        base, routes=tuple(routes), latency_quantile=quantile, latency_max_increase=latency
+        base,
+        routes=tuple(routes),
+        latency_quantile=quantile,
+        latency_max_increase=latency,
+        prometheus=tuple(prometheus),
     )
 
 

@@ -182,3 +182,31 @@ async def test_the_cli_starts_a_release_with_its_checks_and_a_pair_without_canar
     finally:
         await stable.close()
         await green.close()
+
+
+def test_a_release_brings_prometheus_queries_for_the_services_own_server() -> None:
+    svc = service(["http://127.0.0.1:9"], ["http://127.0.0.1:10"], name="shop",
+                  steps=[{"percent": 50}])  # fmt: skip
+    query = 'sum(payment_{}_total{{version="{{{{variant}}}}"}})'
+    svc["rollout"]["analysis"] = {"prometheus": [{
+        "name": "payments", "url_env": "PROM_URL",
+        "bad": query.format("failures"), "total": query.format("attempts"),
+    }]}  # fmt: skip
+    shop = parse_config(config_dict(svc), {"PROM_URL": "http://127.0.0.1:9090"}).services[0]
+    login = {"name": "logins", "bad": query.format("login_failures"),
+             "total": query.format("logins"), "max_increase": 0.1}  # fmt: skip
+    body = {"version": "2.0", "canary": ["http://127.0.0.1:11"],
+            "checks": [{"prometheus": login}]}  # fmt: skip
+    request = start_request(body, shop)
+    analysis = release_analysis(shop.rollout.analysis, request.checks, request.change, "2.0")
+    names = [(c.check, c.url, c.max_increase) for c in analysis.prometheus]
+    assert names == [
+        ("prometheus:payments", "http://127.0.0.1:9090", 0.2),
+        ("prometheus:logins [release 2.0]", "http://127.0.0.1:9090", 0.1),
+    ]
+    with pytest.raises(ConfigError) as caught:
+        start_request(body, _service())  # no Prometheus server configured for this service
+    assert caught.value.path == "checks[0].prometheus"
+    with pytest.raises(ConfigError) as caught:
+        start_request({**body, "checks": [{"prometheus": {**login, "url_env": "X"}}]}, shop)
+    assert caught.value.path == "checks[0].prometheus.url_env"

@@ -16,6 +16,7 @@ the URL itself is never echoed (it may carry credentials). See docs/configuratio
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
 
@@ -48,6 +49,15 @@ def prometheus_checks(value: object, path: str, env: Mapping[str, str]) -> tuple
             raise ConfigError(read.key(read.index(path, i), "name"), f"duplicate {check.name!r}")
         checks.append(check)
     return tuple(checks)
+
+
+def release_check(value: object, path: str, server: PromCheck, origin: str) -> PromCheck:
+    """A check a release brings: the service's Prometheus server (that of `server`, its first
+    configured check: servers are the config's, queries the change's), named after `origin`."""
+    data = dict(read.mapping(value, path, tuple(k for k in _KEYS if k != "url_env")))
+    data["url_env"] = server.url_env
+    check = _check(data, path, {server.url_env: server.url})
+    return dataclasses.replace(check, name=f"{check.name} [{origin}]")
 
 
 def _check(value: object, path: str, env: Mapping[str, str]) -> PromCheck:
