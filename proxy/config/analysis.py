@@ -6,6 +6,7 @@ import re
 from collections.abc import Mapping
 
 from proxy.config import reader as read
+from proxy.config.servertiming import server_timing
 from proxy.core.analysis import AnalysisConfig, RouteCheck
 from proxy.errors import ConfigError
 
@@ -16,6 +17,7 @@ _KEYS = (
     "latency",
     "guardrail",
     "routes",
+    "server_timing",
     "error_statuses",
     "false_rollback_rate",
 )
@@ -69,6 +71,7 @@ def analysis(value: object, path: str) -> AnalysisConfig:
             1,
         ),
         routes=_routes(data.get("routes", []), read.key(path, "routes")),
+        server_timing=server_timing(data.get("server_timing", []), read.key(path, "server_timing")),
         error_statuses=_statuses(data.get("error_statuses"), read.key(path, "error_statuses")),
         false_rollback_rate=read.number(
             data.get("false_rollback_rate", default.false_rollback_rate),

@@ -1,10 +1,10 @@
 """Budget: how the rollout's false-rollback rate is split, and the ratio grid of each check.
 
-The split (theory in analysis.py): step i of n spends 1/2, 1/4, ... of the rollout's rate, the
-last step what is left; within a step 1% goes to the guardrail and the rest to the checks, each
-by its weight (errors 3, latency 1, each route 1); within a check, 10% goes to the pre-exposure
-baselines' bounds when there are any. Advancing is held to the rollout's rate per step and
-check (intersection-union test), with the same 10% for the baselines' lower bounds. Pure
+The split (theory in analysis.py): step i of n spends 1/2, 1/4, ... of the rollout's rate, the last
+step what is left; within a step 1% goes to the guardrail and the rest to the checks, each by its
+weight (errors 3, latency 1, each route and each Server-Timing check 1); within a check, 10% goes to
+the pre-exposure baselines' bounds when there are any. Advancing is held to the rollout's rate per
+step and check (intersection-union test), with the same 10% for the baselines' lower bounds. Pure
 arithmetic.
 """
 
