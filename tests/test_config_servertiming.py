@@ -4,9 +4,11 @@ value refused with its key path; refused where the evidence could not carry it."
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from proxy.config import ConfigError, parse_config
 from proxy.config.changes import describe
@@ -137,3 +139,15 @@ def test_fleet_and_worker_processes_refuse_server_timing_checks() -> None:
     with pytest.raises(ConfigError, match=re.escape(f"{KEY}: Server-Timing checks need the")):
         Runtime(config, workers=2, config_path="unused.yaml", source="")
     assert Runtime(config, workers=1).workers == 1
+
+
+def test_every_block_of_docs_checks_md_is_a_valid_analysis_section() -> None:
+    text = (Path(__file__).resolve().parents[1] / "docs" / "checks.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", text, re.DOTALL)
+    assert len(blocks) >= 5
+    for block in blocks:
+        section = yaml.safe_load(block)
+        data = example_data()
+        svc(data)["rollout"]["analysis"] = section
+        analysis = parse_config(data, ENV).services[0].rollout.analysis
+        assert analysis.server_timing or analysis.routes
