@@ -5,8 +5,10 @@ A `ServerTimingCheck` names a Server-Timing metric and how to judge it:
   (`quantile`, default the median) by the slow-event machinery of the latency check: a stable
   request whose `dur` is over its tier's recent stable q-quantile tau is an event, and so is a
   canary request whose `dur` is over (1 + max_increase) * tau. The population is the requests
-  that carry the metric with a `dur`; the ratio grid and the floor are the latency check's
-  (tolerance 1 in the threshold, floor 1 - q).
+  that carry the metric with a `dur`; tolerance 1 (it is in the threshold) and floor 1 - q as
+  for latency, but rollback alternatives from 1.1 up (`duration_grid`): at a central quantile
+  events are frequent and the ratio is at most 1 / (1 - q), so +30% against +20% tolerated at
+  the median is a ratio of about 1.13.
 - `judge: rate`: per request, an event when the metric is present (with `desc` equal to the
   check's `desc`, when it names one). The population is every request the upstream answered;
   the grid is the error check's (tolerance 1 + max_increase) and the floor `min_rate`.
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from proxy.core.baseline import RateCount, TimingBaseline
-from proxy.core.budget import Levels, error_grid, latency_grid
+from proxy.core.budget import Levels, duration_grid, error_grid
 from proxy.core.checks import RatioCheck
 from proxy.core.latency import LatencyHistogram
 from proxy.core.servertiming import TimingEntry
@@ -91,7 +93,7 @@ class TimingChecks:
             if spec.name in by_name
         }
         if spec.judge == DURATION:
-            grid, floor = latency_grid(), 1.0 - spec.quantile
+            grid, floor = duration_grid(), 1.0 - spec.quantile
         else:
             grid, floor = error_grid(spec.max_increase), spec.min_rate
         return RatioCheck(spec.name, grid, levels, refs, self.started, floor)
