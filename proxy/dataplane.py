@@ -75,9 +75,8 @@ class Evidence:
         timing: tuple[TimingEntry, ...],
     ) -> None:
         """`observe` of an upstream's response with the Server-Timing entries its service's
-        checks name. A sink that cannot carry them counts the request without them (the
-        config refuses Server-Timing checks where such a sink runs: fleet, worker processes)."""
-        self.observe(service, tier, canary, status, latency_s, path, id_hash, False)
+        checks name (the analysis feed judges them; an evidence buffer ships them)."""
+        raise NotImplementedError
 
 
 class Recorder:

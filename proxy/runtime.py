@@ -77,7 +77,6 @@ class Runtime:
             raise ValueError("worker processes read the config from a file: give config_path")
         if workers > 1:
             refuse_shadow_steps(config)
-            refuse_server_timing(config)
         self.workers = workers
         self.config_path = config_path
         if workers > 1 and source is None:
@@ -184,7 +183,6 @@ class Runtime:
             reload_tls(self._engine, config)  # first: a certificate that fails changes nothing
         if self.supervisor is not None:
             refuse_shadow_steps(config)
-            refuse_server_timing(config)
             self.supervisor.staged = source
         notes = await self.controller.reconfigure(config)
         if self._engine is not None:
@@ -245,17 +243,6 @@ def refuse_shadow_steps(config: Config) -> None:
                     f"services[{i}].rollout.steps[{j}].shadow",
                     "shadow steps need the single-process data plane: run with --workers 1",
                 )
-
-
-def refuse_server_timing(config: Config) -> None:
-    """Worker processes do not ship Server-Timing values: such checks would judge without
-    them."""
-    for i, service in enumerate(config.services):
-        if service.rollout.analysis.server_timing:
-            raise ConfigError(
-                f"services[{i}].rollout.analysis.server_timing",
-                "Server-Timing checks need the single-process data plane: run with --workers 1",
-            )
 
 
 def _replica(

@@ -4,7 +4,8 @@ in `Server-Timing` where their time went.
 Real aiohttp apps on loopback behind `rollout-proxy run`. (a) A canary whose `db;dur=` is twice
 stable's is rolled back, the verdict and the journal naming `server_timing:db`. (b) The same
 distribution on both arms advances. (c) A canary whose `cache;desc=miss` rate is twice stable's
-is rolled back naming that check. Clients never see the header, which the checks read (in
+is rolled back naming that check. (d) With two worker processes, whose evidence batches carry
+the entries, (a) holds too. Clients never see the header, which the checks read (in
 process, a service without checks relays it, and `strip_server_timing: true` strips it).
 """
 
@@ -133,11 +134,13 @@ async def journal(proxy: ProxyProcess) -> list[dict[str, Any]]:
     return decisions
 
 
-async def rolled_back_by(tmp_path: Path, stable: TimingApp, canary: TimingApp) -> str:
+async def rolled_back_by(
+    tmp_path: Path, stable: TimingApp, canary: TimingApp, args: tuple[str, ...] = ()
+) -> str:
     """Run the rollout until it is rolled back; the check its verdict and journal name."""
     async with pair(stable, canary) as (stable_url, canary_url):
         config = timing_config(tmp_path, stable_url, canary_url)
-        proxy = await ProxyProcess(config, tmp_path, {}).start()
+        proxy = await ProxyProcess(config, tmp_path, {}, args).start()
         try:
             status = await drive(proxy, {"rolled_back"})
             decisions = await journal(proxy)
@@ -155,6 +158,12 @@ async def test_a_canary_whose_db_time_doubles_is_rolled_back_naming_the_check(
     tmp_path: Path,
 ) -> None:
     check = await rolled_back_by(tmp_path, TimingApp(10.0, 0.2, 1), TimingApp(20.0, 0.2, 2))
+    assert check == "server_timing:db"
+
+
+async def test_worker_processes_ship_server_timing_to_the_analysis(tmp_path: Path) -> None:
+    stable, canary = TimingApp(10.0, 0.2, 11), TimingApp(20.0, 0.2, 12)
+    check = await rolled_back_by(tmp_path, stable, canary, ("--workers", "2"))
     assert check == "server_timing:db"
 
 

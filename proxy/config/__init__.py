@@ -258,21 +258,7 @@ def parse_config(data: object, env: Mapping[str, str]) -> Config:
         tls=None if top.get("tls") is None else listener_tls(top["tls"], "tls"),
     )
     _check_client_cert_rules(config)
-    _check_server_timing(config)
     return config
-
-
-def _check_server_timing(config: Config) -> None:
-    """A fleet's evidence batches do not carry Server-Timing values: refuse the checks there
-    rather than judge without them."""
-    if config.state.backend != "redis":
-        return
-    for i, svc in enumerate(config.services):
-        if svc.rollout.analysis.server_timing:
-            raise ConfigError(
-                f"services[{i}].rollout.analysis.server_timing",
-                "needs a single proxy (state.backend: file): fleet replicas do not ship it",
-            )
 
 
 def _check_client_cert_rules(config: Config) -> None:
