@@ -60,11 +60,16 @@ SIGMA = 0.5  # log-normal latency spread
 INCIDENT_S, INCIDENT_RATE = 60.0, 0.20
 CONFIG = AnalysisConfig()
 # The Server-Timing scenarios: every response carries `db;dur=<ms>`, log-normal (sigma DB_SIGMA)
-# around its tier's DB_MEDIAN_MS; the service is checked on its median db time, +20% tolerated.
+# around its tier's DB_MEDIAN_MS, and `cache;desc=miss` (MISS_RATE of them) or `cache;desc=hit`;
+# the service is checked on its median db time (+20% tolerated) and its miss rate (+10%).
 DB_CHECK = ServerTimingCheck("db", "duration", 0.2)
-TIMING_CONFIG = replace(CONFIG, server_timing=(DB_CHECK,))
+MISS_CHECK = ServerTimingCheck("cache", "rate", 0.1, desc="miss")
+TIMING_CONFIG = replace(CONFIG, server_timing=(DB_CHECK, MISS_CHECK))
 DB_SIGMA = 0.5
 DB_MEDIAN_MS = (4.0, 8.0, 12.0, 20.0)  # per tier, as TIERS
+MISS_RATE = 0.2
+_HIT = TimingEntry("cache", None, "hit")
+_MISS = TimingEntry("cache", None, "miss")
 Z99 = NormalDist().inv_cdf(0.99)
 
 
@@ -92,7 +97,10 @@ class Scenario:
     error_factor: float = 1.0  # canary error rate / stable's
     latency_factor: float = 1.0  # canary latency / stable's
     target_s: float = 0.0
-    db_factor: float = 0.0  # > 0: responses carry Server-Timing db; canary db time / stable's
+    timing: bool = False  # responses carry Server-Timing, and the service checks it
+    db_factor: float = 1.0  # canary db time / stable's
+    miss_factor: float = 1.0  # canary cache miss rate / stable's ...
+    miss_tier: str = ""  # ... in this tier only ("": every tier)
 
 
 REGRESSIONS = (
@@ -100,8 +108,16 @@ REGRESSIONS = (
     Scenario("1.0% errors on a 25% step", 25.0, error_factor=2.0, target_s=20.0),
     Scenario("1.0% errors on a 5% step", 5.0, error_factor=2.0, target_s=70.0),
     Scenario("p99 latency +50% on a 25% step", 25.0, latency_factor=1.5, target_s=30.0),
-    Scenario("Server-Timing db +30% on a 25% step", 25.0, db_factor=1.3, target_s=30.0),
-    Scenario("Server-Timing db +30% on a 5% step", 5.0, db_factor=1.3, target_s=60.0),
+    Scenario("Server-Timing db +30% on a 25% step", 25.0, target_s=30, timing=True, db_factor=1.3),
+    Scenario("Server-Timing db +30% on a 5% step", 5.0, target_s=60, timing=True, db_factor=1.3),
+    Scenario(
+        "Server-Timing miss rate 2x, free tier only, 5% step",
+        5.0,
+        target_s=10.0,
+        timing=True,
+        miss_factor=2.0,
+        miss_tier="free",
+    ),
 )
 
 
@@ -130,15 +146,19 @@ class World:
     error_factor: float
     latency_factor: float
     incident: tuple[float, float] = (-1.0, -1.0)
-    db_factor: float = 0.0  # > 0: responses carry Server-Timing db, the canary's this much slower
+    timing: Scenario | None = None  # responses carry Server-Timing, as this scenario says
 
     @classmethod
     def seeded(
-        cls, seed: int, error_factor: float = 1.0, latency_factor: float = 1.0, db: float = 0.0
+        cls,
+        seed: int,
+        error_factor: float = 1.0,
+        latency_factor: float = 1.0,
+        timing: Scenario | None = None,
     ) -> World:
         rng = Random(seed)
         buckets = [rng.randrange(10_000) for _ in range(_USERS)]
-        return cls(rng, buckets, error_factor, latency_factor, db_factor=db)
+        return cls(rng, buckets, error_factor, latency_factor, timing=timing)
 
 
 _THIRTEEN = (13,) * RATE
@@ -154,7 +174,8 @@ def run_second(world: World, analysis: StepAnalysis, percent: float, start: floa
     in_incident = world.incident[0] <= start < world.incident[1]
     factor = 1.0 if in_incident else world.error_factor
     slower, observe = world.latency_factor, analysis.observe
-    db = _db_durations(world, len(users))
+    db, misses = _timing_draws(world, len(users))
+    scenario = world.timing
     for i, user in enumerate(users):
         k = _USER_TIER[user]
         canary = buckets[user] < cut
@@ -165,9 +186,8 @@ def run_second(world: World, analysis: StepAnalysis, percent: float, start: floa
             latency *= slower
         now = start + i / RATE
         timing = None
-        if db:
-            dur = DB_MEDIAN_MS[k] * db[i] * (world.db_factor if canary else 1.0)
-            timing = (TimingEntry("db", dur),)
+        if scenario is not None:
+            timing = _timing(scenario, k, canary, db[i], misses[i])
         tripped = observe(
             tier=_NAMES[k],
             canary=canary,
@@ -186,11 +206,25 @@ def run_second(world: World, analysis: StepAnalysis, percent: float, start: floa
 _DB_SPREAD = tuple(exp(DB_SIGMA * NormalDist().inv_cdf((i + 0.5) / 8192)) for i in range(8192))
 
 
-def _db_durations(world: World, n: int) -> list[float]:
-    """Per request, the db time's log-normal factor (empty: no Server-Timing in this world)."""
-    if not world.db_factor:
-        return []
-    return [_DB_SPREAD[b] for b in map(world.rng.getrandbits, (13,) * n)]
+def _timing_draws(world: World, n: int) -> tuple[list[float], list[float]]:
+    """Per request, the db time's log-normal factor and the cache draw (empty: no
+    Server-Timing in this world)."""
+    if world.timing is None:
+        return [], []
+    rng = world.rng
+    spreads = [_DB_SPREAD[b] for b in map(rng.getrandbits, (13,) * n)]
+    return spreads, [rng.random() for _ in range(n)]
+
+
+def _timing(
+    scenario: Scenario, tier: int, canary: bool, spread: float, draw: float
+) -> tuple[TimingEntry, ...]:
+    """One response's Server-Timing entries."""
+    dur = DB_MEDIAN_MS[tier] * spread * (scenario.db_factor if canary else 1.0)
+    miss = MISS_RATE
+    if canary and scenario.miss_tier in ("", _NAMES[tier]):
+        miss *= scenario.miss_factor
+    return (TimingEntry("db", dur), _MISS if draw < miss else _HIT)
 
 
 @dataclass(frozen=True)
@@ -241,10 +275,11 @@ def healthy_baselines(previous_percent: float) -> dict[str, TierBaseline]:
 
 def regression_run(scenario: Scenario, seed: int) -> StepResult:
     """One step with a bad canary from its start, after healthy steps (their baselines)."""
-    world = World.seeded(seed, scenario.error_factor, scenario.latency_factor, scenario.db_factor)
+    timing = scenario if scenario.timing else None
+    world = World.seeded(seed, scenario.error_factor, scenario.latency_factor, timing)
     step = ROLLOUT.index(scenario.percent)
     baselines = healthy_baselines(ROLLOUT[step - 1]) if step else {}
-    config = TIMING_CONFIG if scenario.db_factor else CONFIG
+    config = TIMING_CONFIG if scenario.timing else CONFIG
     analysis = step_analysis(baselines, 0.0, step, config)
     return run_step(world, analysis, scenario.percent, 0.0, lambda v, s: False)
 
@@ -274,10 +309,10 @@ def aa_run(seed: int, timing: bool = False) -> list[StepResult]:
     The incident starts within the first 30 s of step `seed % 2` (5% or 25%). Steps do not
     advance while the baseline is in an incident, so it cannot follow the rollout into the
     last step, which has no stable traffic to tell a shared incident from a regression.
-    `timing`: every response carries Server-Timing db (the same on both arms), and the
-    service is also checked on it (TIMING_CONFIG).
+    `timing`: every response carries Server-Timing db and cache (the same on both arms), and
+    the service is also checked on them (TIMING_CONFIG).
     """
-    world = World.seeded(seed, db=1.0 if timing else 0.0)
+    world = World.seeded(seed, timing=Scenario("A/A", 0.0, timing=True) if timing else None)
     config = TIMING_CONFIG if timing else CONFIG
     baselines: dict[str, TierBaseline] = {}
     results: list[StepResult] = []
@@ -315,7 +350,12 @@ def oracle_s(p0: float, p1: float, percent: float) -> float:
 
 
 def scenario_oracle(scenario: Scenario) -> float:
-    if scenario.db_factor:
+    if scenario.miss_factor != 1.0:
+        # The miss rate of one tier (or all): that tier's requests only.
+        weight = sum(t.weight for t in TIERS if scenario.miss_tier in ("", t.name))
+        p1 = MISS_RATE * scenario.miss_factor
+        return oracle_s(MISS_RATE, p1, scenario.percent) / weight
+    if scenario.db_factor != 1.0:
         # Baseline db times above their q-quantile vs canary ones above (1 + max_increase) times it.
         shift = log(scenario.db_factor / (1 + DB_CHECK.max_increase)) / DB_SIGMA
         z = NormalDist().inv_cdf(DB_CHECK.quantile)
@@ -408,14 +448,14 @@ def _fmt(value: float) -> str:
 
 def print_table(rows: list[Row], rollbacks: int, aa_runs: int) -> None:
     head = (
-        f"{'scenario':<40} {'runs':>5} {'done':>5} {'median s':>9} {'p90 s':>7} "
+        f"{'scenario':<52} {'runs':>5} {'done':>5} {'median s':>9} {'p90 s':>7} "
         f"{'oracle s':>9} {'ratio':>6} {'target s':>9}  met"
     )
     print(head)
     print("-" * len(head))
     for r in rows:
         print(
-            f"{r.scenario:<40} {r.runs:>5} {r.done:>5.0%} {_fmt(r.median_s):>9} "
+            f"{r.scenario:<52} {r.runs:>5} {r.done:>5.0%} {_fmt(r.median_s):>9} "
             f"{_fmt(r.p90_s):>7} {_fmt(r.oracle_s):>9} {_fmt(r.ratio):>6} "
             f"{_fmt(r.target_s):>9}  {'yes' if r.met else 'NO'}"
         )
@@ -502,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
         timing_aa = list(pool.map(_timing_aa_job, seeds, chunksize=2))
     rows = [regression_row(s, flat[i * runs : (i + 1) * runs]) for i, s in enumerate(REGRESSIONS)]
     rows += aa_rows(aa)
-    rows += aa_rows(timing_aa, "A/A Server-Timing") if timing_aa else []
+    rows += aa_rows(timing_aa, "A/A S-T") if timing_aa else []
     rollbacks = sum(any(r.verdict == "degraded" for r in run) for run in aa)
     timing_rollbacks = sum(any(r.verdict == "degraded" for r in run) for run in timing_aa)
     rollout = " -> ".join(f"{p:g}%" for p in ROLLOUT)
@@ -513,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows, rollbacks, aa_runs)
     if timing_aa:
         print(
-            f"A/A false rollbacks with a Server-Timing db check: {timing_rollbacks}/"
+            f"A/A false rollbacks with Server-Timing db and cache checks: {timing_rollbacks}/"
             f"{len(timing_aa)} = {timing_rollbacks / len(timing_aa):.2%}"
         )
     if args.quick:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 from math import log
 
-from proxy.core.analysis import AnalysisConfig, StepAnalysis, Verdict
+from proxy.core.analysis import AnalysisConfig, Assessment, StepAnalysis, Verdict
 from proxy.core.budget import check_levels, checks_share, step_share
 from proxy.core.servertiming import TimingEntry
 from proxy.core.timingcheck import ServerTimingCheck
@@ -168,3 +168,42 @@ def test_a_tier_wholly_on_the_canary_is_judged_against_its_timing_baseline() -> 
     verdict = second.assess(end)
     assert verdict.verdict is Verdict.DEGRADED
     assert verdict.check == "server_timing:db"
+
+
+def _one_slow_id(spread: bool) -> Assessment:
+    """Half of the canary's requests slow (50 ms db time) and from one id, or (`spread`) from
+    as many ids; the rest of both arms log-normal around 10 ms."""
+    analysis = StepAnalysis(CONFIG, started=0.0, step=0, steps=3)
+    rng = random.Random(6)
+    now = 0.0
+    for i in range(8000):
+        now = i * 0.001
+        canary = i % 2 == 0
+        heavy = canary and i % 4 == 0
+        dur = 50.0 if heavy else 10.0 * rng.lognormvariate(0.0, 0.4)
+        analysis.observe(
+            tier="t",
+            canary=canary,
+            error=False,
+            latency_s=0.05,
+            path="/",
+            id_hash=1 if heavy and not spread else 1000 + i,
+            now=now,
+            timing=(TimingEntry("db", dur),),
+        )
+        if i % 500 == 499:
+            analysis.assess(now)
+    return analysis.assess(now)
+
+
+def test_one_id_cannot_roll_back_on_its_own_slow_db_time() -> None:
+    """Its events over the per-id cap do not count for rolling back, and the verdict says they
+    are concentrated; the same slow requests from many ids roll back."""
+    verdict = _one_slow_id(spread=False)
+    db = next(c for c in verdict.checks if c.check == "server_timing:db")
+    assert verdict.verdict is not Verdict.DEGRADED
+    assert db.capped > 0
+    assert db.concentration.top_share > 0.5
+    spread = _one_slow_id(spread=True)
+    assert spread.verdict is Verdict.DEGRADED
+    assert spread.check == "server_timing:db"
