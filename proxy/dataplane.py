@@ -216,7 +216,7 @@ class Route:
         # A shadow step on a stable route: samples requests to mirror to the canary.
         self.shadow = shadow if variant is Variant.STABLE else None
         # Server-Timing: the metrics the service's checks read (None: not read), and whether
-        # the header is removed from the response to the client (`with_timing`).
+        # the header is removed from the response to the client (`_with_timing`).
         self.timing: frozenset[str] | None = None
         self.strip_timing = False
         # Added to the upstream request; the same names are stripped from incoming requests.
@@ -290,8 +290,8 @@ class ServiceRoutes:
         if config.force.enabled and forced is not None:
             self.force = ForcePolicy(trusted=config.force.trusted, key=config.force.key)
             self.forced_routes = _forced_routes(config, plan, pools, forced, budget)
-        _with_timing(config, self.routes.values())
-        _with_timing(config, self.forced_routes.values())
+        _with_timing(config, plan, self.routes.values())
+        _with_timing(config, plan, self.forced_routes.values())
 
     def forced(self, route: Route, request: Request, client: DownstreamProtocol) -> Route:
         """The route of a request carrying X-Rollout-Force (`route`: where it would go without
@@ -486,10 +486,12 @@ def _forced_routes(
     return routes
 
 
-def _with_timing(config: ServiceConfig, routes: Iterable[Route]) -> None:
-    """Have `routes` read the Server-Timing metrics the service's checks name, and strip the
-    header when the service says so. A service with neither pays nothing per response."""
-    wanted = frozenset(c.metric for c in config.rollout.analysis.server_timing) or None
+def _with_timing(config: ServiceConfig, plan: RoutingPlan, routes: Iterable[Route]) -> None:
+    """Have `routes` read the Server-Timing metrics the service's checks name while its
+    rollout is active (nothing judges them otherwise), and strip the header when the service
+    says so. A service with neither pays nothing per response."""
+    checks = config.rollout.analysis.server_timing
+    wanted = frozenset(c.metric for c in checks) if checks and plan.active else None
     for route in routes:
         route.timing = wanted
         route.strip_timing = config.strip_server_timing

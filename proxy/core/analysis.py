@@ -131,8 +131,10 @@ API
 ---
 `StepAnalysis(config, baselines=..., started=now, step=i, steps=n, expected_shares=...)`: one per
 rollout step. `observe(...)` per request (a few microseconds; returns the guardrail's DEGRADED
-assessment the first time it trips, else None); `assess(now)` per interval; `tier_baselines()`
-seeds the next step (a tier judged against its pre-exposure baseline keeps it).
+assessment the first time it trips, else None; `timing=`: the response's Server-Timing entries
+that checks name, for a service with such checks); `assess(now)` per interval;
+`tier_baselines()` seeds the next step (a tier judged against its pre-exposure baseline keeps
+it).
 `classify_status(status, error_statuses, proxy_generated=...)` says what is an error. Pure: no
 I/O, no clock (time is passed in as monotonic seconds).
 """
