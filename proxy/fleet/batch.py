@@ -16,6 +16,7 @@ that was not read, as batches from a version before Server-Timing checks are.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from math import isfinite
 from typing import NamedTuple
 
 import orjson
@@ -179,10 +180,19 @@ def _timing(value: object) -> tuple[TimingEntry, ...]:
         name, dur, desc = item
         if not isinstance(name, str) or not (desc is None or isinstance(desc, str)):
             raise ValueError("a Server-Timing name and desc must be strings")
-        if not (dur is None or (isinstance(dur, int | float) and not isinstance(dur, bool))):
-            raise ValueError("a Server-Timing dur must be a number")
+        if not (dur is None or _duration(dur)):
+            raise ValueError("a Server-Timing dur must be a finite number >= 0")
         entries.append(TimingEntry(name, None if dur is None else float(dur), desc))
     return tuple(entries)
+
+
+def _duration(value: object) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and isfinite(value)
+        and value >= 0
+    )
 
 
 def _plain(row: list[object]) -> PlainRecord:

@@ -7,9 +7,12 @@ from __future__ import annotations
 import random
 from math import log
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from proxy.core.analysis import AnalysisConfig, Assessment, StepAnalysis, Verdict
 from proxy.core.budget import check_levels, checks_share, step_share
-from proxy.core.servertiming import TimingEntry
+from proxy.core.servertiming import TimingEntry, parse
 from proxy.core.timingcheck import ServerTimingCheck
 
 DB = ServerTimingCheck("db", "duration", 0.2)
@@ -207,3 +210,31 @@ def test_one_id_cannot_roll_back_on_its_own_slow_db_time() -> None:
     spread = _one_slow_id(spread=True)
     assert spread.verdict is Verdict.DEGRADED
     assert spread.check == "server_timing:db"
+
+
+@given(
+    st.lists(st.tuples(st.booleans(), st.binary(max_size=80)), max_size=60),
+    st.sampled_from(["t1", "t2"]),
+)
+def test_any_header_bytes_on_either_arm_never_break_the_analysis(
+    responses: list[tuple[bool, bytes]], tier: str
+) -> None:
+    analysis = StepAnalysis(CONFIG, started=0.0, step=0, steps=3)
+    for i, (canary, value) in enumerate(responses):
+        entries = parse(
+            [b"db;dur=" + value, value], analysis.timing.wanted if analysis.timing else None
+        )
+        analysis.observe(
+            tier=tier,
+            canary=canary,
+            error=False,
+            latency_s=0.01,
+            path="/",
+            id_hash=i,
+            now=i * 0.01,
+            timing=entries,
+        )
+    verdict = analysis.assess(1.0)
+    checks = {c.check: c for c in verdict.checks}
+    miss = checks["server_timing:cache;desc=miss"]
+    assert miss.canary.requests + miss.baseline.requests == len(responses)

@@ -147,10 +147,17 @@ def test_server_timing_entries_travel_with_their_request() -> None:
         [["db", "1", None]],
         [["db", True, None]],
         [["db", 1.0, 2]],
+        [["db", -1.0, None]],
         [["m", 1.0, None]] * 33,
     ],
 )
 def test_malformed_server_timing_entries_are_a_state_error(timing: object) -> None:
     raw = orjson.dumps([["shop", "s", 1, [["free", 1, 200, 0.1, "", 1, 0, timing]]]])
+    with pytest.raises(StateError):
+        decode(raw)
+
+
+def test_an_infinite_dur_is_a_state_error() -> None:
+    raw = b'[["shop", "s", 1, [["free", 1, 200, 0.1, "", 1, 0, [["db", 1e400, null]]]]]]'
     with pytest.raises(StateError):
         decode(raw)
