@@ -4,9 +4,11 @@ in `Server-Timing` where their time went.
 Real aiohttp apps on loopback behind `rollout-proxy run`. (a) A canary whose `db;dur=` is twice
 stable's is rolled back, the verdict and the journal naming `server_timing:db`. (b) The same
 distribution on both arms advances. (c) A canary whose `cache;desc=miss` rate is twice stable's
-is rolled back naming that check. (d) With two worker processes, whose evidence batches carry
-the entries, (a) holds too. Clients never see the header, which the checks read (in
-process, a service without checks relays it, and `strip_server_timing: true` strips it).
+is rolled back naming that check. (d) With two worker processes, and (e) with two fleet replicas
+sharing a real redis-server (all traffic on the one that does not decide), whose evidence batches
+carry the entries, (a) holds too. Clients
+never see the header, which the checks read (in process, a service without checks relays it, and
+`strip_server_timing: true` strips it).
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from tests.support.fleet import fleet_config, state, wait_for
 from tests.support.process import ProxyProcess
 from tests.support.proxy import config_dict, running_proxy, service
+from tests.support.redis import RedisServer
 
 CHECKS = [
     {"metric": "db", "judge": "duration", "max_increase": 0.2},
@@ -89,7 +93,11 @@ def timing_config(tmp_path: Path, stable: str, canary: str) -> dict[str, Any]:
     return data
 
 
-async def drive(proxy: ProxyProcess, until: set[str], limit_s: float = 60.0) -> dict[str, Any]:
+async def drive(
+    proxy: ProxyProcess,
+    until: set[str],
+    limit_s: float = 60.0,
+) -> dict[str, Any]:
     """Traffic from ever new ids until the service's status is in `until` (or its step is
     past the first); returns the last status. Asserts no client saw Server-Timing."""
     loop = asyncio.get_running_loop()
@@ -98,17 +106,17 @@ async def drive(proxy: ProxyProcess, until: set[str], limit_s: float = 60.0) -> 
     seen_header: list[str] = []
     counter = iter(range(10**9))
 
-    async def client() -> None:
+    async def client(url: str) -> None:
         async with aiohttp.ClientSession() as session:
             while not stop.is_set():
                 headers = {"X-Tenant-ID": f"u{next(counter)}"}
-                async with session.get(proxy.data_url + "/orders", headers=headers) as reply:
+                async with session.get(url + "/orders", headers=headers) as reply:
                     await reply.read()
                     assert reply.status == 200
                     if "Server-Timing" in reply.headers:
                         seen_header.append(reply.headers["Server-Timing"])
 
-    clients = [asyncio.create_task(client()) for _ in range(8)]
+    clients = [asyncio.create_task(client(proxy.data_url)) for _ in range(8)]
     try:
         async with aiohttp.ClientSession() as session:
             while loop.time() - started < limit_s:
@@ -165,6 +173,42 @@ async def test_worker_processes_ship_server_timing_to_the_analysis(tmp_path: Pat
     stable, canary = TimingApp(10.0, 0.2, 11), TimingApp(20.0, 0.2, 12)
     check = await rolled_back_by(tmp_path, stable, canary, ("--workers", "2"))
     assert check == "server_timing:db"
+
+
+async def test_fleet_replicas_ship_server_timing_to_the_decider(tmp_path: Path) -> None:
+    """Two replicas sharing a real redis-server, all traffic on the one that does not decide:
+    the decider judges only what the other shipped, the Server-Timing entries included."""
+    redis = await RedisServer(tmp_path).start()
+    try:
+        async with pair(TimingApp(10.0, 0.2, 13), TimingApp(20.0, 0.2, 14)) as (stable, canary):
+            config = timing_config(tmp_path, stable, canary)
+            config["state"] = fleet_config(stable, canary, [])["state"]
+            env = {"ROLLOUT_REDIS_URL": redis.url}
+            replicas = []
+            for i in range(2):
+                (tmp_path / f"r{i}").mkdir()
+                replicas.append(ProxyProcess(config, tmp_path / f"r{i}", env))
+            await asyncio.gather(*(r.start() for r in replicas))
+            try:
+                await wait_for(lambda: _one_decider(replicas), within=10.0, poll=0.1)
+                serving = [r for r in replicas if not (await state(r))["decider"]]
+                status = await drive(serving[0], {"rolled_back"})
+                decisions = await journal(serving[0])
+            finally:
+                for replica in replicas:
+                    await replica.kill()
+    finally:
+        await redis.kill()
+    assert status["status"] == "rolled_back", status
+    rollback = next(d for d in decisions if d["to"]["status"] == "rolled_back")
+    assert rollback["evidence"]["check"] == "server_timing:db"
+    db = next(c for c in rollback["evidence"]["checks"] if c["check"] == "server_timing:db")
+    assert db["canary"]["requests"] > 0
+
+
+async def _one_decider(replicas: list[ProxyProcess]) -> bool:
+    states = await asyncio.gather(*(state(r) for r in replicas))
+    return sum(bool(s["decider"]) for s in states) == 1
 
 
 async def test_a_canary_whose_cache_miss_rate_doubles_is_rolled_back_naming_the_check(
