@@ -24,9 +24,8 @@ metrics some check names) are kept. Pure: no I/O.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from math import isfinite
-from typing import Final
+from typing import Final, NamedTuple
 
 MAX_ENTRIES: Final = 32  # entries parsed per response
 MAX_BYTES: Final = 4096  # bytes of Server-Timing fields read per response
@@ -38,9 +37,9 @@ _TCHAR: Final = frozenset(
 _OWS: Final = " \t"
 
 
-@dataclass(frozen=True, slots=True)
-class TimingEntry:
-    """One Server-Timing metric: its name, `dur` (milliseconds; None: absent), `desc`."""
+class TimingEntry(NamedTuple):
+    """One Server-Timing metric: its name, `dur` (milliseconds; None: absent), `desc`. A named
+    tuple: made on the request path, where a frozen dataclass costs several times more."""
 
     name: str
     dur: float | None = None
@@ -70,26 +69,55 @@ def parse(
     names (None: every name). Each field is scanned on its own (an unterminated quoted string
     spoils its field only). Never raises."""
     found: list[TimingEntry] = []
-    parsed = 0
     left = max_bytes
     for value in values:
-        if left <= 0 or parsed >= max_entries:
+        if left <= 0 or len(found) >= max_entries:
             break
         text = _bounded(value, left)
         left -= len(value) + 1
-        scanner = _Scanner(text)
-        while parsed < max_entries and not scanner.done():
-            entry = scanner.entry()
-            if entry is None:
-                scanner.skip_entry()
-                continue
-            if not scanner.end_of_entry():
-                scanner.skip_entry()
-                continue
-            parsed += 1
+        entries = _split(text) if '"' not in text else _scan(text)
+        for entry in entries[: max_entries - len(found)]:
             if wanted is None or entry.name in wanted:
                 found.append(entry)
     return tuple(found)
+
+
+def _scan(text: str) -> list[TimingEntry]:
+    """The well-formed entries of one field, by the grammar (quoted strings allowed)."""
+    entries: list[TimingEntry] = []
+    scanner = _Scanner(text)
+    while not scanner.done():
+        entry = scanner.entry()
+        if entry is None or not scanner.end_of_entry():
+            scanner.skip_entry()
+        else:
+            entries.append(entry)
+    return entries
+
+
+def _split(text: str) -> list[TimingEntry]:
+    """`_scan` for a field without quoted strings (the common case), by splitting: the same
+    entries, a few times faster."""
+    entries: list[TimingEntry] = []
+    for part in text.split(","):
+        name, *params = part.split(";")
+        name = name.strip(_OWS)
+        if not name or not _TCHAR.issuperset(name):
+            continue
+        dur: float | None = None
+        desc: str | None = None
+        for param in params:
+            key, eq, raw = param.partition("=")
+            key, raw = key.strip(_OWS).lower(), raw.strip(_OWS)
+            if not eq or not key or not raw or not _TCHAR.issuperset(key + raw):
+                break
+            if key == "dur" and dur is None:
+                dur = _number(raw)
+            elif key == "desc" and desc is None:
+                desc = raw
+        else:
+            entries.append(TimingEntry(name, dur, desc))
+    return entries
 
 
 def _bounded(value: bytes, left: int) -> str:

@@ -9,6 +9,8 @@ from proxy.core.servertiming import (
     MAX_BYTES,
     MAX_ENTRIES,
     TimingEntry,
+    _scan,
+    _split,
     fields_of,
     format_entry,
     parse,
@@ -110,3 +112,8 @@ def test_round_trip_across_several_fields(items: list[TimingEntry], cut: int) ->
     fields = [format_entry(e).encode("latin-1") for e in items]
     joined = [b",".join(fields[:cut]), b",".join(fields[cut:])]
     assert parse([f for f in joined if f]) == tuple(items)
+
+
+@given(st.text(alphabet="durescDURESC0189.-_!x \t;=,", max_size=120))
+def test_the_split_path_finds_what_the_grammar_scanner_finds(text: str) -> None:
+    assert _split(text) == _scan(text)
