@@ -49,6 +49,8 @@ from statistics import NormalDist
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from proxy.core.analysis import AnalysisConfig, RateCount, StepAnalysis, TierBaseline, Verdict
+from proxy.core.servertiming import TimingEntry
+from proxy.core.timingcheck import ServerTimingCheck
 
 RATE = 1000  # requests per virtual second
 ROLLOUT = (5.0, 25.0, 50.0, 100.0)  # percent per step
@@ -57,6 +59,17 @@ STEP_LIMIT_S = 900.0  # a step still undecided then counts as "stuck"
 SIGMA = 0.5  # log-normal latency spread
 INCIDENT_S, INCIDENT_RATE = 60.0, 0.20
 CONFIG = AnalysisConfig()
+# The Server-Timing scenarios: every response carries `db;dur=<ms>`, log-normal (sigma DB_SIGMA)
+# around its tier's DB_MEDIAN_MS, and `cache;desc=miss` (MISS_RATE of them) or `cache;desc=hit`;
+# the service is checked on its median db time (+20% tolerated) and its miss rate (+10%).
+DB_CHECK = ServerTimingCheck("db", "duration", 0.2)
+MISS_CHECK = ServerTimingCheck("cache", "rate", 0.1, desc="miss")
+TIMING_CONFIG = replace(CONFIG, server_timing=(DB_CHECK, MISS_CHECK))
+DB_SIGMA = 0.5
+DB_MEDIAN_MS = (4.0, 8.0, 12.0, 20.0)  # per tier, as TIERS
+MISS_RATE = 0.2
+_HIT = TimingEntry("cache", None, "hit")
+_MISS = TimingEntry("cache", None, "miss")
 Z99 = NormalDist().inv_cdf(0.99)
 
 
@@ -84,6 +97,10 @@ class Scenario:
     error_factor: float = 1.0  # canary error rate / stable's
     latency_factor: float = 1.0  # canary latency / stable's
     target_s: float = 0.0
+    timing: bool = False  # responses carry Server-Timing, and the service checks it
+    db_factor: float = 1.0  # canary db time / stable's
+    miss_factor: float = 1.0  # canary cache miss rate / stable's ...
+    miss_tier: str = ""  # ... in this tier only ("": every tier)
 
 
 REGRESSIONS = (
@@ -91,6 +108,16 @@ REGRESSIONS = (
     Scenario("1.0% errors on a 25% step", 25.0, error_factor=2.0, target_s=20.0),
     Scenario("1.0% errors on a 5% step", 5.0, error_factor=2.0, target_s=70.0),
     Scenario("p99 latency +50% on a 25% step", 25.0, latency_factor=1.5, target_s=30.0),
+    Scenario("Server-Timing db +30% on a 25% step", 25.0, target_s=30, timing=True, db_factor=1.3),
+    Scenario("Server-Timing db +30% on a 5% step", 5.0, target_s=60, timing=True, db_factor=1.3),
+    Scenario(
+        "Server-Timing miss rate 2x, free tier only, 5% step",
+        5.0,
+        target_s=10.0,
+        timing=True,
+        miss_factor=2.0,
+        miss_tier="free",
+    ),
 )
 
 
@@ -119,12 +146,19 @@ class World:
     error_factor: float
     latency_factor: float
     incident: tuple[float, float] = (-1.0, -1.0)
+    timing: Scenario | None = None  # responses carry Server-Timing, as this scenario says
 
     @classmethod
-    def seeded(cls, seed: int, error_factor: float = 1.0, latency_factor: float = 1.0) -> World:
+    def seeded(
+        cls,
+        seed: int,
+        error_factor: float = 1.0,
+        latency_factor: float = 1.0,
+        timing: Scenario | None = None,
+    ) -> World:
         rng = Random(seed)
         buckets = [rng.randrange(10_000) for _ in range(_USERS)]
-        return cls(rng, buckets, error_factor, latency_factor)
+        return cls(rng, buckets, error_factor, latency_factor, timing=timing)
 
 
 _THIRTEEN = (13,) * RATE
@@ -140,6 +174,8 @@ def run_second(world: World, analysis: StepAnalysis, percent: float, start: floa
     in_incident = world.incident[0] <= start < world.incident[1]
     factor = 1.0 if in_incident else world.error_factor
     slower, observe = world.latency_factor, analysis.observe
+    db, misses = _timing_draws(world, len(users))
+    scenario = world.timing
     for i, user in enumerate(users):
         k = _USER_TIER[user]
         canary = buckets[user] < cut
@@ -149,6 +185,9 @@ def run_second(world: World, analysis: StepAnalysis, percent: float, start: floa
             rate *= factor
             latency *= slower
         now = start + i / RATE
+        timing = None
+        if scenario is not None:
+            timing = _timing(scenario, k, canary, db[i], misses[i])
         tripped = observe(
             tier=_NAMES[k],
             canary=canary,
@@ -157,10 +196,35 @@ def run_second(world: World, analysis: StepAnalysis, percent: float, start: floa
             path="/",
             id_hash=user,
             now=now,
+            timing=timing,
         )
         if tripped is not None:
             return now
     return -1.0
+
+
+_DB_SPREAD = tuple(exp(DB_SIGMA * NormalDist().inv_cdf((i + 0.5) / 8192)) for i in range(8192))
+
+
+def _timing_draws(world: World, n: int) -> tuple[list[float], list[float]]:
+    """Per request, the db time's log-normal factor and the cache draw (empty: no
+    Server-Timing in this world)."""
+    if world.timing is None:
+        return [], []
+    rng = world.rng
+    spreads = [_DB_SPREAD[b] for b in map(rng.getrandbits, (13,) * n)]
+    return spreads, [rng.random() for _ in range(n)]
+
+
+def _timing(
+    scenario: Scenario, tier: int, canary: bool, spread: float, draw: float
+) -> tuple[TimingEntry, ...]:
+    """One response's Server-Timing entries."""
+    dur = DB_MEDIAN_MS[tier] * spread * (scenario.db_factor if canary else 1.0)
+    miss = MISS_RATE
+    if canary and scenario.miss_tier in ("", _NAMES[tier]):
+        miss *= scenario.miss_factor
+    return (TimingEntry("db", dur), _MISS if draw < miss else _HIT)
 
 
 @dataclass(frozen=True)
@@ -211,19 +275,26 @@ def healthy_baselines(previous_percent: float) -> dict[str, TierBaseline]:
 
 def regression_run(scenario: Scenario, seed: int) -> StepResult:
     """One step with a bad canary from its start, after healthy steps (their baselines)."""
-    world = World.seeded(seed, scenario.error_factor, scenario.latency_factor)
+    timing = scenario if scenario.timing else None
+    world = World.seeded(seed, scenario.error_factor, scenario.latency_factor, timing)
     step = ROLLOUT.index(scenario.percent)
     baselines = healthy_baselines(ROLLOUT[step - 1]) if step else {}
-    analysis = step_analysis(baselines, 0.0, step)
+    config = TIMING_CONFIG if scenario.timing else CONFIG
+    analysis = step_analysis(baselines, 0.0, step, config)
     return run_step(world, analysis, scenario.percent, 0.0, lambda v, s: False)
 
 
-def step_analysis(baselines: dict[str, TierBaseline], started: float, step: int) -> StepAnalysis:
+def step_analysis(
+    baselines: dict[str, TierBaseline],
+    started: float,
+    step: int,
+    config: AnalysisConfig = CONFIG,
+) -> StepAnalysis:
     """The analysis of ROLLOUT's step, told the plan's share of every tier (as the controller
     does)."""
     shares = {t.name: ROLLOUT[step] / 100 for t in TIERS}
     return StepAnalysis(
-        CONFIG,
+        config,
         baselines=baselines,
         started=started,
         step=step,
@@ -232,14 +303,17 @@ def step_analysis(baselines: dict[str, TierBaseline], started: float, step: int)
     )
 
 
-def aa_run(seed: int) -> list[StepResult]:
+def aa_run(seed: int, timing: bool = False) -> list[StepResult]:
     """A whole healthy rollout with one shared incident; the result of each step reached.
 
     The incident starts within the first 30 s of step `seed % 2` (5% or 25%). Steps do not
     advance while the baseline is in an incident, so it cannot follow the rollout into the
     last step, which has no stable traffic to tell a shared incident from a regression.
+    `timing`: every response carries Server-Timing db and cache (the same on both arms), and
+    the service is also checked on them (TIMING_CONFIG).
     """
-    world = World.seeded(seed)
+    world = World.seeded(seed, timing=Scenario("A/A", 0.0, timing=True) if timing else None)
+    config = TIMING_CONFIG if timing else CONFIG
     baselines: dict[str, TierBaseline] = {}
     results: list[StepResult] = []
     t = 0.0
@@ -247,7 +321,7 @@ def aa_run(seed: int) -> list[StepResult]:
         if index == seed % 2:
             begin = t + world.rng.uniform(0.0, 30.0)
             world.incident = (begin, begin + INCIDENT_S)
-        analysis = step_analysis(baselines, t, index)
+        analysis = step_analysis(baselines, t, index, config)
         last = index == len(ROLLOUT) - 1
         result = run_step(world, analysis, percent, t, _advance_rule(last))
         end = world.incident[1]
@@ -276,6 +350,17 @@ def oracle_s(p0: float, p1: float, percent: float) -> float:
 
 
 def scenario_oracle(scenario: Scenario) -> float:
+    if scenario.miss_factor != 1.0:
+        # The miss rate of one tier (or all): that tier's requests only.
+        weight = sum(t.weight for t in TIERS if scenario.miss_tier in ("", t.name))
+        p1 = MISS_RATE * scenario.miss_factor
+        return oracle_s(MISS_RATE, p1, scenario.percent) / weight
+    if scenario.db_factor != 1.0:
+        # Baseline db times above their q-quantile vs canary ones above (1 + max_increase) times it.
+        shift = log(scenario.db_factor / (1 + DB_CHECK.max_increase)) / DB_SIGMA
+        z = NormalDist().inv_cdf(DB_CHECK.quantile)
+        p1 = 1 - NormalDist().cdf(z - shift)
+        return oracle_s(1 - DB_CHECK.quantile, p1, scenario.percent)
     if scenario.latency_factor != 1.0:
         p0 = 1 - CONFIG.latency_quantile
         shift = log(scenario.latency_factor / (1 + CONFIG.latency_max_increase)) / SIGMA
@@ -323,7 +408,7 @@ def regression_row(scenario: Scenario, results: list[StepResult]) -> Row:
     return _row(scenario.name, times, len(results), scenario_oracle(scenario), scenario.target_s)
 
 
-def aa_rows(runs: list[list[StepResult]]) -> list[Row]:
+def aa_rows(runs: list[list[StepResult]], label: str = "A/A") -> list[Row]:
     """Per step: the runs the incident did not touch, then those it ended in (from its end)."""
     rows, nan = [], float("nan")
     for index, percent in enumerate(ROLLOUT[:-1]):
@@ -332,7 +417,7 @@ def aa_rows(runs: list[list[StepResult]]) -> list[Row]:
         hit = [r for r in reached if r.after_incident_s == r.after_incident_s]
         oracle = advance_oracle(percent)
         target = max(OBSERVE_S, 3 * oracle)
-        name = f"A/A {percent:g}% step"
+        name = f"{label} {percent:g}% step"
         shown = [r.shown_s for r in clean]
         rows.append(_row(f"{name}: shows non-inferiority", shown, len(clean), oracle, 3 * oracle))
         rows.append(_row(f"{name}: advances", _advanced(clean), len(clean), oracle, target))
@@ -341,7 +426,7 @@ def aa_rows(runs: list[list[StepResult]]) -> list[Row]:
             rows.append(_row(f"{name}, incident: advances after", after, len(hit), oracle, target))
     reached = [run[-1] for run in runs if len(run) == len(ROLLOUT)]
     held = [r.seconds if r.verdict != "degraded" else float("inf") for r in reached]
-    rows.append(_row(f"A/A {ROLLOUT[-1]:g}% step: holds", held, len(reached), nan, OBSERVE_S))
+    rows.append(_row(f"{label} {ROLLOUT[-1]:g}% step: holds", held, len(reached), nan, OBSERVE_S))
     return rows
 
 
@@ -363,14 +448,14 @@ def _fmt(value: float) -> str:
 
 def print_table(rows: list[Row], rollbacks: int, aa_runs: int) -> None:
     head = (
-        f"{'scenario':<40} {'runs':>5} {'done':>5} {'median s':>9} {'p90 s':>7} "
+        f"{'scenario':<52} {'runs':>5} {'done':>5} {'median s':>9} {'p90 s':>7} "
         f"{'oracle s':>9} {'ratio':>6} {'target s':>9}  met"
     )
     print(head)
     print("-" * len(head))
     for r in rows:
         print(
-            f"{r.scenario:<40} {r.runs:>5} {r.done:>5.0%} {_fmt(r.median_s):>9} "
+            f"{r.scenario:<52} {r.runs:>5} {r.done:>5.0%} {_fmt(r.median_s):>9} "
             f"{_fmt(r.p90_s):>7} {_fmt(r.oracle_s):>9} {_fmt(r.ratio):>6} "
             f"{_fmt(r.target_s):>9}  {'yes' if r.met else 'NO'}"
         )
@@ -386,9 +471,24 @@ def _regression_job(job: tuple[int, int]) -> StepResult:
     return regression_run(REGRESSIONS[job[0]], job[1])
 
 
+def _timing_aa_job(seed: int) -> list[StepResult]:
+    return aa_run(seed, timing=True)
+
+
+def timing_aa_count(args: argparse.Namespace, aa_runs: int) -> int:
+    """A/A rollouts with the Server-Timing check: as many as the others with --full or when
+    asked, else at most TIMING_AA_RUNS (the default run stays short)."""
+    if args.timing_aa_runs is not None:
+        return int(args.timing_aa_runs)
+    if args.quick:
+        return 2
+    return aa_runs if args.full else min(aa_runs, TIMING_AA_RUNS)
+
+
 RUNS, AA_RUNS = 100, 50  # the default run: under 3 minutes on 2 cores
 FULL_AA_RUNS = 300  # enough A/A rollouts to check the false-rollback bound
 QUICK = (5, 4)
+TIMING_AA_RUNS = 20
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -407,6 +507,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--full",
         action="store_true",
         help=f"{FULL_AA_RUNS} A/A rollouts, for the false-rollback line (about 10 min on 2 cores)",
+    )
+    parser.add_argument(
+        "--timing-aa-runs",
+        type=int,
+        default=None,
+        help=f"A/A rollouts with a Server-Timing db check (default: {TIMING_AA_RUNS}, "
+        "--full: as many as --aa-runs)",
     )
     parser.add_argument("--quick", action="store_true", help="a handful of runs (CI smoke, < 30 s)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
@@ -430,21 +537,37 @@ def main(argv: list[str] | None = None) -> int:
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         flat = list(pool.map(_regression_job, jobs, chunksize=4))
         aa = list(pool.map(aa_run, range(10_000, 10_000 + aa_runs), chunksize=2))
+        timing_runs = timing_aa_count(args, aa_runs)
+        seeds = range(20_000, 20_000 + timing_runs)
+        timing_aa = list(pool.map(_timing_aa_job, seeds, chunksize=2))
     rows = [regression_row(s, flat[i * runs : (i + 1) * runs]) for i, s in enumerate(REGRESSIONS)]
     rows += aa_rows(aa)
+    rows += aa_rows(timing_aa, "A/A S-T") if timing_aa else []
     rollbacks = sum(any(r.verdict == "degraded" for r in run) for run in aa)
+    timing_rollbacks = sum(any(r.verdict == "degraded" for r in run) for run in timing_aa)
     rollout = " -> ".join(f"{p:g}%" for p in ROLLOUT)
     print(
         f"rollout {rollout} (observe {OBSERVE_S:g} s), {RATE:,} req/s, stable errors "
         f"{STABLE_ERROR_RATE:.2%}, {runs} runs per regression, {aa_runs} A/A rollouts\n"
     )
     print_table(rows, rollbacks, aa_runs)
+    if timing_aa:
+        print(
+            f"A/A false rollbacks with Server-Timing db and cache checks: {timing_rollbacks}/"
+            f"{len(timing_aa)} = {timing_rollbacks / len(timing_aa):.2%}"
+        )
     if args.quick:
         print("(--quick: a smoke run; too few runs to judge the targets)")
     elif aa_runs < FULL_AA_RUNS:
         print(f"(under {FULL_AA_RUNS} A/A rollouts the false-rollback line is indicative: --full)")
     if args.json:
-        payload = {"rows": [asdict(r) for r in rows], "aa_rollbacks": rollbacks, "aa_runs": aa_runs}
+        payload = {
+            "rows": [asdict(r) for r in rows],
+            "aa_rollbacks": rollbacks,
+            "aa_runs": aa_runs,
+            "timing_aa_rollbacks": timing_rollbacks,
+            "timing_aa_runs": len(timing_aa),
+        }
         args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     return 0
 

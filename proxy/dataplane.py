@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Final
 
 from proxy.config import Config, Limits, ServiceConfig, Upstream, UpstreamTls
@@ -27,6 +27,7 @@ from proxy.core.force import ForcePolicy, forced_variant
 from proxy.core.identity import RequestView, subject_for, subject_headers
 from proxy.core.retries import RetryBudget
 from proxy.core.routing import RoutingPlan, Subject, Variant, decide
+from proxy.core.servertiming import TimingEntry
 from proxy.errors import NoRoute
 from proxy.http.capture import ShadowSink, ShadowTap
 from proxy.http.pool import UpstreamPool
@@ -62,6 +63,21 @@ class Evidence:
     ) -> None:
         raise NotImplementedError
 
+    def observe_timed(
+        self,
+        service: str,
+        tier: str,
+        canary: bool,
+        status: int,
+        latency_s: float,
+        path: str,
+        id_hash: int,
+        timing: tuple[TimingEntry, ...],
+    ) -> None:
+        """`observe` of an upstream's response with the Server-Timing entries its service's
+        checks name (the analysis feed judges them; an evidence buffer ships them)."""
+        raise NotImplementedError
+
 
 class Recorder:
     """Where finished exchanges are counted: Prometheus, and the analysis as evidence."""
@@ -81,12 +97,27 @@ class Recorder:
         generated: bool,
         *,
         evidence_too: bool = True,
+        timing: tuple[TimingEntry, ...] | None = None,
     ) -> None:
         """`evidence_too=False`: metrics only (a retry on stable of a request the routing
-        plan gave the canary is no sample of the stable arm)."""
+        plan gave the canary is no sample of the stable arm). `timing`: the response's
+        Server-Timing entries that checks name (None: not read)."""
         route.series.observe(status, duration_s)
         evidence = self.evidence
-        if evidence is not None and evidence_too:
+        if evidence is None or not evidence_too:
+            return
+        if timing is not None and not generated:
+            evidence.observe_timed(
+                route.service,
+                route.tier,
+                route.canary,
+                status,
+                duration_s,
+                request.path,
+                request.bucket,
+                timing,
+            )
+        else:
             evidence.observe(
                 route.service,
                 route.tier,
@@ -124,6 +155,7 @@ class ForcedRecorder(Recorder):
         generated: bool,
         *,
         evidence_too: bool = True,
+        timing: tuple[TimingEntry, ...] | None = None,
     ) -> None:
         route.series.observe(status, duration_s)
 
@@ -145,7 +177,9 @@ class Route:
         "service",
         "shadow",
         "step",
+        "strip_timing",
         "tier",
+        "timing",
         "variant",
     )
 
@@ -181,6 +215,10 @@ class Route:
         self.fallback: Route | None = None
         # A shadow step on a stable route: samples requests to mirror to the canary.
         self.shadow = shadow if variant is Variant.STABLE else None
+        # Server-Timing: the metrics the service's checks read (None: not read), and whether
+        # the header is removed from the response to the client (`_with_timing`).
+        self.timing: frozenset[str] | None = None
+        self.strip_timing = False
         # Added to the upstream request; the same names are stripped from incoming requests.
         self.extra = b"X-Rollout-Variant: %s\r\nX-Rollout-Step: %d\r\n" % (
             variant.value.encode("ascii"),
@@ -252,6 +290,8 @@ class ServiceRoutes:
         if config.force.enabled and forced is not None:
             self.force = ForcePolicy(trusted=config.force.trusted, key=config.force.key)
             self.forced_routes = _forced_routes(config, plan, pools, forced, budget)
+        _with_timing(config, plan, self.routes.values())
+        _with_timing(config, plan, self.forced_routes.values())
 
     def forced(self, route: Route, request: Request, client: DownstreamProtocol) -> Route:
         """The route of a request carrying X-Rollout-Force (`route`: where it would go without
@@ -444,6 +484,17 @@ def _forced_routes(
             to_canary.fallback = to_stable
         routes[(Variant.CANARY, tier)] = to_canary
     return routes
+
+
+def _with_timing(config: ServiceConfig, plan: RoutingPlan, routes: Iterable[Route]) -> None:
+    """Have `routes` read the Server-Timing metrics the service's checks name while its
+    rollout is active (nothing judges them otherwise), and strip the header when the service
+    says so. A service with neither pays nothing per response."""
+    checks = config.rollout.analysis.server_timing
+    wanted = frozenset(c.metric for c in checks) if checks and plan.active else None
+    for route in routes:
+        route.timing = wanted
+        route.strip_timing = config.strip_server_timing
 
 
 # (service, variant, its upstreams, the limits, TLS to them): what a pool is made of.

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Final
 
 from proxy.core.analysis import Assessment, classify_status
 from proxy.core.machine import Status
+from proxy.core.servertiming import TimingEntry
 from proxy.dataplane import Evidence
 
 if TYPE_CHECKING:
@@ -51,6 +52,34 @@ class AnalysisFeed(Evidence):
         proxy_generated: bool,
     ) -> None:
         """One finished request (never awaits)."""
+        self._feed(service, tier, canary, status, latency_s, path, id_hash, proxy_generated, None)
+
+    def observe_timed(
+        self,
+        service: str,
+        tier: str,
+        canary: bool,
+        status: int,
+        latency_s: float,
+        path: str,
+        id_hash: int,
+        timing: tuple[TimingEntry, ...],
+    ) -> None:
+        """One upstream response with its Server-Timing entries (never awaits)."""
+        self._feed(service, tier, canary, status, latency_s, path, id_hash, False, timing)
+
+    def _feed(
+        self,
+        service: str,
+        tier: str,
+        canary: bool,
+        status: int,
+        latency_s: float,
+        path: str,
+        id_hash: int,
+        proxy_generated: bool,
+        timing: tuple[TimingEntry, ...] | None,
+    ) -> None:
         rollout = self.rollouts.get(service)
         if rollout is None or rollout.state.status not in _OBSERVED:
             return
@@ -67,6 +96,7 @@ class AnalysisFeed(Evidence):
             id_hash=id_hash,
             now=self.now(),
             timed=not proxy_generated,
+            timing=timing,
         )
         if tripped is not None and not rollout.guardrail_pending and self.deciding:
             rollout.guardrail_pending = True

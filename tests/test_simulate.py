@@ -62,3 +62,30 @@ def test_the_default_run_is_short_and_full_has_300_a_a_rollouts(
     with pytest.raises(SystemExit):
         simulate.parse_args(["--help"])
     assert "--full" in capsys.readouterr().out
+
+
+def test_the_server_timing_scenarios_roll_back_and_their_a_a_rollout_runs(
+    simulate: ModuleType,
+) -> None:
+    timing = [s for s in simulate.REGRESSIONS if s.timing]
+    assert [(s.percent, s.db_factor, s.miss_factor) for s in timing] == [
+        (25.0, 1.3, 1.0),
+        (5.0, 1.3, 1.0),
+        (5.0, 1.0, 2.0),
+    ]
+    result = simulate.regression_run(timing[0], 1)
+    assert result == simulate.regression_run(timing[0], 1)
+    assert result.verdict == "degraded"
+    assert result.seconds <= 60
+    assert simulate.scenario_oracle(timing[0]) == pytest.approx(3.6, abs=0.1)
+    one_tier = simulate.regression_run(timing[2], 1)
+    assert one_tier.verdict == "degraded"
+    assert simulate.scenario_oracle(timing[2]) == pytest.approx(1.04, abs=0.05)
+    run = simulate.aa_run(20_000, timing=True)
+    assert "degraded" not in [step.verdict for step in run]
+    rows = simulate.aa_rows([run], "A/A S-T")
+    assert rows[0].scenario.startswith("A/A S-T 5% step")
+    args = simulate.parse_args([])
+    assert simulate.timing_aa_count(args, 50) == 20
+    assert simulate.timing_aa_count(simulate.parse_args(["--full"]), 300) == 300
+    assert simulate.timing_aa_count(simulate.parse_args(["--quick"]), 4) == 2

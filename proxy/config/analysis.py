@@ -8,6 +8,7 @@ from types import MappingProxyType
 
 from proxy.config import reader as read
 from proxy.config.prometheus import prometheus_checks
+from proxy.config.servertiming import server_timing
 from proxy.core.analysis import AnalysisConfig, RouteCheck
 from proxy.errors import ConfigError
 
@@ -18,6 +19,7 @@ _KEYS = (
     "latency",
     "guardrail",
     "routes",
+    "server_timing",
     "error_statuses",
     "false_rollback_rate",
     "prometheus",
@@ -74,6 +76,7 @@ def analysis(
             1,
         ),
         routes=_routes(data.get("routes", []), read.key(path, "routes")),
+        server_timing=server_timing(data.get("server_timing", []), read.key(path, "server_timing")),
         error_statuses=_statuses(data.get("error_statuses"), read.key(path, "error_statuses")),
         false_rollback_rate=read.number(
             data.get("false_rollback_rate", default.false_rollback_rate),

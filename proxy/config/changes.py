@@ -62,7 +62,7 @@ def describe(old: Config, new: Config) -> list[str]:
 def _service_changes(old: ServiceConfig, new: ServiceConfig) -> list[str]:
     changed = [
         key
-        for key in ("match", "identity", "unidentified", "tiers", "force")
+        for key in ("match", "identity", "unidentified", "tiers", "force", "strip_server_timing")
         if getattr(old, key) != getattr(new, key)
     ]
     if old.upstreams.stable != new.upstreams.stable:

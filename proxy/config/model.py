@@ -207,6 +207,8 @@ class ServiceConfig:
     rollout: RolloutConfig
     force: ForceConfig = field(default_factory=ForceConfig)
     upstream_tls: UpstreamTls = field(default_factory=UpstreamTls)
+    # Remove Server-Timing from responses to clients (default: when a check reads it).
+    strip_server_timing: bool = False
 
 
 @dataclass(frozen=True, slots=True)

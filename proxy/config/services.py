@@ -48,6 +48,7 @@ _SERVICE_KEYS = (
     "upstream_tls",
     "rollout",
     "force",
+    "strip_server_timing",
 )
 _STRATEGIES = ("canary", "blue-green")
 
@@ -79,6 +80,10 @@ def service(value: object, path: str, env: Mapping[str, str]) -> ServiceConfig:
         rollout=rollout,
         upstream_tls=tls,
         force=force(data.get("force", {}), read.key(path, "force"), env),
+        strip_server_timing=read.boolean(
+            data.get("strip_server_timing", bool(rollout.analysis.server_timing)),
+            read.key(path, "strip_server_timing"),
+        ),
     )
 
 

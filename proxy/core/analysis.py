@@ -11,7 +11,12 @@ ratio theta = canary rate / baseline rate, common to all tiers:
   than (1 + max_increase) * tau. The ratio of those rates is 1 exactly when the canary's quantile
   is (1 + max_increase) times the baseline's, whatever the shape of the tail, so the tolerance
   lives in the threshold and the check runs with tolerance 1 (a "slow event" count at tau alone
-  would turn +25% at p99 into anything from 1.5x to 3x more slow events, depending on the tail).
+  would turn +25% at p99 into anything from 1.5x to 3x more slow events, depending on the tail);
+- `server_timing:<metric>...`: what the service says in its `Server-Timing` response header
+  (timingcheck.py): a metric's `dur` judged as latency is (slow events over the stable arm's
+  recent q-quantile of that `dur`, among the requests that carry it), or a metric's presence,
+  or its `desc` value, as a rate per answered request judged as errors are. Each is one more
+  ratio check with its own per-tier shares, per-id cap and pre-exposure references.
 The baseline of a tier is its stable traffic at the same moments. A tier wholly on the canary in
 the step is compared with its pre-exposure baseline instead: its stable counts, outside
 incidents, from the last step that had some (`TierBaseline`, carried from step to step). "Wholly"
@@ -38,18 +43,21 @@ growth rate). By Ville's inequality a test supermartingale ever reaches 1/alpha 
 most alpha, however often it is looked at: the verdict can be read every interval.
 
 *The promise.* P(rolling back a canary no worse than its baseline, at any step of the rollout) <=
-false_rollback_rate, by a union bound. Step i of n (0-based) spends 1/2, 1/4, ... of it, halving
-per step, and the last step what is left: early steps see the least traffic and catch most bad
-releases; later steps see more traffic, which repays their smaller share many times. Within a
-step the guardrail gets 1% and the checks share the rest with weight 3 for errors and 1 for
-latency and each route. Within a check, when the step has pre-exposure baselines, 10% goes to
-their bounds (equally per tier) and 90% to the e-process. Defaults on the 4-step rollout of the
-simulation: errors get 0.0037 on the first step, 0.0017 on the second (which has baselines); the
-guardrail 0.00005 and 0.000025.
+false_rollback_rate, by a union bound. Step i of n (0-based) spends 1/2, 1/4, ... of it, halving per
+step, and the last step what is left: early steps see the least traffic and catch most bad releases;
+later steps see more traffic, which repays their smaller share many times. Within a step the
+guardrail gets 1% and the checks share the rest with weight 3 for errors and 1 for latency, each
+route and each Server-Timing check (so adding k Server-Timing checks scales every check's share by
+(4 + routes) / (4 + routes + k): the total stays the step's, the union bound still holds, and each
+check's threshold rises by log((4 + routes + k) / (4 + routes)) nats). Within a check, when the step
+has pre-exposure baselines, 10% goes to their bounds (equally per tier) and 90% to the e-process.
+Defaults on the 4-step rollout of the simulation: errors get 0.0037 on the first step, 0.0017 on the
+second (which has baselines); the guardrail 0.00005 and 0.000025.
 
 *Advancing* needs non-inferiority: evidence against "the canary is worse than tolerated", which
 is theta >= tolerance (1 + max_increase; latency 1) for the ratio and, for the canary's own event
-rate, >= an absolute floor f (errors and routes: `errors.min_rate`; latency: 1 - q). Two
+rate, >= an absolute floor f (errors and routes: `errors.min_rate`; latency: 1 - q; a
+Server-Timing check: its `min_rate` when it judges a rate, 1 - q when a duration). Two
 e-processes, each valid under that null: the ratio's (theta = tolerance against alternatives
 below it, {1, 1/sqrt 2, 1/2} for errors, {1/sqrt 2, 1/2, 1/4} for latency; reaching 1/alpha is the
 upper bound of the confidence sequence falling below the tolerance), and the floor's (the
@@ -135,8 +143,10 @@ API
 ---
 `StepAnalysis(config, baselines=..., started=now, step=i, steps=n, expected_shares=...)`: one per
 rollout step. `observe(...)` per request (a few microseconds; returns the guardrail's DEGRADED
-assessment the first time it trips, else None); `assess(now)` per interval; `tier_baselines()`
-seeds the next step (a tier judged against its pre-exposure baseline keeps it).
+assessment the first time it trips, else None; `timing=`: the response's Server-Timing entries
+that checks name, for a service with such checks); `assess(now)` per interval;
+`tier_baselines()` seeds the next step (a tier judged against its pre-exposure baseline keeps
+it).
 `classify_status(status, error_statuses, proxy_generated=...)` says what is an error. Pure: no
 I/O, no clock (time is passed in as monotonic seconds).
 """
@@ -148,7 +158,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final
 
-from proxy.core.baseline import RateCount, TierBaseline
+from proxy.core.baseline import RateCount, TierBaseline, TimingBaseline
 from proxy.core.budget import (
     ERRORS_WEIGHT,
     Levels,
@@ -165,8 +175,10 @@ from proxy.core.guardrail import Guardrail
 from proxy.core.latency import LatencyHistogram
 from proxy.core.outcome import status_class
 from proxy.core.promql import PromCheck
+from proxy.core.servertiming import TimingEntry
 from proxy.core.shadow import MAX_ROUTES, generalize
 from proxy.core.summary import degraded, guardrail, healthy, inconclusive
+from proxy.core.timingcheck import ServerTimingCheck, TimingChecks
 from proxy.core.traffic import IncidentWatch, ShareEstimate
 from proxy.core.verdict import Assessment, CheckEvidence, Verdict
 
@@ -179,6 +191,7 @@ __all__ = [
     "CheckEvidence",
     "RateCount",
     "RouteCheck",
+    "ServerTimingCheck",
     "StepAnalysis",
     "TierBaseline",
     "Verdict",
@@ -215,6 +228,7 @@ class AnalysisConfig:
     guardrail_max_error_rate: float = 0.5
     guardrail_min_requests: int = 10
     routes: tuple[RouteCheck, ...] = ()
+    server_timing: tuple[ServerTimingCheck, ...] = ()
     error_statuses: frozenset[str] = field(default_factory=lambda: frozenset({"5xx"}))
     false_rollback_rate: float = 0.01
     prometheus: tuple[PromCheck, ...] = ()  # checks on the service's own counters
@@ -301,6 +315,11 @@ class StepAnalysis:
             1.0 - config.latency_quantile,
         )
         self.routes = tuple(self._route_check(r, share, n) for r in config.routes)
+        self.timing: TimingChecks | None = None
+        if config.server_timing:
+            timing_refs = {t: b.timing for t, b in self._baselines.items()}
+            levels = self._levels(share, 1, n)
+            self.timing = TimingChecks(config.server_timing, levels, timing_refs, started)
         self._prefixes = tuple(r.path_prefix for r in config.routes)
         levels = self._levels(share, 1, 0)
         self.prometheus = PromChecks(config.prometheus, levels, self.expected_shares)
@@ -315,8 +334,12 @@ class StepAnalysis:
         self._tripped: Assessment | None = None
 
     def _levels(self, share: float, weight: int, baselines: int) -> Levels:
-        total = ERRORS_WEIGHT + 1 + len(self.config.routes) + len(self.config.prometheus)
-        rate = self.config.false_rollback_rate
+        config = self.config
+        total = (
+            ERRORS_WEIGHT + 1 + len(config.routes) + len(config.server_timing)
+            + len(config.prometheus)
+        )  # fmt: skip
+        rate = config.false_rollback_rate
         return check_levels(rate, checks_share(share, weight, total), baselines)
 
     def _route_check(self, route: RouteCheck, share: float, n: int) -> RatioCheck:
@@ -343,12 +366,14 @@ class StepAnalysis:
         id_hash: int,
         now: float,
         timed: bool = True,
+        timing: tuple[TimingEntry, ...] | None = None,
     ) -> Assessment | None:
         """Record one finished request; the guardrail's DEGRADED assessment the first time.
         `timed=False`: the proxy answered itself (a 503 from a full pool queue, a 504 at the
         timeout, a 502): an error, but its latency is the proxy's, not the upstream's, and
         stays out of the latency check (a flood of instant 503s on stable would otherwise
-        make a healthy canary look slow)."""
+        make a healthy canary look slow). `timing`: the Server-Timing entries the checks
+        name, of a response the upstream sent (None: no upstream response, or no check)."""
         state = self._tiers.get(tier) or self._tier(tier, now)
         share = state.share
         calm = not self._incident.active
@@ -362,6 +387,10 @@ class StepAnalysis:
         share.add(canary)
         if self._prefixes:
             self._observe_routes(state, tier, canary, error, path, id_hash, now, calm)
+        checks = self.timing
+        if checks is not None and timing is not None and timed:
+            prior = self.expected_shares.get(tier)
+            checks.record(tier, canary, timing, id_hash, now, calm, prior)
         self._guard.add(tier, canary, error, now, id_hash)
         if not canary:
             self._incident.add(error, now)
@@ -399,7 +428,8 @@ class StepAnalysis:
             check.evidence(1.0 + route.error_max_increase)
             for check, route in zip(self.routes, self.config.routes, strict=True)
         ]
-        return (errors, latency, *routes, *self.prometheus.evidence())
+        timing = self.timing.evidence() if self.timing is not None else ()
+        return (errors, latency, *routes, *timing, *self.prometheus.evidence())
 
     def observe_shadow(
         self,
@@ -422,6 +452,8 @@ class StepAnalysis:
             return self._tripped
         for state in self._tiers.values():
             state.refresh(self.config.latency_quantile, now)
+        if self.timing is not None:
+            self.timing.refresh(now)
         checks = self._all_checks()
         shortfall = self._shortfall()
         crossed = [c for c in checks if c.crossed]
@@ -460,7 +492,10 @@ class StepAnalysis:
             slow, edge = (old.slow, old.latency_threshold_s) if old else (RateCount(), 0.0)
         else:
             slow, edge = RateCount(measured.samples, measured.above), measured.edge_s
-        return TierBaseline(errors, slow, edge, MappingProxyType(routes))
+        timing: Mapping[str, TimingBaseline] = state.baseline.timing if state.baseline else {}
+        if self.timing is not None:
+            timing = self.timing.baselines(name) or timing
+        return TierBaseline(errors, slow, edge, MappingProxyType(routes), MappingProxyType(timing))
 
 
 class ShadowChecks:

@@ -35,17 +35,28 @@ class RateCount:
 
 
 @dataclass(frozen=True, slots=True)
+class TimingBaseline:
+    """A tier's stable counts for one check, carried to the next step: `events` among
+    `requests` (duration: over `edge_s`, the measured quantile; rate: the metric's events)."""
+
+    counts: RateCount
+    edge_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class TierBaseline:
     """A tier's stable traffic: errors, slow requests (above `latency_threshold_s`), routes.
 
     `latency_threshold_s` is the tier's stable latency quantile (0.0: not measured), and `slow`
-    counts the requests above it; `routes` maps a route prefix to its error counts.
+    counts the requests above it; `routes` maps a route prefix to its error counts; `timing`
+    a Server-Timing check's name to its counts.
     """
 
     errors: RateCount
     slow: RateCount = RateCount()
     latency_threshold_s: float = 0.0
     routes: Mapping[str, RateCount] = field(default_factory=dict)
+    timing: Mapping[str, TimingBaseline] = field(default_factory=dict)  # by check name
 
 
 def kl(p: float, q: float) -> float:

@@ -2,10 +2,10 @@
 
 The split (theory in analysis.py): step i of n spends 1/2, 1/4, ... of the rollout's rate, the
 last step what is left; within a step 1% goes to the guardrail and the rest to the checks, each
-by its weight (errors 3, latency, each route and each prometheus check 1); within a check,
-10% goes to the pre-exposure baselines' bounds when there are any. Advancing is held to the
-rollout's rate per step and check (intersection-union test), with the same 10% for the
-baselines' lower bounds. Pure arithmetic.
+by its weight (errors 3, latency 1, each route, each Server-Timing check and each prometheus
+check 1); within a check, 10% goes to the pre-exposure baselines' bounds when there are any.
+Advancing is held to the rollout's rate per step and check (intersection-union test), with the
+same 10% for the baselines' lower bounds. Pure arithmetic.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ BASELINE_SHARE = 0.1  # of each check's rate, for the pre-exposure baselines' bo
 SQRT2 = sqrt(2.0)
 ERRORS_DOWN = ((1.0, 1 / SQRT2, 0.5), (0.6, 0.25, 0.15))  # points, prior weights
 LATENCY_DOWN = ((1 / SQRT2, 0.5, 0.25), (0.4, 0.3, 0.3))
+DURATION_UP_START = 1.1  # Server-Timing durations: rollback alternatives from here up
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,3 +77,14 @@ def latency_grid() -> RatioGrid:
     """Latency: the tolerance is in the threshold, so both nulls sit at 1."""
     down, weights = LATENCY_DOWN
     return RatioGrid.build(tolerance=1.0, up_start=SQRT2, down=down, down_weights=weights)
+
+
+def duration_grid() -> RatioGrid:
+    """Server-Timing durations: as latency, but rollback alternatives from 1.1 up. A check on a
+    central quantile has frequent events and ratios bounded by 1 / (1 - q) (2 at the median):
+    a regression just past the tolerance is a ratio near 1.1, which alternatives from sqrt(2)
+    would never reject."""
+    down, weights = LATENCY_DOWN
+    return RatioGrid.build(
+        tolerance=1.0, up_start=DURATION_UP_START, down=down, down_weights=weights
+    )

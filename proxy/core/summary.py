@@ -49,9 +49,26 @@ def describe(check: CheckEvidence) -> str:
             f"vs {_pct(b.rate)} of baseline requests slower than the quantile, over "
             f"{c.requests:,} canary requests"
         )
+    if check.check.startswith("server_timing:"):
+        return _server_timing(check)
     return (
         f"{check.check}: canary {_pct(c.rate)} errors vs {_pct(b.rate)} baseline "
         f"over {c.requests:,} canary requests"
+    )
+
+
+def _server_timing(check: CheckEvidence) -> str:
+    """A Server-Timing check: a rate (its name has `;desc=` or `;present`) or a `dur`."""
+    c, b = check.canary, check.baseline
+    if ";" in check.check:
+        return (
+            f"{check.check}: in {_pct(c.rate)} of canary responses vs {_pct(b.rate)} of "
+            f"baseline's, over {c.requests:,} canary requests"
+        )
+    return (
+        f"{check.check}: {_pct(c.rate)} of canary durations over the tolerated quantile vs "
+        f"{_pct(b.rate)} of baseline durations over the quantile, over {c.requests:,} canary "
+        "requests with the metric"
     )
 
 

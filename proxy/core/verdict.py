@@ -77,7 +77,7 @@ class Assessment:
     """A verdict, the check that decided it, and the evidence of every check."""
 
     verdict: Verdict
-    check: str  # "errors" | "latency" | "guardrail" | "route:/login" | "all"
+    check: str  # "errors" | "latency" | "guardrail" | "route:/login" | "server_timing:db" | "all"
     summary: str
     statistic: float  # the deciding check's e-value ...
     bound: float  # ... and the threshold it is held to

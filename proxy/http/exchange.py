@@ -22,6 +22,7 @@ from __future__ import annotations
 from time import perf_counter
 from typing import TYPE_CHECKING
 
+from proxy.core.servertiming import fields_of, parse, without
 from proxy.errors import Overloaded, UpstreamError
 from proxy.http.relay import PENDING_LIMIT, Relay
 from proxy.http.request import upstream_head
@@ -93,6 +94,19 @@ class Exchange(Relay):
             self._arm(client.limits.response_timeout_s)
         if not client.in_feed:
             self.flush_upstream()
+
+    def response_head(
+        self, status: int, headers: list[tuple[bytes, bytes]], keep_alive: bool
+    ) -> None:
+        """Read the Server-Timing metrics the route's checks name (and strip the header
+        when configured) before the head is relayed."""
+        route = self.route
+        if status >= 200 and (route.timing is not None or route.strip_timing):
+            if route.timing is not None:
+                self.timing = parse(fields_of(headers), route.timing)
+            if route.strip_timing:
+                headers = without(headers)
+        Relay.response_head(self, status, headers, keep_alive)
 
     # --- WebSocket and other upgrades ---------------------------------------------------
 
@@ -333,7 +347,13 @@ class Exchange(Relay):
         duration = perf_counter() - self.started
         route = self.route
         route.recorder.completed(
-            route, status, duration, self.request, generated, evidence_too=not self.rerouted
+            route,
+            status,
+            duration,
+            self.request,
+            generated,
+            evidence_too=not self.rerouted,
+            timing=self.timing,
         )
 
 

@@ -18,6 +18,7 @@ from proxy.http.framing import LAST_CHUNK, encode_chunk
 from proxy.http.response import CHUNKED, NO_BODY, response_head, switching_head
 
 if TYPE_CHECKING:
+    from proxy.core.servertiming import TimingEntry
     from proxy.http.capture import Capture
     from proxy.http.downstream import DownstreamProtocol
     from proxy.http.request import Request
@@ -49,6 +50,7 @@ class Relay:
         "request_done",
         "response_started",
         "status",
+        "timing",
         "tunnel",
         "up_out",
         "upstream_keep_alive",
@@ -77,6 +79,8 @@ class Relay:
         self._upgrade = b""
         # Stable's answer kept for a shadow step's comparison (None: not mirrored).
         self.capture: Capture | None = None
+        # The response's Server-Timing entries its checks name (None: not read).
+        self.timing: tuple[TimingEntry, ...] | None = None
 
     def finish(self, status: int | None = None) -> None:
         """The response is complete (or can go no further): end the exchange."""

@@ -10,8 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from proxy.config import Config, parse_config
+from proxy.core.servertiming import TimingEntry
 from proxy.errors import StateError
-from proxy.fleet.batch import EvidenceBuffer, decode
+from proxy.fleet.batch import EvidenceBuffer, decode, replay
 from tests.support.proxy import config_dict, service
 
 
@@ -104,3 +105,59 @@ def test_whatever_is_observed_comes_back_in_order(records: list[Any]) -> None:
     assert batch is not None
     got = decode(batch)[0].records
     assert got == [(t, int(c), s, lat, "", i, int(g)) for t, c, s, lat, _, i, g in records]
+
+
+def timing_config() -> Config:
+    svc = service(["http://127.0.0.1:9"], ["http://127.0.0.1:10"], name="shop")
+    svc["rollout"]["analysis"] = {
+        "routes": [{"path_prefix": "/api"}],
+        "server_timing": [{"metric": "db", "judge": "duration"}],
+    }
+    return parse_config(config_dict(svc), {})
+
+
+def test_server_timing_entries_travel_with_their_request() -> None:
+    buffer = EvidenceBuffer(timing_config())
+    entries = (TimingEntry("db", 12.5, 'orders, "by id"'), TimingEntry("db", None, None))
+    buffer.observe_timed("shop", "free", True, 200, 0.02, "/api/x", 7, entries)
+    buffer.observe_timed("shop", "free", False, 200, 0.01, "/home", 8, ())
+    buffer.observe("shop", "paid", True, 502, 0.0, "/api/y", 9, True)
+    batch = buffer.drain({"shop": ("s", 3)})
+    assert batch is not None
+    (part,) = decode(batch)
+    assert part.records == [
+        ("free", 1, 200, 0.02, "/api", 7, 0, entries),
+        ("free", 0, 200, 0.01, "", 8, 0, ()),
+        ("paid", 1, 502, 0.0, "/api", 9, 1),
+    ]
+    # Replayed where it is judged (here: into another buffer), each record keeps its kind.
+    again = EvidenceBuffer(timing_config())
+    replay(part, again)
+    batch = again.drain({"shop": ("s", 3)})
+    assert batch is not None
+    assert decode(batch)[0].records == part.records
+
+
+@pytest.mark.parametrize(
+    "timing",
+    [
+        "db",
+        [["db", 1.0]],
+        [[1, 1.0, None]],
+        [["db", "1", None]],
+        [["db", True, None]],
+        [["db", 1.0, 2]],
+        [["db", -1.0, None]],
+        [["m", 1.0, None]] * 33,
+    ],
+)
+def test_malformed_server_timing_entries_are_a_state_error(timing: object) -> None:
+    raw = orjson.dumps([["shop", "s", 1, [["free", 1, 200, 0.1, "", 1, 0, timing]]]])
+    with pytest.raises(StateError):
+        decode(raw)
+
+
+def test_an_infinite_dur_is_a_state_error() -> None:
+    raw = b'[["shop", "s", 1, [["free", 1, 200, 0.1, "", 1, 0, [["db", 1e400, null]]]]]]'
+    with pytest.raises(StateError):
+        decode(raw)
