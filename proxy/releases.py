@@ -16,6 +16,7 @@ functions of proxy/core/releases.py.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +24,7 @@ from proxy.config import Config, ServiceConfig, Upstream, UpstreamsConfig
 from proxy.config import reader as read
 from proxy.config.analysis import increase, route_check
 from proxy.config.prometheus import release_check
+from proxy.config.servertiming import timing_check
 from proxy.config.services import _default_baseline, _step
 from proxy.core.analysis import AnalysisConfig, RouteCheck
 from proxy.core.releases import (
@@ -39,7 +41,7 @@ from proxy.store.records import ReleaseBook, ReleaseRecord
 _CHANGE_KEYS = ("commit", "url", "summary", "author", "routes")
 _STEP_KEYS = ("percent", "tiers", "tenants", "observe")
 _BODY_KEYS = ("version", "canary", "steps", "change", "checks", "salt", "supersede")
-_CHECK_KINDS = ("errors", "latency", "route", "prometheus")
+_CHECK_KINDS = ("errors", "latency", "route", "server_timing", "prometheus")
 MAX_RELEASE_ROUTES = 20  # route checks a release may add (each takes a share of the budget)
 
 
@@ -114,6 +116,7 @@ def release_analysis(
     origin = f"release {version}"
     routes = list(base.routes)
     prometheus = list(base.prometheus)
+    timing = list(base.server_timing)
     quantile, latency = base.latency_quantile, base.latency_max_increase
     for i, item in enumerate(checks):
         path = read.index("checks", i)
@@ -127,14 +130,12 @@ def release_analysis(
             routes.append(RouteCheck("/", tolerance, origin))
         elif kind == "route":
             routes.append(route_check(value, kind_path, base.error_max_increase, origin))
+        elif kind == "server_timing":
+            check = timing_check(value, kind_path)
+            timing.append(dataclasses.replace(check, origin=origin))
         elif kind == "prometheus":
-            if not base.prometheus:
-                raise ConfigError(
-                    kind_path,
-                    "the service has no Prometheus server to ask: configure a check in its "
-                    "rollout.analysis.prometheus (releases bring queries, not servers)",
-                )
-            prometheus.append(release_check(value, kind_path, base.prometheus[0], origin))
+            server = base.prometheus[0] if base.prometheus else None
+            prometheus.append(release_check(value, kind_path, server, os.environ, origin))
         else:
             section = read.mapping(value, kind_path, ("quantile", "max_increase"))
             latency = min(latency, increase(section, kind_path, latency))
@@ -153,6 +154,7 @@ def release_analysis(
         latency_quantile=quantile,
         latency_max_increase=latency,
         prometheus=tuple(prometheus),
+        server_timing=tuple(timing),
     )
 
 
@@ -227,9 +229,14 @@ def served(service: ServiceConfig, book: ReleaseBook | None) -> tuple[ServiceCon
         return idle, "", True
     steps = parse_steps(release.steps, service)
     baseline = _default_baseline(steps) if release.steps else service.rollout.baseline_s
-    analysis = release_analysis(
-        service.rollout.analysis, release.checks, release.change, release.version
-    )
+    try:
+        analysis = release_analysis(
+            service.rollout.analysis, release.checks, release.change, release.version
+        )
+    except ConfigError:
+        # Valid when the release started; no longer buildable (its Prometheus variable is
+        # gone from this process's environment): the service's own checks judge it.
+        analysis = service.rollout.analysis
     rollout = dataclasses.replace(
         service.rollout, salt=release.salt, steps=steps, baseline_s=baseline, analysis=analysis
     )

@@ -205,8 +205,16 @@ def test_a_release_brings_prometheus_queries_for_the_services_own_server() -> No
         ("prometheus:logins [release 2.0]", "http://127.0.0.1:9090", 0.1),
     ]
     with pytest.raises(ConfigError) as caught:
-        start_request(body, _service())  # no Prometheus server configured for this service
-    assert caught.value.path == "checks[0].prometheus"
-    with pytest.raises(ConfigError) as caught:
-        start_request({**body, "checks": [{"prometheus": {**login, "url_env": "X"}}]}, shop)
+        start_request(body, _service())  # no server configured, and no url_env given
     assert caught.value.path == "checks[0].prometheus.url_env"
+    unset = {"prometheus": {**login, "url_env": "ROLLOUT_TEST_UNSET_PROM_URL"}}
+    with pytest.raises(ConfigError) as caught:
+        start_request({**body, "checks": [unset]}, shop)
+    assert caught.value.path == "checks[0].prometheus.url_env"
+    with pytest.MonkeyPatch.context() as patch:  # a server of its own, from the environment
+        patch.setenv("ROLLOUT_TEST_UNSET_PROM_URL", "http://127.0.0.1:9091")
+        own = start_request({**body, "checks": [unset]}, _service())
+        analysis = release_analysis(_service().rollout.analysis, own.checks, own.change, "2.0")
+    assert [(c.check, c.url) for c in analysis.prometheus] == [
+        ("prometheus:logins [release 2.0]", "http://127.0.0.1:9091")
+    ]

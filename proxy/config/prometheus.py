@@ -51,12 +51,23 @@ def prometheus_checks(value: object, path: str, env: Mapping[str, str]) -> tuple
     return tuple(checks)
 
 
-def release_check(value: object, path: str, server: PromCheck, origin: str) -> PromCheck:
-    """A check a release brings: the service's Prometheus server (that of `server`, its first
-    configured check: servers are the config's, queries the change's), named after `origin`."""
-    data = dict(read.mapping(value, path, tuple(k for k in _KEYS if k != "url_env")))
-    data["url_env"] = server.url_env
-    check = _check(data, path, {server.url_env: server.url})
+def release_check(
+    value: object, path: str, server: PromCheck | None, env: Mapping[str, str], origin: str
+) -> PromCheck:
+    """A check a release brings, named after `origin`: its `url_env` is read from the proxy's
+    environment `env`; without one, it asks the service's own Prometheus server (`server`, its
+    first configured check)."""
+    data = dict(read.mapping(value, path, _KEYS))
+    if "url_env" not in data:
+        if server is None:
+            raise ConfigError(
+                read.key(path, "url_env"),
+                "is required: the service has no Prometheus check configured to take its "
+                "server from",
+            )
+        data["url_env"] = server.url_env
+        env = {server.url_env: server.url}
+    check = _check(data, path, env)
     return dataclasses.replace(check, name=f"{check.name} [{origin}]")
 
 

@@ -23,7 +23,7 @@ def server_timing(value: object, path: str) -> tuple[ServerTimingCheck, ...]:
     checks: list[ServerTimingCheck] = []
     names: set[str] = set()
     for i, item in enumerate(items):
-        check = _check(item, read.index(path, i))
+        check = timing_check(item, read.index(path, i))
         if check.name in names:
             raise ConfigError(read.index(path, i), f"a second check named {check.name}")
         names.add(check.name)
@@ -31,7 +31,8 @@ def server_timing(value: object, path: str) -> tuple[ServerTimingCheck, ...]:
     return tuple(checks)
 
 
-def _check(value: object, path: str) -> ServerTimingCheck:
+def timing_check(value: object, path: str) -> ServerTimingCheck:
+    """One check: `{metric, judge: duration|rate, max_increase, ...}`."""
     data = read.mapping(value, path, _KEYS, required=("metric", "judge"))
     metric = read.string(data["metric"], read.key(path, "metric"), _TOKEN, "a token like db")
     judge = read.choice(data["judge"], read.key(path, "judge"), JUDGES)

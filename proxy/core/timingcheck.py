@@ -45,16 +45,20 @@ class ServerTimingCheck:
     desc: str | None = None  # RATE: count only entries with this desc (None: presence)
     quantile: float = 0.5  # DURATION: the quantile of `dur` compared
     min_rate: float = 0.001  # RATE: an event rate tolerated whatever the baseline's
+    origin: str = ""  # "release 1.4.2": the release that brought it
 
     @property
     def name(self) -> str:
         """The check's name in verdicts and the journal: `server_timing:db` (duration),
-        `server_timing:cache;desc=miss` or `server_timing:cache;present` (rate)."""
+        `server_timing:cache;desc=miss` or `server_timing:cache;present` (rate); a release's
+        own check ends with ` [release V]`."""
         if self.judge == DURATION:
-            return f"server_timing:{self.metric}"
-        if self.desc is not None:
-            return f"server_timing:{self.metric};desc={self.desc}"
-        return f"server_timing:{self.metric};present"
+            name = f"server_timing:{self.metric}"
+        elif self.desc is not None:
+            name = f"server_timing:{self.metric};desc={self.desc}"
+        else:
+            name = f"server_timing:{self.metric};present"
+        return f"{name} [{self.origin}]" if self.origin else name
 
 
 class _TimingTier:
