@@ -183,7 +183,12 @@ class Relay:
         """The proxy answers in the upstream's place (before any response head was sent)."""
         self.status = error.status
         self.generated = True
-        self.close_after = self.close_after or not self.request_done or self.client.draining
+        self.close_after = (
+            self.close_after
+            or not self.request.keep_alive  # the client asked for the close (or HTTP/1.0)
+            or not self.request_done
+            or self.client.draining
+        )
         self.out.append(
             framing.error_response(
                 error.status,

@@ -32,3 +32,22 @@ async def test_get_is_forwarded_with_forwarding_headers() -> None:
     assert received.header("connection") is None
     await stable.close()
     await canary.close()
+
+
+async def test_an_answer_the_proxy_makes_honours_the_clients_close() -> None:
+    """A 502 (nothing listens upstream) to a client that asked for the close says so and
+    ends the connection at once, as an upstream's answer does; HTTP/1.0 likewise."""
+    upstream = "http://127.0.0.1:9"  # the discard port: nothing listens on loopback
+    async with running_proxy(config_dict(service([upstream], [], steps=[{"percent": 0}]))) as proxy:
+        port = proxy.data_address[1]
+        for request in (
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            b"GET / HTTP/1.0\r\nHost: x\r\n\r\n",
+        ):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(request)
+            async with asyncio.timeout(2):  # not the 60 s idle timeout
+                reply = await reader.read()  # to the end: the proxy closed
+            writer.close()
+            assert reply.startswith(b"HTTP/1.1 502 "), reply
+            assert b"\r\nConnection: close\r\n" in reply
