@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from proxy.rollout import Rollout
 from proxy.runtime import Runtime
 from tests.support.prometheus import PaymentsApp, PrometheusServer
 from tests.support.proxy import config_dict, running_proxy, service
+from tests.test_shadow_live import wait_for
 
 BY_VARIANT = 'sum(payment_{}_total{{version="{{{{variant}}}}"}})'
 BY_INSTANCES = 'sum(payment_{}_total{{instance=~"{{{{instances}}}}"}})'
@@ -117,15 +118,6 @@ async def traffic(
         finally:
             stop.set()
             await asyncio.gather(*clients)
-
-
-async def wait_for(check: Callable[[], bool], within: float) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        await asyncio.sleep(0.05)
-    return check()
 
 
 @pytest.mark.parametrize("form", [BY_VARIANT, BY_INSTANCES], ids=["variant", "instances"])

@@ -16,7 +16,8 @@ from aiohttp import web
 from proxy.core.machine import Status
 from tests.support.prometheus import PaymentsApp, PrometheusServer
 from tests.support.proxy import config_dict, running_proxy, service
-from tests.test_promcheck_live import BY_VARIANT, traffic, wait_for
+from tests.test_promcheck_live import BY_VARIANT, traffic
+from tests.test_shadow_live import wait_for
 
 TOKEN = "release-checks-token"
 

@@ -3,25 +3,19 @@ table prints."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from tests.support.scripts import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "loadtests" / "simulate.py"
 
 
 @pytest.fixture(scope="module")
 def simulate() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("simulate", SCRIPT)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["simulate"] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    return module
+    return load_script("simulate")
 
 
 def test_oracle_matches_the_issue(simulate: ModuleType) -> None:

@@ -239,9 +239,9 @@ class RatioCheck:
             canary=sum((x.canary for x in tiers), RateCount()),
             baseline=sum((x.baseline for x in tiers), RateCount()),
             tiers=tiers,
-            e_value=_exp(roll),
+            e_value=capped_exp(roll),
             threshold=1.0 / self.levels.rollback,
-            advance_e_value=_exp(advance),
+            advance_e_value=capped_exp(advance),
             advance_threshold=1.0 / self.levels.advance,
             ratio_low=lower_bound(self.grid, high, log_roll),
             ratio_high=upper_bound(self.grid, low, log_adv),
@@ -252,7 +252,7 @@ class RatioCheck:
             crossed=self._crossed,
             non_inferior=self._shown,
             floor=self.floor,
-            floor_e_value=_exp(floor),
+            floor_e_value=capped_exp(floor),
             paths=paths,
         )
 
@@ -311,5 +311,6 @@ def _kl(p: float, q: float) -> float:
     return p * log(p / q) + (1.0 - p) * log((1.0 - p) / (1.0 - q))
 
 
-def _exp(x: float) -> float:
+def capped_exp(x: float) -> float:
+    """exp(x), inf where it would overflow (an e-value from its log)."""
     return exp(x) if x < 700.0 else inf

@@ -48,11 +48,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from math import ceil, exp, inf, log
+from math import ceil, log
 from types import MappingProxyType
 
 from proxy.core.baseline import RateCount
 from proxy.core.budget import Levels, error_grid
+from proxy.core.checks import capped_exp
 from proxy.core.evidence import (
     FLOOR_WEIGHT,
     Profile,
@@ -207,9 +208,9 @@ class CountCheck:
             canary=canary,
             baseline=stable,
             tiers=(tier,),
-            e_value=_exp(roll),
+            e_value=capped_exp(roll),
             threshold=1.0 / self.levels.rollback,
-            advance_e_value=_exp(advance),
+            advance_e_value=capped_exp(advance),
             advance_threshold=1.0 / self.levels.advance,
             ratio_low=lower_bound(self.grid, loglik, log_roll),
             ratio_high=upper_bound(self.grid, loglik, log_adv),
@@ -220,7 +221,7 @@ class CountCheck:
             crossed=self._crossed,
             non_inferior=self._shown,
             floor=self.config.min_rate,
-            floor_e_value=_exp(floor),
+            floor_e_value=capped_exp(floor),
         )
 
     def _needed(self, log_adv: float, advance: float, floor: float) -> int:
@@ -283,7 +284,3 @@ class PromChecks:
             summary=summary,
             requests_needed=needed,
         )
-
-
-def _exp(x: float) -> float:
-    return exp(x) if x < 700.0 else inf

@@ -7,8 +7,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from math import exp, inf
+from math import inf
 
+from proxy.core.checks import capped_exp
 from proxy.core.guardrail import Trip
 from proxy.core.verdict import Assessment, CheckEvidence, Verdict
 
@@ -18,10 +19,6 @@ CONCENTRATED_MIN_EVENTS = 10
 
 def _pct(rate: float) -> str:
     return f"{rate * 100:.2g}%"
-
-
-def _exp(nats: float) -> float:
-    return exp(nats) if nats < 700.0 else inf
 
 
 def _ratio(value: float) -> str:
@@ -102,8 +99,8 @@ def guardrail(trip: Trip, checks: tuple[CheckEvidence, ...], now: float) -> Asse
         Verdict.DEGRADED,
         "guardrail",
         summary,
-        _exp(trip.statistic),
-        _exp(trip.needed),
+        capped_exp(trip.statistic),
+        capped_exp(trip.needed),
         checks,
         0,
         now,

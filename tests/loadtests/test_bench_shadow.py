@@ -3,25 +3,19 @@ its help works. The benchmark itself is not run here (it needs the machine to it
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
 
 from proxy.config import parse_text
+from tests.support.scripts import load_script
 
 SCRIPT = Path(__file__).resolve().parents[2] / "loadtests" / "bench.py"
 
 
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench", SCRIPT)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench"] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench")
 
 
 def test_the_shadow_flag_writes_a_shadow_step(tmp_path: Path) -> None:
