@@ -118,6 +118,7 @@ def release_analysis(
     prometheus = list(base.prometheus)
     timing = list(base.server_timing)
     quantile, latency = base.latency_quantile, base.latency_max_increase
+    latency_origin = base.latency_origin
     for i, item in enumerate(checks):
         path = read.index("checks", i)
         if len(item) != 1:
@@ -139,6 +140,7 @@ def release_analysis(
         else:
             section = read.mapping(value, kind_path, ("quantile", "max_increase"))
             latency = min(latency, increase(section, kind_path, latency))
+            latency_origin = origin
             if "quantile" in section:
                 quantile = read.number(section["quantile"], read.key(kind_path, "quantile"),
                                        0.5, 0.999)  # fmt: skip
@@ -153,6 +155,7 @@ def release_analysis(
         routes=tuple(routes),
         latency_quantile=quantile,
         latency_max_increase=latency,
+        latency_origin=latency_origin,
         prometheus=tuple(prometheus),
         server_timing=tuple(timing),
     )

@@ -53,6 +53,7 @@ def test_a_release_adds_its_checks_named_after_it_and_only_for_itself() -> None:
         ("route:/orders [release 2.0]", 0.2),
     ]
     assert (analysis.latency_quantile, analysis.latency_max_increase) == (0.9, 0.1)
+    assert analysis.latency_origin == "release 2.0"  # its verdicts say `latency [release 2.0]`
     plain = start_request({"version": "3.0", "canary": ["http://127.0.0.1:11"]}, shop)
     again = release_analysis(shop.rollout.analysis, plain.checks, plain.change, "3.0")
     assert again == shop.rollout.analysis  # nothing carried over to the next release

@@ -180,7 +180,7 @@ from proxy.core.shadow import MAX_ROUTES, generalize
 from proxy.core.summary import degraded, guardrail, healthy, inconclusive
 from proxy.core.timingcheck import ServerTimingCheck, TimingChecks
 from proxy.core.traffic import IncidentWatch, ShareEstimate
-from proxy.core.verdict import Assessment, CheckEvidence, Verdict
+from proxy.core.verdict import Assessment, CheckEvidence, Verdict, latency_name
 
 SHADOW_PATHS: Final = 50  # differing field paths counted per route (the rest are not named)
 SHADOW_EVIDENCE_PATHS: Final = 10  # ... and named in a check's evidence
@@ -225,6 +225,7 @@ class AnalysisConfig:
     error_min_rate: float = 0.001  # an error rate tolerated whatever the baseline's
     latency_quantile: float = 0.99
     latency_max_increase: float = 0.25
+    latency_origin: str = ""  # "release 1.4.2": a release tightened the latency check
     guardrail_max_error_rate: float = 0.5
     guardrail_min_requests: int = 10
     routes: tuple[RouteCheck, ...] = ()
@@ -307,7 +308,7 @@ class StepAnalysis:
             config.error_min_rate,
         )
         self.latency = RatioCheck(
-            "latency",
+            latency_name(config.latency_origin),
             latency_grid(),
             self._levels(share, 1, n),
             {t: b.slow for t, b in self._baselines.items()},

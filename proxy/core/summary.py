@@ -11,7 +11,7 @@ from math import inf
 
 from proxy.core.checks import capped_exp
 from proxy.core.guardrail import Trip
-from proxy.core.verdict import Assessment, CheckEvidence, Verdict
+from proxy.core.verdict import Assessment, CheckEvidence, Verdict, is_latency
 
 CONCENTRATED = 0.5  # the busiest id's share of recent canary events worth saying
 CONCENTRATED_MIN_EVENTS = 10
@@ -40,9 +40,9 @@ def describe(check: CheckEvidence) -> str:
             f"{check.check}: canary {_pct(c.rate)} bad vs {_pct(b.rate)} stable, over "
             f"{c.requests:,} canary and {b.requests:,} stable counts since the step began"
         )
-    if check.check == "latency":
+    if is_latency(check.check):
         return (
-            f"latency: {_pct(c.rate)} of canary requests slower than the tolerated quantile "
+            f"{check.check}: {_pct(c.rate)} of canary requests slower than the tolerated quantile "
             f"vs {_pct(b.rate)} of baseline requests slower than the quantile, over "
             f"{c.requests:,} canary requests"
         )

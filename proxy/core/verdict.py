@@ -9,9 +9,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Final
 
 from proxy.core.baseline import RateCount
 from proxy.core.traffic import Concentration
+
+LATENCY: Final = "latency"
+
+
+def latency_name(origin: str = "") -> str:
+    """The latency check's name in verdicts: `latency`, or `latency [release 1.4.2]` while a
+    release holds it to its own tolerance or quantile."""
+    return f"{LATENCY} [{origin}]" if origin else LATENCY
+
+
+def is_latency(check: str) -> bool:
+    return check == LATENCY or check.startswith(f"{LATENCY} [")
 
 
 class Verdict(StrEnum):

@@ -411,9 +411,14 @@ function latestVerdict(status, decisions) {
   return entry ? { verdict: entry.evidence, entry } : { verdict: null, entry: null };
 }
 
+// "latency", or "latency [release 1.4.2]" while a release holds it to its own tolerance.
+function isLatency(name) {
+  return name === "latency" || name.startsWith("latency [");
+}
+
 function checkWords(check) {
   const c = check.canary, b = check.baseline;
-  if (check.check === "latency") {
+  if (isLatency(check.check)) {
     return `${pct(rateOf(c))} of canary requests slower than the tolerated latency vs ` +
       `${pct(rateOf(b))} of baseline requests slower than its own quantile, ` +
       `over ${count(c.requests)} canary requests`;
@@ -488,9 +493,9 @@ function renderVerdict(card, status, decisions) {
 
 function checkRow(check) {
   const tr = el("tr");
-  const latency = check.check === "latency";
+  const latency = isLatency(check.check);
   const cells = [
-    latency ? "latency (slow)" : check.check,
+    latency ? check.check.replace("latency", "latency (slow)") : check.check,
     `${pct(rateOf(check.canary))} of ${count(check.canary.requests)}`,
     `${pct(rateOf(check.baseline))} of ${count(check.baseline.requests)}`,
     `${ratio(check.ratio_low)}–${ratio(check.ratio_high)} (≤ ${ratio(check.tolerance)})`,

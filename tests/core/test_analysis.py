@@ -676,3 +676,25 @@ def test_a_flood_of_cheap_successes_from_one_id_cannot_hide_a_regression() -> No
     # Real users on the canary fail 1 in 10 (stable: 0.2%); one id floods it with successes.
     verdicts = _abuse(attacker_error=False, canary_error_every=10, seconds=30)
     assert any(v.verdict is Verdict.DEGRADED for v in verdicts)
+
+
+def test_a_latency_check_a_release_tightened_is_named_after_the_release() -> None:
+    """A release that brings `latency` holds the service's latency check to its tolerance:
+    the verdict that rolls it back names the check and the release."""
+    config = AnalysisConfig(min_requests=50, latency_origin="release 2.0")
+    analysis = StepAnalysis(config, started=0.0)
+    now, verdict = 0.0, analysis.assess(0.0)
+    for i in range(20_000):
+        now += 0.001
+        canary = i % 2 == 0
+        slow = 0.08 if canary else 0.02 + (i % 97) / 10_000
+        analysis.observe(tier="t", canary=canary, error=False, latency_s=slow, path="/",
+                         id_hash=i, now=now)  # fmt: skip
+        if i % 500 == 0:
+            verdict = analysis.assess(now)
+            if verdict.verdict is Verdict.DEGRADED:
+                break
+    assert verdict.verdict is Verdict.DEGRADED, verdict
+    assert verdict.check == "latency [release 2.0]"
+    assert verdict.summary.startswith("latency [release 2.0]:"), verdict.summary
+    assert [c.check for c in verdict.checks][:2] == ["errors", "latency [release 2.0]"]
