@@ -5,9 +5,10 @@
     python loadtests/simulate.py --quick          # a handful of runs, for CI (< 30 s)
     python loadtests/simulate.py --runs 200 --aa-runs 500 --json out.json
 
-Times are on 2 idle cores; an A/A rollout costs about 4 s of CPU, so --full takes about 10
-minutes. The false-rollback bound (1%) can only be checked on at least 300 A/A rollouts: use
---full (or --aa-runs 300 or more) for that line.
+Times are on 2 idle cores; an A/A rollout costs 1.5-4 s of CPU, and --full walks three
+families of 300 (plain, with Server-Timing checks, with a counter check), about 25 minutes.
+The false-rollback bound (1%) can only be checked on at least 300 A/A rollouts: use --full (or
+--aa-runs 300 or more) for that line.
 
 Every simulated request goes through `StepAnalysis.observe`, and `assess` is called once per
 virtual second, as the controller does. Traffic: 1,000 requests/s from 20,000 users over four
@@ -24,11 +25,19 @@ the first 30 s of the first or the second step); a step advances when `observe` 
 the verdict is healthy; the last step only has to hold for `observe`. Advance times are reported
 over the steps the incident did not touch, and separately for those it did (from its end).
 
+The service's own signals: in the Server-Timing scenarios every response carries `db;dur=` and
+`cache;desc=`, checked on db time and miss rate; in the app-counter scenarios the service
+counts its failures per variant in counters that Prometheus scrapes every 15 s, read by a
+prometheus check every second (so the evidence arrives in 15 s batches). Each has its A/A
+family (the same signals on both arms, the same incident), 300 rollouts with --full.
+
 The oracle is the time a one-sided two-proportion z-test at alpha 0.01 with 50% power needs,
 with its sample size chosen knowing the rates: n = z(0.99)^2 * p0 * (1 + 1/r) / (p1 - p0)^2
 canary requests, r = stable/canary requests. For advancing, p1 = (1 + max_increase) * p0.
 For latency, p0 = 1% of baseline requests above the baseline p99 and p1 = the canary's share of
 requests above (1 + max_increase) times it: the question the latency check answers.
+For app counters the oracle sees every request's outcome at once: the scrape interval's delay
+is part of the measured time, not of the oracle's.
 """
 
 from __future__ import annotations
@@ -49,6 +58,7 @@ from statistics import NormalDist
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from proxy.core.analysis import AnalysisConfig, RateCount, StepAnalysis, TierBaseline, Verdict
+from proxy.core.promql import PromCheck
 from proxy.core.servertiming import TimingEntry
 from proxy.core.timingcheck import ServerTimingCheck
 
@@ -70,6 +80,14 @@ DB_MEDIAN_MS = (4.0, 8.0, 12.0, 20.0)  # per tier, as TIERS
 MISS_RATE = 0.2
 _HIT = TimingEntry("cache", None, "hit")
 _MISS = TimingEntry("cache", None, "miss")
+# The app-counter scenarios: the service counts its own failures (say, logins refused) per
+# variant, APP_BAD_RATE of requests, in two counters Prometheus scrapes every SCRAPE_S; the
+# analysis reads them every virtual second (the controller's interval), so what it sees moves
+# in batches of SCRAPE_S seconds of traffic. Checked with the prometheus check's defaults.
+APP_CHECK = PromCheck("app", "", "", bad="app_failures_total", total="app_requests_total")
+COUNTER_CONFIG = replace(CONFIG, prometheus=(APP_CHECK,))
+APP_BAD_RATE = 0.02
+SCRAPE_S = 15.0
 Z99 = NormalDist().inv_cdf(0.99)
 
 
@@ -101,6 +119,8 @@ class Scenario:
     db_factor: float = 1.0  # canary db time / stable's
     miss_factor: float = 1.0  # canary cache miss rate / stable's ...
     miss_tier: str = ""  # ... in this tier only ("": every tier)
+    counters: bool = False  # the service exports failure counters, and the service checks them
+    app_factor: float = 1.0  # canary app failure rate / stable's
 
 
 REGRESSIONS = (
@@ -117,6 +137,20 @@ REGRESSIONS = (
         timing=True,
         miss_factor=2.0,
         miss_tier="free",
+    ),
+    Scenario(
+        "App counter failures 2x on a 25% step, 15 s scrapes",
+        25.0,
+        target_s=30.0,
+        counters=True,
+        app_factor=2.0,
+    ),
+    Scenario(
+        "App counter failures 2x on a 5% step, 15 s scrapes",
+        5.0,
+        target_s=60.0,
+        counters=True,
+        app_factor=2.0,
     ),
 )
 
@@ -147,6 +181,7 @@ class World:
     latency_factor: float
     incident: tuple[float, float] = (-1.0, -1.0)
     timing: Scenario | None = None  # responses carry Server-Timing, as this scenario says
+    counters: Counters | None = None  # the service's own failure counters
 
     @classmethod
     def seeded(
@@ -155,10 +190,51 @@ class World:
         error_factor: float = 1.0,
         latency_factor: float = 1.0,
         timing: Scenario | None = None,
+        app_factor: float | None = None,
     ) -> World:
+        """`app_factor`: the service exports failure counters, the canary's at this factor."""
         rng = Random(seed)
         buckets = [rng.randrange(10_000) for _ in range(_USERS)]
-        return cls(rng, buckets, error_factor, latency_factor, timing=timing)
+        counters = None
+        if app_factor is not None:
+            counters = Counters.started(rng, app_factor)
+        return cls(rng, buckets, error_factor, latency_factor, timing=timing, counters=counters)
+
+
+@dataclass
+class Counters:
+    """The service's `app_failures_total` and `app_requests_total` per variant: their values
+    now (`live`) and at Prometheus' latest scrape (`scraped`), which is what a query reads."""
+
+    factor: float  # canary failure rate / stable's
+    live: dict[tuple[str, str], float]  # (variant, kind) -> value
+    scraped: dict[tuple[str, str], float]
+    next_scrape: float
+
+    @classmethod
+    def started(cls, rng: Random, factor: float) -> Counters:
+        """Counters that have run for a while (their values since the process started), with
+        the scrape at a random phase of its interval."""
+        live = {
+            (v, k): float(rng.randrange(10_000, 20_000) * (50 if k == "total" else 1))
+            for v in ("stable", "canary")
+            for k in ("bad", "total")
+        }
+        return cls(factor, live, dict(live), rng.uniform(0.0, SCRAPE_S))
+
+    def count(self, canary: bool, bad: bool) -> None:
+        variant = "canary" if canary else "stable"
+        self.live[variant, "total"] += 1.0
+        if bad:
+            self.live[variant, "bad"] += 1.0
+
+    def read(self, analysis: StepAnalysis, now: float) -> None:
+        """Scrape when due, then give the analysis what a query would return now."""
+        while now >= self.next_scrape:
+            self.scraped = dict(self.live)
+            self.next_scrape += SCRAPE_S
+        reads = {key: {"{}": value} for key, value in self.scraped.items()}
+        analysis.prometheus.record(APP_CHECK.name, reads)
 
 
 _THIRTEEN = (13,) * RATE
@@ -175,7 +251,8 @@ def run_second(world: World, analysis: StepAnalysis, percent: float, start: floa
     factor = 1.0 if in_incident else world.error_factor
     slower, observe = world.latency_factor, analysis.observe
     db, misses = _timing_draws(world, len(users))
-    scenario = world.timing
+    scenario, counters = world.timing, world.counters
+    app = [rnd() for _ in _THIRTEEN] if counters is not None else []
     for i, user in enumerate(users):
         k = _USER_TIER[user]
         canary = buckets[user] < cut
@@ -188,6 +265,9 @@ def run_second(world: World, analysis: StepAnalysis, percent: float, start: floa
         timing = None
         if scenario is not None:
             timing = _timing(scenario, k, canary, db[i], misses[i])
+        if counters is not None:
+            app_rate = INCIDENT_RATE if in_incident else APP_BAD_RATE
+            counters.count(canary, app[i] < app_rate * (counters.factor if canary else 1.0))
         tripped = observe(
             tier=_NAMES[k],
             canary=canary,
@@ -249,6 +329,8 @@ def run_step(
         if tripped >= 0:
             return StepResult("degraded", tripped - start, shown)
         t += 1.0
+        if world.counters is not None:
+            world.counters.read(analysis, t)
         verdict = analysis.assess(t).verdict
         if verdict is Verdict.DEGRADED:
             return StepResult("degraded", t - start, shown)
@@ -276,12 +358,20 @@ def healthy_baselines(previous_percent: float) -> dict[str, TierBaseline]:
 def regression_run(scenario: Scenario, seed: int) -> StepResult:
     """One step with a bad canary from its start, after healthy steps (their baselines)."""
     timing = scenario if scenario.timing else None
-    world = World.seeded(seed, scenario.error_factor, scenario.latency_factor, timing)
+    app = scenario.app_factor if scenario.counters else None
+    world = World.seeded(seed, scenario.error_factor, scenario.latency_factor, timing, app)
     step = ROLLOUT.index(scenario.percent)
     baselines = healthy_baselines(ROLLOUT[step - 1]) if step else {}
-    config = TIMING_CONFIG if scenario.timing else CONFIG
+    config = scenario_config(scenario)
     analysis = step_analysis(baselines, 0.0, step, config)
     return run_step(world, analysis, scenario.percent, 0.0, lambda v, s: False)
+
+
+def scenario_config(scenario: Scenario) -> AnalysisConfig:
+    """The service's checks in this scenario: the defaults, plus those its signals feed."""
+    if scenario.timing:
+        return TIMING_CONFIG
+    return COUNTER_CONFIG if scenario.counters else CONFIG
 
 
 def step_analysis(
@@ -303,17 +393,21 @@ def step_analysis(
     )
 
 
-def aa_run(seed: int, timing: bool = False) -> list[StepResult]:
+def aa_run(seed: int, signals: str = "") -> list[StepResult]:
     """A whole healthy rollout with one shared incident; the result of each step reached.
 
     The incident starts within the first 30 s of step `seed % 2` (5% or 25%). Steps do not
     advance while the baseline is in an incident, so it cannot follow the rollout into the
     last step, which has no stable traffic to tell a shared incident from a regression.
-    `timing`: every response carries Server-Timing db and cache (the same on both arms), and
-    the service is also checked on them (TIMING_CONFIG).
+    `signals`: "timing", every response carries Server-Timing db and cache (the same on both
+    arms) and the service is also checked on them (TIMING_CONFIG); "counters", the service
+    exports failure counters (the same rate on both arms, and in the incident too), checked by
+    a prometheus check on 15 s scrapes (COUNTER_CONFIG).
     """
-    world = World.seeded(seed, timing=Scenario("A/A", 0.0, timing=True) if timing else None)
-    config = TIMING_CONFIG if timing else CONFIG
+    scenario = Scenario("A/A", 0.0, timing=signals == "timing", counters=signals == "counters")
+    timing = scenario if scenario.timing else None
+    world = World.seeded(seed, timing=timing, app_factor=1.0 if scenario.counters else None)
+    config = scenario_config(scenario)
     baselines: dict[str, TierBaseline] = {}
     results: list[StepResult] = []
     t = 0.0
@@ -350,6 +444,9 @@ def oracle_s(p0: float, p1: float, percent: float) -> float:
 
 
 def scenario_oracle(scenario: Scenario) -> float:
+    if scenario.counters:
+        # As if every request's outcome were seen at once (no scrape batches).
+        return oracle_s(APP_BAD_RATE, APP_BAD_RATE * scenario.app_factor, scenario.percent)
     if scenario.miss_factor != 1.0:
         # The miss rate of one tier (or all): that tier's requests only.
         weight = sum(t.weight for t in TIERS if scenario.miss_tier in ("", t.name))
@@ -373,6 +470,13 @@ def scenario_oracle(scenario: Scenario) -> float:
 def advance_oracle(percent: float) -> float:
     p0 = STABLE_ERROR_RATE
     return oracle_s(p0, p0 * (1 + CONFIG.error_max_increase), percent)
+
+
+def counter_advance_oracle(percent: float) -> float:
+    """The slower of the errors check and the counter check (APP_BAD_RATE, +20% tolerated)."""
+    p0 = APP_BAD_RATE
+    counter = oracle_s(p0, p0 * (1 + APP_CHECK.max_increase), percent)
+    return max(advance_oracle(percent), counter)
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -408,14 +512,19 @@ def regression_row(scenario: Scenario, results: list[StepResult]) -> Row:
     return _row(scenario.name, times, len(results), scenario_oracle(scenario), scenario.target_s)
 
 
-def aa_rows(runs: list[list[StepResult]], label: str = "A/A") -> list[Row]:
-    """Per step: the runs the incident did not touch, then those it ended in (from its end)."""
+def aa_rows(
+    runs: list[list[StepResult]],
+    label: str = "A/A",
+    oracle_of: Callable[[float], float] = advance_oracle,
+) -> list[Row]:
+    """Per step: the runs the incident did not touch, then those it ended in (from its end).
+    `oracle_of(percent)`: the time the slowest of the family's checks needs to advance."""
     rows, nan = [], float("nan")
     for index, percent in enumerate(ROLLOUT[:-1]):
         reached = [run[index] for run in runs if len(run) > index]
         clean = [r for r in reached if r.after_incident_s != r.after_incident_s]
         hit = [r for r in reached if r.after_incident_s == r.after_incident_s]
-        oracle = advance_oracle(percent)
+        oracle = oracle_of(percent)
         target = max(OBSERVE_S, 3 * oracle)
         name = f"{label} {percent:g}% step"
         shown = [r.shown_s for r in clean]
@@ -472,23 +581,28 @@ def _regression_job(job: tuple[int, int]) -> StepResult:
 
 
 def _timing_aa_job(seed: int) -> list[StepResult]:
-    return aa_run(seed, timing=True)
+    return aa_run(seed, "timing")
 
 
-def timing_aa_count(args: argparse.Namespace, aa_runs: int) -> int:
-    """A/A rollouts with the Server-Timing check: as many as the others with --full or when
-    asked, else at most TIMING_AA_RUNS (the default run stays short)."""
-    if args.timing_aa_runs is not None:
-        return int(args.timing_aa_runs)
+def _counter_aa_job(seed: int) -> list[StepResult]:
+    return aa_run(seed, "counters")
+
+
+def signal_aa_count(asked: int | None, args: argparse.Namespace, aa_runs: int) -> int:
+    """A/A rollouts with the Server-Timing checks, or with the counter check: as many as the
+    others with --full or when `asked`, else at most SIGNAL_AA_RUNS (the default run stays
+    short)."""
+    if asked is not None:
+        return asked
     if args.quick:
         return 2
-    return aa_runs if args.full else min(aa_runs, TIMING_AA_RUNS)
+    return aa_runs if args.full else min(aa_runs, SIGNAL_AA_RUNS)
 
 
 RUNS, AA_RUNS = 100, 50  # the default run: under 3 minutes on 2 cores
 FULL_AA_RUNS = 300  # enough A/A rollouts to check the false-rollback bound
 QUICK = (5, 4)
-TIMING_AA_RUNS = 20
+SIGNAL_AA_RUNS = 20
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -512,8 +626,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--timing-aa-runs",
         type=int,
         default=None,
-        help=f"A/A rollouts with a Server-Timing db check (default: {TIMING_AA_RUNS}, "
+        help=f"A/A rollouts with Server-Timing db and cache checks (default: {SIGNAL_AA_RUNS}, "
         "--full: as many as --aa-runs)",
+    )
+    parser.add_argument(
+        "--counter-aa-runs",
+        type=int,
+        default=None,
+        help=f"A/A rollouts with a prometheus counter check on 15 s scrapes (default: "
+        f"{SIGNAL_AA_RUNS}, --full: as many as --aa-runs)",
     )
     parser.add_argument("--quick", action="store_true", help="a handful of runs (CI smoke, < 30 s)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
@@ -530,32 +651,59 @@ def run_counts(args: argparse.Namespace) -> tuple[int, int]:
     return args.runs, FULL_AA_RUNS if args.full else AA_RUNS
 
 
+@dataclass(frozen=True)
+class Family:
+    """A/A rollouts with the checks of the service's own signals."""
+
+    what: str
+    label: str
+    job: Callable[[int], list[StepResult]]
+    first_seed: int
+    oracle_of: Callable[[float], float]
+
+
+SIGNALS = (
+    Family("Server-Timing db and cache checks", "A/A S-T", _timing_aa_job, 20_000, advance_oracle),
+    Family(
+        "a prometheus counter check on 15 s scrapes",
+        "A/A counters",
+        _counter_aa_job,
+        30_000,
+        counter_advance_oracle,
+    ),
+)
+
+
+def _rollbacks(runs: list[list[StepResult]]) -> int:
+    return sum(any(r.verdict == "degraded" for r in run) for run in runs)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     runs, aa_runs = run_counts(args)
     jobs = [(i, seed) for i in range(len(REGRESSIONS)) for seed in range(runs)]
+    asked = (args.timing_aa_runs, args.counter_aa_runs)
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         flat = list(pool.map(_regression_job, jobs, chunksize=4))
         aa = list(pool.map(aa_run, range(10_000, 10_000 + aa_runs), chunksize=2))
-        timing_runs = timing_aa_count(args, aa_runs)
-        seeds = range(20_000, 20_000 + timing_runs)
-        timing_aa = list(pool.map(_timing_aa_job, seeds, chunksize=2))
+        signal_aa = []
+        for family, n in zip(SIGNALS, asked, strict=True):
+            seeds = range(family.first_seed, family.first_seed + signal_aa_count(n, args, aa_runs))
+            signal_aa.append(list(pool.map(family.job, seeds, chunksize=2)))
     rows = [regression_row(s, flat[i * runs : (i + 1) * runs]) for i, s in enumerate(REGRESSIONS)]
     rows += aa_rows(aa)
-    rows += aa_rows(timing_aa, "A/A S-T") if timing_aa else []
-    rollbacks = sum(any(r.verdict == "degraded" for r in run) for run in aa)
-    timing_rollbacks = sum(any(r.verdict == "degraded" for r in run) for run in timing_aa)
+    for family, results in zip(SIGNALS, signal_aa, strict=True):
+        rows += aa_rows(results, family.label, family.oracle_of) if results else []
     rollout = " -> ".join(f"{p:g}%" for p in ROLLOUT)
     print(
         f"rollout {rollout} (observe {OBSERVE_S:g} s), {RATE:,} req/s, stable errors "
         f"{STABLE_ERROR_RATE:.2%}, {runs} runs per regression, {aa_runs} A/A rollouts\n"
     )
-    print_table(rows, rollbacks, aa_runs)
-    if timing_aa:
-        print(
-            f"A/A false rollbacks with Server-Timing db and cache checks: {timing_rollbacks}/"
-            f"{len(timing_aa)} = {timing_rollbacks / len(timing_aa):.2%}"
-        )
+    print_table(rows, _rollbacks(aa), aa_runs)
+    for family, results in zip(SIGNALS, signal_aa, strict=True):
+        if results:
+            n, bad = len(results), _rollbacks(results)
+            print(f"A/A false rollbacks with {family.what}: {bad}/{n} = {bad / n:.2%}")
     if args.quick:
         print("(--quick: a smoke run; too few runs to judge the targets)")
     elif aa_runs < FULL_AA_RUNS:
@@ -563,10 +711,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         payload = {
             "rows": [asdict(r) for r in rows],
-            "aa_rollbacks": rollbacks,
+            "aa_rollbacks": _rollbacks(aa),
             "aa_runs": aa_runs,
-            "timing_aa_rollbacks": timing_rollbacks,
-            "timing_aa_runs": len(timing_aa),
+            "timing_aa_rollbacks": _rollbacks(signal_aa[0]),
+            "timing_aa_runs": len(signal_aa[0]),
+            "counter_aa_rollbacks": _rollbacks(signal_aa[1]),
+            "counter_aa_runs": len(signal_aa[1]),
         }
         args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     return 0

@@ -75,11 +75,40 @@ def test_the_server_timing_scenarios_roll_back_and_their_a_a_rollout_runs(
     one_tier = simulate.regression_run(timing[2], 1)
     assert one_tier.verdict == "degraded"
     assert simulate.scenario_oracle(timing[2]) == pytest.approx(1.04, abs=0.05)
-    run = simulate.aa_run(20_000, timing=True)
+    run = simulate.aa_run(20_000, "timing")
     assert "degraded" not in [step.verdict for step in run]
     rows = simulate.aa_rows([run], "A/A S-T")
     assert rows[0].scenario.startswith("A/A S-T 5% step")
     args = simulate.parse_args([])
-    assert simulate.timing_aa_count(args, 50) == 20
-    assert simulate.timing_aa_count(simulate.parse_args(["--full"]), 300) == 300
-    assert simulate.timing_aa_count(simulate.parse_args(["--quick"]), 4) == 2
+    assert simulate.signal_aa_count(None, args, 50) == 20
+    assert simulate.signal_aa_count(None, simulate.parse_args(["--full"]), 300) == 300
+    assert simulate.signal_aa_count(None, simulate.parse_args(["--quick"]), 4) == 2
+    assert simulate.signal_aa_count(7, args, 50) == 7
+
+
+def test_an_app_counter_regression_seen_in_15_s_scrapes_rolls_back_and_its_a_a_advances(
+    simulate: ModuleType,
+) -> None:
+    """The service's own failure counters, read through 15 s scrapes: the analysis sees them
+    move in batches, rolls a 2x canary back within a few scrapes, and lets a healthy one
+    through every step."""
+    counters = [s for s in simulate.REGRESSIONS if s.counters]
+    assert [(s.percent, s.app_factor) for s in counters] == [(25.0, 2.0), (5.0, 2.0)]
+    for scenario in counters:
+        result = simulate.regression_run(scenario, 2)
+        assert result == simulate.regression_run(scenario, 2)
+        assert result.verdict == "degraded"
+        assert result.seconds <= 4 * simulate.SCRAPE_S
+    world = simulate.World.seeded(5, app_factor=1.0)
+    assert world.counters is not None
+    seen = []
+    analysis = simulate.step_analysis({}, 0.0, 1, simulate.COUNTER_CONFIG)
+    for second in range(1, 46):
+        simulate.run_second(world, analysis, 25.0, float(second - 1))
+        world.counters.read(analysis, float(second))
+        seen.append(analysis.prometheus.checks["app"].seen.canary.requests)
+    assert len(set(seen)) in (3, 4), "the counters move once a scrape, not every second"
+    run = simulate.aa_run(30_000, "counters")
+    assert [step.verdict for step in run] == ["healthy", "healthy", "healthy", "inconclusive"]
+    rows = simulate.aa_rows([run], "A/A counters", simulate.counter_advance_oracle)
+    assert rows[0].oracle_s == pytest.approx(142.4, abs=0.5)  # the counter check sets it
