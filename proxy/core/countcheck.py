@@ -30,6 +30,15 @@ bad/total against `min_rate`) is a product of per-request binomial likelihood ra
 batch only multiplies together. A batch in which an arm's total did not grow is not consumed:
 its events wait for the next batch (an arm without requests says nothing about theta).
 
+*The step's first scrape.* A look answers with the latest scrape, up to a scrape interval old:
+the step's first look sees the scrape before it began, and the next scrape's increase still
+holds requests of the previous step, at the previous step's share. Were the event rates to
+change at that moment (an incident starting), that batch's events would not be binomial at its
+measured share. So each variant counts from the first look whose values differ from the first
+one (its first scrape since the step began): every batch judged is of this step alone, for one
+scrape interval more. The same holds within a step only if both variants' counters are scraped
+together (one job, one interval): counts of different windows skew the share when rates move.
+
 *Levels.* Each prometheus check is a check of weight 1 in the step's budget (analysis.py), so
 its rollback rate is a share of the same false-rollback rate. Either verdict needs `min_total`
 on each arm. Advancing needs non-inferiority, as the error check: the ratio's advance test at
@@ -74,6 +83,11 @@ NOT_READ = "not read yet"
 NO_DATA = "no data from prometheus"
 
 Read = Mapping[str, float] | str  # a query's values per series, or why there are none
+Values = tuple[tuple[str, float], ...]
+
+
+def _values(read: Read) -> Values:
+    return () if isinstance(read, str) else tuple(sorted(read.items()))
 
 
 class Increase:
@@ -127,6 +141,7 @@ class CountCheck:
 
     __slots__ = (
         "_crossed",
+        "_first",
         "_shown",
         "canary_only",
         "config",
@@ -151,6 +166,9 @@ class CountCheck:
         self.consumed = self.seen  # up to the last batch fed to the profile
         self.missing = NOT_READ
         self._crossed = self._shown = False
+        # Per variant: its values at the step's first look (None once a later look differs,
+        # from when its increases count; see `_counting`).
+        self._first: dict[str, tuple[Values, ...] | None] = {}
 
     def record(self, reads: Mapping[tuple[str, str], Read]) -> None:
         """One look: each (variant, kind) query's values, or the reason it has none."""
@@ -159,14 +177,35 @@ class CountCheck:
             read = reads.get(key, NOT_READ)
             if isinstance(read, str):
                 errors.append(f"{key[0]} {key[1]}: {read}")
-            else:
-                self.increases[key].update(read)
         if errors:
             self.missing = "; ".join(errors)
             return
+        for variant in VARIANTS:
+            if self._counting(variant, reads):
+                for kind in KINDS:
+                    read = reads[variant, kind]
+                    assert not isinstance(read, str)
+                    self.increases[variant, kind].update(read)
         self.missing = ""
         self.seen = Totals(self._count("canary"), self._count("stable"))
         self._consume()
+
+    def _counting(self, variant: str, reads: Mapping[tuple[str, str], Read]) -> bool:
+        """Do `variant`'s counters count yet? Not at the step's first look: Prometheus then
+        answers with the scrape before the step began, and the next scrape's batch would
+        mix the previous step's requests (at its share) with this one's. The base is the first
+        look whose values differ from it (a scrape since the step began), and from then on
+        every batch is this step's alone."""
+        if variant in self._first and self._first[variant] is None:
+            return True
+        values = tuple(_values(reads[variant, kind]) for kind in KINDS)
+        if variant not in self._first:
+            self._first[variant] = values
+            return False
+        if values == self._first[variant]:
+            return False
+        self._first[variant] = None
+        return True
 
     def _count(self, variant: str) -> RateCount:
         bad, total = self.increases[variant, "bad"].value, self.increases[variant, "total"].value

@@ -7,7 +7,7 @@ seeded; no sockets.
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import pytest
 from hypothesis import given, settings
@@ -16,7 +16,15 @@ from hypothesis import strategies as st
 from proxy.core.analysis import AnalysisConfig, StepAnalysis
 from proxy.core.baseline import RateCount
 from proxy.core.budget import check_levels, checks_share, error_grid, step_share
-from proxy.core.countcheck import NO_DATA, CountCheck, Increase, PromChecks, Read, add_batch
+from proxy.core.countcheck import (
+    NO_DATA,
+    CountCheck,
+    Increase,
+    PromChecks,
+    Read,
+    Totals,
+    add_batch,
+)
 from proxy.core.evidence import Profile, rollback_log_e
 from proxy.core.promql import PromCheck
 from proxy.core.verdict import Verdict
@@ -44,6 +52,20 @@ class Counters:
 
     def reads(self) -> dict[tuple[str, str], Read]:
         return {key: {"": value} for key, value in self.values.items()}
+
+
+def _begin(check: CountCheck | PromChecks, counters: Counters) -> None:
+    """A step's first looks: the scrape before it began (not counted), then the first scrape
+    since (its base)."""
+    record = check.record if isinstance(check, CountCheck) else _recorder(check)
+    record(counters.reads())
+    counters.serve("stable", 10, 0)
+    counters.serve("canary", 10, 0)
+    record(counters.reads())
+
+
+def _recorder(prom: PromChecks) -> Callable[[Mapping[tuple[str, str], Read]], None]:
+    return lambda reads: prom.record("payments", reads)
 
 
 def _batch(
@@ -101,7 +123,7 @@ def test_a_batch_is_its_events_one_by_one_at_the_batch_share(
 
 def test_a_canary_failing_more_is_rolled_back_from_batches() -> None:
     rng, counters, check = random.Random(1), Counters(), CountCheck(CHECK, LEVELS)
-    check.record(counters.reads())
+    _begin(check, counters)
     for _ in range(30):
         _batch(rng, counters, 200, 0.01, 0.05)
         check.record(counters.reads())
@@ -116,7 +138,7 @@ def test_a_canary_failing_more_is_rolled_back_from_batches() -> None:
 
 def test_a_healthy_canary_is_shown_within_tolerance_and_never_crossed() -> None:
     rng, counters, check = random.Random(2), Counters(), CountCheck(CHECK, LEVELS)
-    check.record(counters.reads())
+    _begin(check, counters)
     for _ in range(60):
         _batch(rng, counters, 500, 0.0002, 0.0002)
         check.record(counters.reads())
@@ -128,7 +150,7 @@ def test_a_healthy_canary_is_shown_within_tolerance_and_never_crossed() -> None:
 
 def test_no_rollback_before_min_total_on_each_arm() -> None:
     check, counters = CountCheck(CHECK, LEVELS), Counters()
-    check.record(counters.reads())
+    _begin(check, counters)
     counters.serve("canary", 40, 40)  # every canary payment failed, but only 40 of them
     counters.serve("stable", 40, 0)
     check.record(counters.reads())
@@ -142,7 +164,7 @@ def test_no_rollback_before_min_total_on_each_arm() -> None:
 
 def test_a_batch_without_requests_on_one_arm_waits_for_the_next() -> None:
     check, counters = CountCheck(CHECK, LEVELS), Counters()
-    check.record(counters.reads())
+    _begin(check, counters)
     counters.serve("canary", 100, 30)  # stable was not scraped in between
     check.record(counters.reads())
     assert check.profile.events == 0
@@ -158,7 +180,7 @@ def _aa_false_rollbacks(runs: int, batch: int, alpha: float) -> int:
     crossed = 0
     for _ in range(runs):
         counters, check = Counters(), CountCheck(CHECK, levels)
-        check.record(counters.reads())
+        _begin(check, counters)
         for _ in range(25):
             _batch(rng, counters, batch, 0.05, 0.05)
             check.record(counters.reads())
@@ -205,7 +227,7 @@ def _clean_traffic(analysis: StepAnalysis, n: int) -> None:
 
 def _healthy_reads(prom: PromChecks) -> None:
     counters = Counters()
-    prom.record("payments", counters.reads())
+    _begin(prom, counters)
     for _ in range(40):
         counters.serve("stable", 500, 0)
         counters.serve("canary", 500, 0)
@@ -255,7 +277,7 @@ def test_a_regressed_counter_rolls_the_step_back_naming_the_check() -> None:
     analysis = _analysis()
     _clean_traffic(analysis, 500)
     counters = Counters()
-    analysis.prometheus.record("payments", counters.reads())
+    _begin(analysis.prometheus, counters)
     counters.serve("stable", 300, 3)
     counters.serve("canary", 300, 90)
     analysis.prometheus.record("payments", counters.reads())
@@ -281,7 +303,7 @@ def test_the_check_takes_a_share_of_the_same_budget() -> None:
 
 def test_rollback_evidence_of_a_batch_equals_the_per_event_test() -> None:
     check, counters = CountCheck(CHECK, LEVELS), Counters()
-    check.record(counters.reads())
+    _begin(check, counters)
     counters.serve("canary", 100, 7)
     counters.serve("stable", 300, 3)
     check.record(counters.reads())
@@ -297,7 +319,7 @@ def test_rollback_evidence_of_a_batch_equals_the_per_event_test() -> None:
 @pytest.mark.parametrize("canary_only", [True, False])
 def test_a_step_all_on_the_canary_advances_on_the_floor_alone(canary_only: bool) -> None:
     check, counters = CountCheck(CHECK, LEVELS, canary_only=canary_only), Counters()
-    check.record(counters.reads())
+    _begin(check, counters)
     for _ in range(40):
         counters.serve("canary", 1000, 0)  # stable serves nothing: its counters stand still
         check.record(counters.reads())
@@ -322,7 +344,7 @@ def test_the_plan_says_when_a_step_is_all_on_the_canary() -> None:
 
 def test_a_canary_restarting_mid_step_keeps_its_counts_and_adds_no_false_events() -> None:
     check, counters = CountCheck(CHECK, LEVELS), Counters()
-    check.record(counters.reads())
+    _begin(check, counters)
     counters.serve("canary", 200, 2)
     counters.serve("stable", 200, 2)
     check.record(counters.reads())
@@ -341,3 +363,23 @@ def test_a_canary_restarting_mid_step_keeps_its_counts_and_adds_no_false_events(
     check.record(counters.reads())
     assert check.evidence().canary == RateCount(300, 3)
     assert not check.evidence().crossed
+
+
+def test_a_step_counts_from_the_first_scrape_since_it_began() -> None:
+    """The first look answers with the scrape before the step began; the next scrape's
+    batch holds requests of the previous step (at its share). Neither is counted: every batch
+    judged is of this step alone, and each arm starts from its own first new scrape."""
+    check, counters = CountCheck(CHECK, LEVELS), Counters()
+    check.record(counters.reads())  # scraped before the step began
+    counters.serve("stable", 1000, 200)  # straddles the step's start: an incident, say
+    check.record(counters.reads())  # only stable was scraped since
+    assert check.seen == Totals(RateCount(), RateCount())
+    counters.serve("canary", 50, 40)
+    check.record(counters.reads())  # the canary's first scrape since: its base
+    assert check.seen == Totals(RateCount(), RateCount())
+    assert check.profile.events == 0
+    counters.serve("canary", 100, 1)
+    counters.serve("stable", 300, 3)
+    check.record(counters.reads())
+    assert check.seen == Totals(RateCount(100, 1), RateCount(300, 3))
+    assert check.profile.events == 4
