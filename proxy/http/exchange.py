@@ -22,6 +22,7 @@ from __future__ import annotations
 from time import perf_counter
 from typing import TYPE_CHECKING
 
+from proxy.core.grpc import outcome as grpc_outcome
 from proxy.core.servertiming import fields_of, parse, without
 from proxy.errors import Overloaded, UpstreamError
 from proxy.http.relay import PENDING_LIMIT, Relay
@@ -353,12 +354,16 @@ class Exchange(Relay):
         capture.hand_over(self.request, served, self.route.tier)
 
     def record(self, status: int, generated: bool = False) -> None:
-        """Count the outcome once: metrics, and the rollout analysis as evidence."""
+        """Count the outcome once: metrics, and the rollout analysis as evidence. A gRPC
+        call the upstream answered is counted as its `grpc-status` (core/grpc.py)."""
         duration = perf_counter() - self.started
         route = self.route
+        counted = status
+        if self.grpc >= 0 and status == 200 and not generated:
+            counted = grpc_outcome(self.grpc)
         route.recorder.completed(
             route,
-            status,
+            counted,
             duration,
             self.request,
             generated,

@@ -42,6 +42,7 @@ class Relay:
         "conn",
         "finished",
         "generated",
+        "grpc",
         "informational",
         "out",
         "pending",
@@ -84,6 +85,8 @@ class Relay:
         self.timing: tuple[TimingEntry, ...] | None = None
         # The response's trailer fields (an HTTP/2 upstream's; None: it sent none).
         self.trailers: list[tuple[bytes, bytes]] | None = None
+        # A gRPC response's status code (core/grpc.py; -1: not a gRPC response).
+        self.grpc = -1
 
     def finish(self, status: int | None = None) -> None:
         """The response is complete (or can go no further): end the exchange."""

@@ -32,6 +32,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
+from proxy.core import grpc
 from proxy.errors import UpstreamError
 from proxy.http.upstream import UpstreamConnection
 
@@ -286,7 +287,13 @@ class H2Session(asyncio.Protocol):
         elif isinstance(event, h2.events.TrailersReceived):
             stream = self.streams.get(event.stream_id)
             if stream is not None and stream.exchange is not None:
-                stream.exchange.response_trailers(_fields(event.headers))
+                trailers = _fields(event.headers)
+                exchange = stream.exchange
+                if exchange.grpc >= 0:
+                    for name, value in trailers:
+                        if name == b"grpc-status":
+                            exchange.grpc = grpc.parse_status(value)
+                exchange.response_trailers(trailers)
         elif isinstance(event, h2.events.StreamEnded):
             stream = self.streams.get(event.stream_id)
             if stream is not None and stream.exchange is not None:
@@ -304,13 +311,18 @@ class H2Session(asyncio.Protocol):
         stream = self.streams.get(sid)
         if stream is None or stream.exchange is None:
             return
-        status, fields = 0, []
+        status, fields, code = 0, [], -1
         for name, value in headers:
             if name == b":status":
                 status = int(value)
             elif not name.startswith(b":"):
                 fields.append((name, value))
+                if name == b"content-type" and grpc.is_grpc(value) and code < 0:
+                    code = grpc.UNKNOWN  # until its grpc-status says otherwise
+                elif name == b"grpc-status":
+                    code = grpc.parse_status(value)  # a trailers-only response
         if status >= 200:
+            stream.exchange.grpc = code
             stream.exchange.response_head(status, fields, True)
 
     def _data(self, event: h2.events.DataReceived) -> None:
