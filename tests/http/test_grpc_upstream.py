@@ -107,6 +107,8 @@ async def test_a_code_the_service_does_not_count_as_an_error_does_not_roll_back(
 
 
 async def test_error_statuses_name_grpc_outcomes_and_streaming_calls_are_relayed() -> None:
+    """A service may count a caller-side code as an error; after the rollback, stable serves
+    server-streaming, client-streaming and bidirectional calls through the proxy."""
     async with (
         _servers(grpc.StatusCode.NOT_FOUND) as (stable, canary),
         running_proxy(_config(stable, canary, error_statuses=["5xx", "grpc:NOT_FOUND"])) as rt,
@@ -125,3 +127,14 @@ async def test_error_statuses_name_grpc_outcomes_and_streaming_calls_are_relayed
         headers = {**GRPC_HEADERS, "X-Tenant-ID": "t0"}
         async with client.post(url, data=frame(b"\x03"), headers=headers) as reply:
             assert await reply.read() == frame(b"\x03") * 3
+
+        async def messages() -> AsyncIterator[bytes]:
+            for text in (b"a", b"bb", b"ccc"):
+                yield frame(text)  # each its own chunk upstream: DATA frames of one stream
+
+        # Client streaming, and both ways: the request body streams up as it comes.
+        base = f"http://127.0.0.1:{rt.data_address[1]}/test.Echo"
+        async with client.post(f"{base}/Sum", data=messages(), headers=headers) as reply:
+            assert await reply.read() == frame(b"6")
+        async with client.post(f"{base}/Chat", data=messages(), headers=headers) as reply:
+            assert await reply.read() == frame(b"echo:a") + frame(b"echo:bb") + frame(b"echo:ccc")
