@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     # compiled build then calls its methods directly.
     from proxy.http.exchange import Exchange as Waiter
     from proxy.http.upstream import UpstreamConnection
-    from proxy.http.upstream_h2 import H2Session
+    from proxy.http.upstream_h2 import UpstreamSession
 
 
 class Endpoint:
@@ -69,7 +69,7 @@ class Endpoint:
         # HTTP/2 (`protocol` h2 or h2c): the sessions open, each carrying many streams, and
         # the exchanges waiting for the one being connected.
         self.protocol = protocol
-        self.sessions: list[H2Session] = []
+        self.sessions: list[UpstreamSession] = []
         self.connecting: list[Waiter] | None = None
         self._failures = 0
         self.ejected_until = 0.0
@@ -102,7 +102,7 @@ class Endpoint:
         if conn in self.idle:
             self.idle.remove(conn)
 
-    def forget_session(self, session: H2Session) -> None:
+    def forget_session(self, session: UpstreamSession) -> None:
         if session in self.sessions:
             self.sessions.remove(session)
 
@@ -200,14 +200,14 @@ class UpstreamPool:
         task.add_done_callback(self._tasks.discard)
 
     async def _connect_h2(self, endpoint: Endpoint, waiters: list[Waiter]) -> None:
-        from proxy.http.upstream_h2 import H2Session
+        from proxy.http.upstream_h2 import UpstreamSession
 
         tls = endpoint.tls
         limit = self.limits.pool_h2_max_streams
         try:
             async with asyncio.timeout(self.limits.connect_timeout_s):
                 transport, session = await self._loop.create_connection(
-                    lambda: H2Session(endpoint, limit),
+                    lambda: UpstreamSession(endpoint, limit),
                     endpoint.host,
                     endpoint.port,
                     ssl=tls,

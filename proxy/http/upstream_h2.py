@@ -1,8 +1,8 @@
 """HTTP/2 to upstreams (`upstreams.protocol: h2` over TLS with ALPN, `h2c` by prior knowledge).
 
 The `h2` library is the frame, HPACK and stream state machine; this module drives it from one
-asyncio.Protocol per upstream connection (`H2Session`) and gives each exchange a stream of it
-(`H2Stream`), which the exchange uses as it uses an HTTP/1.1 connection: the stream writes the
+asyncio.Protocol per upstream connection (`UpstreamSession`) and gives each exchange a stream of it
+(`UpstreamStream`), which the exchange uses as it uses an HTTP/1.1 connection: the stream writes the
 request head as HEADERS, the body as DATA within the peer's flow-control window, and turns
 the response's events into the same `response_head` / `response_body` / `response_trailers` /
 `response_complete` calls.
@@ -90,8 +90,8 @@ def request_fields(
     return fields
 
 
-class H2Stream(UpstreamConnection):
-    """One request on an `H2Session`, seen by its exchange as its upstream connection.
+class UpstreamStream(UpstreamConnection):
+    """One request on an `UpstreamSession`, seen by its exchange as its upstream connection.
 
     A subclass of the HTTP/1.1 connection only so that the exchange's calls stay direct ones
     in the compiled build; it shares none of its parsing state.
@@ -99,7 +99,7 @@ class H2Stream(UpstreamConnection):
 
     __slots__ = ("_acked", "_held", "_out", "_out_size", "_unacked", "ended", "session", "sid")
 
-    def __init__(self, session: H2Session, endpoint: Endpoint) -> None:
+    def __init__(self, session: UpstreamSession, endpoint: Endpoint) -> None:
         # The HTTP/1.1 parser state is never used: set what the exchange reads, no more.
         self.endpoint = endpoint
         self.transport = None
@@ -210,14 +210,14 @@ class H2Stream(UpstreamConnection):
         self.close()
 
 
-class H2Session(asyncio.Protocol):
+class UpstreamSession(asyncio.Protocol):
     """One HTTP/2 connection to an upstream endpoint, carrying many exchanges' streams."""
 
     def __init__(self, endpoint: Endpoint, max_streams: int) -> None:
         self.endpoint = endpoint
         self.limit = max_streams
         self.transport: asyncio.Transport | None = None
-        self.streams: dict[int, H2Stream] = {}
+        self.streams: dict[int, UpstreamStream] = {}
         self.reserved = 0  # streams handed out and not yet opened
         self.closed = False
         self.used = False  # a stream was opened on it before (a failure may be a stale peer)
@@ -396,12 +396,12 @@ class H2Session(asyncio.Protocol):
         limit = min(self.limit, self.h2.remote_settings.max_concurrent_streams)
         return limit - len(self.streams) - self.reserved
 
-    def stream(self) -> H2Stream:
+    def stream(self) -> UpstreamStream:
         """A stream for one exchange (opened when it sends its head)."""
         self.reserved += 1
-        return H2Stream(self, self.endpoint)
+        return UpstreamStream(self, self.endpoint)
 
-    def open(self, stream: H2Stream, fields: list[tuple[bytes, bytes]], *, end: bool) -> int:
+    def open(self, stream: UpstreamStream, fields: list[tuple[bytes, bytes]], *, end: bool) -> int:
         self.reserved = max(0, self.reserved - 1)
         if self.closed:
             raise UpstreamError("reset", "HTTP/2 connection going away")
@@ -428,7 +428,7 @@ class H2Session(asyncio.Protocol):
         if length and self.live:
             self.h2.acknowledge_received_data(length, sid)
 
-    def forget(self, stream: H2Stream, *, reset: bool) -> None:
+    def forget(self, stream: UpstreamStream, *, reset: bool) -> None:
         """`stream`'s exchange is over: reset it if it is still open, and give back the
         connection window its unacknowledged DATA holds."""
         if stream.sid == 0:
