@@ -53,6 +53,7 @@ HOT_MODULES = [
     "proxy/http/response.py",
     "proxy/http/server.py",
     "proxy/http/upstream.py",
+    "proxy/http/upstream_h2.py",
     "proxy/logexchange.py",
     "proxy/dataplane.py",
     "proxy/feed.py",

@@ -382,11 +382,11 @@ class Router:
             upstreams = service.upstreams
             name = service.name
             tls = service.upstream_tls
-            key = (name, "stable", upstreams.stable, limits, tls)
+            key = (name, "stable", upstreams.stable, limits, tls, upstreams.protocol)
             stable = _pool(key, previous, fresh, self.loop, self._tls)
             canary = stable
             if upstreams.canary:
-                key = (name, "canary", upstreams.canary, limits, tls)
+                key = (name, "canary", upstreams.canary, limits, tls, upstreams.protocol)
                 canary = _pool(key, previous, fresh, self.loop, self._tls)
             pools[service.name] = {Variant.STABLE: stable, Variant.CANARY: canary}
             budget = self.budgets.get(service.name)
@@ -497,8 +497,9 @@ def _with_timing(config: ServiceConfig, plan: RoutingPlan, routes: Iterable[Rout
         route.strip_timing = config.strip_server_timing
 
 
-# (service, variant, its upstreams, the limits, TLS to them): what a pool is made of.
-PoolKey = tuple[str, str, tuple[Upstream, ...], Limits, UpstreamTls]
+# (service, variant, its upstreams, the limits, TLS to them, the protocol): what a pool is
+# made of.
+PoolKey = tuple[str, str, tuple[Upstream, ...], Limits, UpstreamTls, str]
 
 
 def _pool(
@@ -511,9 +512,10 @@ def _pool(
     """The pool of `key`: this config's already, else the previous config's, else a new one."""
     pool = fresh.get(key) or previous.get(key)
     if pool is None:
-        upstreams, tls = key[2], key[4]
-        context = contexts.get(tls) if any(u.scheme == "https" for u in upstreams) else None
-        pool = UpstreamPool(upstreams, key[3], loop, context, tls.server_name or "")
+        upstreams, tls, protocol = key[2], key[4], key[5]
+        https = any(u.scheme == "https" for u in upstreams)
+        context = contexts.get(tls, protocol) if https else None
+        pool = UpstreamPool(upstreams, key[3], loop, context, tls.server_name or "", protocol)
     fresh[key] = pool
     return pool
 

@@ -25,7 +25,7 @@ from proxy.config import reader as read
 from proxy.config.analysis import increase, route_check
 from proxy.config.prometheus import release_check
 from proxy.config.servertiming import timing_check
-from proxy.config.services import _default_baseline, _step
+from proxy.config.services import _default_baseline, _step, check_protocol
 from proxy.core.analysis import AnalysisConfig, RouteCheck
 from proxy.core.releases import (
     ReleaseStatus,
@@ -77,6 +77,7 @@ def start_request(body: object, service: ServiceConfig) -> StartRequest:
         raise ConfigError("canary", "must list the release's upstreams (http://host:port)")
     if len(set(canary)) != len(canary):
         raise ConfigError("canary", "lists an upstream twice")
+    check_protocol(service.upstreams.protocol, upstreams(canary, "canary"), "canary")
     items = read.sequence(data.get("steps", []), "steps")
     steps = tuple(read.mapping(s, read.index("steps", i), _STEP_KEYS) for i, s in enumerate(items))
     parse_steps(steps, service)  # validated now, parsed again where served
@@ -228,7 +229,8 @@ def served(service: ServiceConfig, book: ReleaseBook | None) -> tuple[ServiceCon
     stable = upstreams(stable_of(service, book), "stable")
     release = book.current()
     if release is None:
-        idle = dataclasses.replace(service, upstreams=UpstreamsConfig(stable, ()))
+        pools = UpstreamsConfig(stable, (), protocol=service.upstreams.protocol)
+        idle = dataclasses.replace(service, upstreams=pools)
         return idle, "", True
     steps = parse_steps(release.steps, service)
     baseline = _default_baseline(steps) if release.steps else service.rollout.baseline_s
@@ -243,7 +245,8 @@ def served(service: ServiceConfig, book: ReleaseBook | None) -> tuple[ServiceCon
     rollout = dataclasses.replace(
         service.rollout, salt=release.salt, steps=steps, baseline_s=baseline, analysis=analysis
     )
-    pools = UpstreamsConfig(stable, upstreams(release.canary, "canary"))
+    canary = upstreams(release.canary, "canary")
+    pools = UpstreamsConfig(stable, canary, protocol=service.upstreams.protocol)
     return dataclasses.replace(service, upstreams=pools, rollout=rollout), release.id, False
 
 

@@ -178,18 +178,22 @@ def upstream_context(tls: UpstreamTls, path: str) -> ssl.SSLContext:
 
 
 class UpstreamContexts:
-    """The upstream client contexts of one config, one per distinct `upstream_tls`."""
+    """The upstream client contexts of one config, one per distinct `upstream_tls` and
+    protocol (an h2 pool's offers `h2` by ALPN; an HTTP/1.1 pool's offers nothing)."""
 
     def __init__(self) -> None:
-        self._made: dict[UpstreamTls, ssl.SSLContext] = {}
+        self._made: dict[tuple[UpstreamTls, str], ssl.SSLContext] = {}
 
-    def get(self, tls: UpstreamTls) -> ssl.SSLContext:
-        context = self._made.get(tls)
+    def get(self, tls: UpstreamTls, protocol: str = "http1") -> ssl.SSLContext:
+        context = self._made.get((tls, protocol))
         if context is None:
-            context = self._made[tls] = upstream_context(tls, "upstream_tls")
+            context = upstream_context(tls, "upstream_tls")
+            if protocol == "h2":
+                context.set_alpn_protocols(["h2"])
+            self._made[tls, protocol] = context
         return context
 
     def keep(self, used: Mapping[UpstreamTls, object]) -> None:
         """Forget the contexts of settings no longer used (after a reload)."""
-        for tls in [t for t in self._made if t not in used]:
-            del self._made[tls]
+        for key in [k for k in self._made if k[0] not in used]:
+            del self._made[key]

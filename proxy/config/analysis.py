@@ -9,6 +9,7 @@ from types import MappingProxyType
 from proxy.config import reader as read
 from proxy.config.prometheus import prometheus_checks
 from proxy.config.servertiming import server_timing
+from proxy.core import grpc
 from proxy.core.analysis import AnalysisConfig, RouteCheck
 from proxy.errors import ConfigError
 
@@ -24,7 +25,8 @@ _KEYS = (
     "false_rollback_rate",
     "prometheus",
 )
-_STATUS = re.compile(r"[1-5](?:xx|[0-9]{2})")
+_STATUS_WORDS = "a status class like 5xx, a code like 429, or a gRPC outcome like grpc:UNAVAILABLE"
+_STATUS = re.compile(r"[1-5](?:xx|[0-9]{2})|grpc:(?:" + "|".join(grpc.CODES) + ")")
 
 
 def analysis(
@@ -119,7 +121,10 @@ def _statuses(value: object, path: str) -> frozenset[str]:
         text = str(item) if isinstance(item, int) and not isinstance(item, bool) else item
         statuses.add(
             read.string(
-                text, read.index(path, i), _STATUS, "a status class like 5xx or a code like 429"
+                text,
+                read.index(path, i),
+                _STATUS,
+                "a status class like 5xx, a code like 429, or a gRPC outcome like grpc:UNAVAILABLE",
             )
         )
     return frozenset(statuses)

@@ -150,6 +150,9 @@ class UpstreamsConfig:
     blue: tuple[Upstream, ...] = ()
     green: tuple[Upstream, ...] = ()
     live: str | None = None
+    # How the proxy speaks to every pool of the service: "http1", "h2" (https:// upstreams,
+    # ALPN) or "h2c" (http:// upstreams, HTTP/2 by prior knowledge).
+    protocol: str = "http1"
 
     def pool(self, color: str) -> tuple[Upstream, ...]:
         """The pool of a blue/green pair by its color ("blue" or "green")."""
@@ -228,6 +231,7 @@ class Limits:
     pool_max_concurrency: int = 1024
     pool_queue: int = 256
     pool_idle_per_endpoint: int = 128
+    pool_h2_max_streams: int = 100  # streams at once on one HTTP/2 upstream connection
     eject_failures: int = 5
     eject_s: float = 10.0
     drain_s: float = 5.0

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 
 from proxy.config import reader as read
@@ -122,17 +122,42 @@ def _endpoints(value: object, path: str, min_items: int) -> tuple[Upstream, ...]
     return tuple(found)
 
 
+PROTOCOLS = ("http1", "h2", "h2c")
+# The scheme each protocol needs of every upstream: h2 is negotiated by TLS (ALPN), h2c is
+# spoken in clear from the first byte (prior knowledge, RFC 9113 3.3).
+_PROTOCOL_SCHEME = {"h2": "https", "h2c": "http"}
+
+
 def _upstreams(value: object, path: str) -> UpstreamsConfig:
-    keys = ("stable", "canary", "blue", "green", "live")
+    keys = ("stable", "canary", "blue", "green", "live", "protocol")
     data = read.mapping(value, path, keys)
     if "blue" in data or "green" in data or "live" in data:
-        return _pair(data, path)
-    if "stable" not in data:
+        pools = _pair(data, path)
+    elif "stable" not in data:
         raise ConfigError(read.key(path, "stable"), "is required")
-    return UpstreamsConfig(
-        stable=_endpoints(data["stable"], read.key(path, "stable"), 1),
-        canary=_endpoints(data.get("canary", []), read.key(path, "canary"), 0),
-    )
+    else:
+        pools = UpstreamsConfig(
+            stable=_endpoints(data["stable"], read.key(path, "stable"), 1),
+            canary=_endpoints(data.get("canary", []), read.key(path, "canary"), 0),
+        )
+    if "protocol" not in data:
+        return pools
+    protocol_path = read.key(path, "protocol")
+    protocol = read.choice(data["protocol"], protocol_path, PROTOCOLS)
+    every = (*pools.stable, *pools.canary, *pools.blue, *pools.green)
+    check_protocol(protocol, every, protocol_path)
+    return dataclasses.replace(pools, protocol=protocol)
+
+
+def check_protocol(protocol: str, upstreams: Iterable[Upstream], path: str) -> None:
+    """Every upstream's scheme suits `protocol` (h2: https://, h2c: http://); else a
+    ConfigError at `path`."""
+    scheme = _PROTOCOL_SCHEME.get(protocol)
+    for upstream in upstreams:
+        if scheme is not None and upstream.scheme != scheme:
+            raise ConfigError(
+                path, f"upstreams.protocol {protocol} needs {scheme}:// upstreams, not {upstream}"
+            )
 
 
 def _pair(data: Mapping[str, object], path: str) -> UpstreamsConfig:

@@ -171,6 +171,7 @@ from proxy.core.budget import (
 )
 from proxy.core.checks import RatioCheck, Reference
 from proxy.core.countcheck import PromChecks
+from proxy.core.grpc import DEFAULT_ERRORS as DEFAULT_GRPC_ERRORS
 from proxy.core.guardrail import Guardrail
 from proxy.core.latency import LatencyHistogram
 from proxy.core.outcome import status_class
@@ -215,6 +216,9 @@ class RouteCheck:
         return f"route:{self.path_prefix}" + (f" [{self.origin}]" if self.origin else "")
 
 
+DEFAULT_ERROR_STATUSES: Final = frozenset({"5xx", *DEFAULT_GRPC_ERRORS})
+
+
 @dataclass(frozen=True, slots=True)
 class AnalysisConfig:
     """`rollout.analysis`; see the module docstring for what each number means."""
@@ -230,7 +234,8 @@ class AnalysisConfig:
     guardrail_min_requests: int = 10
     routes: tuple[RouteCheck, ...] = ()
     server_timing: tuple[ServerTimingCheck, ...] = ()
-    error_statuses: frozenset[str] = field(default_factory=lambda: frozenset({"5xx"}))
+    # Classes ("5xx"), codes ("429") and gRPC outcomes ("grpc:UNAVAILABLE") that are errors.
+    error_statuses: frozenset[str] = field(default_factory=lambda: DEFAULT_ERROR_STATUSES)
     false_rollback_rate: float = 0.01
     prometheus: tuple[PromCheck, ...] = ()  # checks on the service's own counters
 

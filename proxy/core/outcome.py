@@ -10,10 +10,16 @@ from __future__ import annotations
 
 from typing import Final
 
+from proxy.core import grpc
+
 FAILURE_REASONS: Final = frozenset({"connect", "tls", "timeout", "reset", "protocol"})
 _STATUS_CLASSES: Final = {n: f"{n}xx" for n in range(1, 6)}
 
 
 def status_class(status: int) -> str:
-    """`"1xx"` .. `"5xx"`; a status outside 100..599 is counted as "5xx" (a bounded label)."""
-    return _STATUS_CLASSES.get(status // 100, "5xx")
+    """`"1xx"` .. `"5xx"`, or `grpc:<NAME>` for a gRPC call's outcome (core/grpc.py); any
+    other status is counted as "5xx" (a bounded label)."""
+    found = _STATUS_CLASSES.get(status // 100)
+    if found is not None:
+        return found
+    return grpc.label(status) or "5xx"

@@ -22,6 +22,7 @@ from __future__ import annotations
 from time import perf_counter
 from typing import TYPE_CHECKING
 
+from proxy.core.grpc import outcome as grpc_outcome
 from proxy.core.servertiming import fields_of, parse, without
 from proxy.errors import Overloaded, UpstreamError
 from proxy.http.relay import PENDING_LIMIT, Relay
@@ -75,25 +76,35 @@ class Exchange(Relay):
         self.endpoint = endpoint
         conn.exchange = self
         client = self.client
-        self.up_out.append(
-            upstream_head(
-                self.request,
-                endpoint.authority,
-                client.peer_bytes,
-                self.route.extra,
-                client.engine.scheme,
+        request, scheme = self.request, client.engine.scheme
+        if conn.framed:  # an HTTP/2 stream sends the head itself
+            try:
+                conn.start(request, endpoint.authority, client.peer_bytes, self.route.extra, scheme)
+            except UpstreamError as error:
+                self.upstream_failed(error, None)
+                self.flush_client()
+                return
+            if request.expect_continue and not self.request_done:
+                self.continue_now()
+        else:
+            self.up_out.append(
+                upstream_head(
+                    request, endpoint.authority, client.peer_bytes, self.route.extra, scheme
+                )
             )
-        )
-        if self.pending:  # body bytes that arrived before the connection
-            self.up_out += self.pending
-            self.pending = []
+        if self.pending or (request.chunked and self.request_done):
+            self.held_body(conn.framed)  # body bytes that arrived before the connection
             if self.pending_size > PENDING_LIMIT:
                 client.resume_reading_for(self)
             self.pending_size = 0
         if self.request_done:
             self._arm(client.limits.response_timeout_s)
+            if conn.framed:
+                self.flush_upstream()
+                conn.end_request()
         if not client.in_feed:
             self.flush_upstream()
+            self.flush_client()
 
     def response_head(
         self, status: int, headers: list[tuple[bytes, bytes]], keep_alive: bool
@@ -343,12 +354,16 @@ class Exchange(Relay):
         capture.hand_over(self.request, served, self.route.tier)
 
     def record(self, status: int, generated: bool = False) -> None:
-        """Count the outcome once: metrics, and the rollout analysis as evidence."""
+        """Count the outcome once: metrics, and the rollout analysis as evidence. A gRPC
+        call the upstream answered is counted as its `grpc-status` (core/grpc.py)."""
         duration = perf_counter() - self.started
         route = self.route
+        counted = status
+        if self.grpc >= 0 and status == 200 and not generated:
+            counted = grpc_outcome(self.grpc)
         route.recorder.completed(
             route,
-            status,
+            counted,
             duration,
             self.request,
             generated,

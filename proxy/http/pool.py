@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     # compiled build then calls its methods directly.
     from proxy.http.exchange import Exchange as Waiter
     from proxy.http.upstream import UpstreamConnection
+    from proxy.http.upstream_h2 import UpstreamSession
 
 
 class Endpoint:
@@ -35,18 +36,26 @@ class Endpoint:
     __slots__ = (
         "_failures",
         "authority",
+        "connecting",
         "ejected_until",
         "host",
         "idle",
         "limits",
         "port",
+        "protocol",
         "scheme",
         "server_name",
+        "sessions",
         "tls",
     )
 
     def __init__(
-        self, upstream: Upstream, limits: Limits, tls: Tls | None = None, server_name: str = ""
+        self,
+        upstream: Upstream,
+        limits: Limits,
+        tls: Tls | None = None,
+        server_name: str = "",
+        protocol: str = "http1",
     ) -> None:
         self.host = upstream.host
         self.port = upstream.port
@@ -57,6 +66,11 @@ class Endpoint:
         self.server_name = server_name or upstream.host
         self.limits = limits
         self.idle: list[UpstreamConnection] = []
+        # HTTP/2 (`protocol` h2 or h2c): the sessions open, each carrying many streams, and
+        # the exchanges waiting for the one being connected.
+        self.protocol = protocol
+        self.sessions: list[UpstreamSession] = []
+        self.connecting: list[Waiter] | None = None
         self._failures = 0
         self.ejected_until = 0.0
 
@@ -77,15 +91,29 @@ class Endpoint:
         else:
             conn.close()
 
+    def take_stream(self) -> UpstreamConnection | None:
+        """A stream of an HTTP/2 session with room for one more (None: every one is full)."""
+        for session in self.sessions:
+            if session.room > 0:
+                return session.stream()
+        return None
+
     def forget(self, conn: UpstreamConnection) -> None:
         if conn in self.idle:
             self.idle.remove(conn)
 
+    def forget_session(self, session: UpstreamSession) -> None:
+        if session in self.sessions:
+            self.sessions.remove(session)
+
     def reuse(self, conn: UpstreamConnection) -> None:
         """An exchange completed on `conn`: the endpoint answered (its failures are forgotten)
         and the connection is kept for the next exchange when there is room."""
-        conn.exchange = None
         self._failures = 0
+        if conn.framed:  # an HTTP/2 stream ends with its exchange; its session goes on
+            conn.done()
+            return
+        conn.exchange = None
         if conn.usable and len(self.idle) < self.limits.pool_idle_per_endpoint:
             self.idle.append(conn)
         else:
@@ -101,6 +129,9 @@ class Endpoint:
         for conn in self.idle:
             conn.close()
         self.idle.clear()
+        for session in list(self.sessions):
+            session.drain()
+        self.sessions.clear()
 
 
 class UpstreamPool:
@@ -113,8 +144,9 @@ class UpstreamPool:
         loop: asyncio.AbstractEventLoop,
         tls: Tls | None = None,
         server_name: str = "",
+        protocol: str = "http1",
     ) -> None:
-        self.endpoints = [Endpoint(u, limits, tls, server_name) for u in upstreams]
+        self.endpoints = [Endpoint(u, limits, tls, server_name, protocol) for u in upstreams]
         self.limits = limits
         self._loop = loop
         self._next = 0
@@ -137,6 +169,9 @@ class UpstreamPool:
         endpoints = self.endpoints
         # One endpoint is used ejected or not (panic mode): no pick to make.
         endpoint = endpoints[0] if len(endpoints) == 1 else self._pick()
+        if endpoint.protocol != "http1":
+            self._dispatch_h2(endpoint, waiter, fresh)
+            return
         conn = None if fresh else endpoint.take_idle()
         if conn is not None:
             conn.reused = True
@@ -145,6 +180,60 @@ class UpstreamPool:
         task = self._loop.create_task(self._connect(endpoint, waiter))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _dispatch_h2(self, endpoint: Endpoint, waiter: Waiter, fresh: bool) -> None:
+        """A stream of a session with room; else wait for the session being connected, or
+        connect one (`fresh`: a retry, never on the session that failed it)."""
+        stream = None if fresh else endpoint.take_stream()
+        if stream is not None:
+            waiter.attach(stream, endpoint)
+            return
+        waiting = endpoint.connecting
+        if waiting is not None and not fresh and len(waiting) < self.limits.pool_h2_max_streams:
+            waiting.append(waiter)
+            return
+        waiters = [waiter]
+        if not fresh:
+            endpoint.connecting = waiters
+        task = self._loop.create_task(self._connect_h2(endpoint, waiters))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _connect_h2(self, endpoint: Endpoint, waiters: list[Waiter]) -> None:
+        from proxy.http.upstream_h2 import UpstreamSession
+
+        tls = endpoint.tls
+        limit = self.limits.pool_h2_max_streams
+        try:
+            async with asyncio.timeout(self.limits.connect_timeout_s):
+                transport, session = await self._loop.create_connection(
+                    lambda: UpstreamSession(endpoint, limit),
+                    endpoint.host,
+                    endpoint.port,
+                    ssl=tls,
+                    server_hostname=endpoint.server_name if tls is not None else None,
+                )
+            if tls is not None and _alpn(transport) != "h2":
+                session.close()
+                raise UpstreamError("protocol", "the upstream did not agree to HTTP/2 (ALPN)")
+        except (OSError, TimeoutError, UpstreamError) as exc:
+            if endpoint.connecting is waiters:
+                endpoint.connecting = None
+            endpoint.failed(self._loop.time())
+            error = exc if isinstance(exc, UpstreamError) else _connect_error(exc)
+            for waiter in waiters:
+                waiter.upstream_failed(error, None)
+            return
+        if endpoint.connecting is waiters:
+            endpoint.connecting = None
+        endpoint.sessions.append(session)
+        for waiter in waiters:
+            if waiter.abandoned:
+                continue
+            if session.room > 0:
+                waiter.attach(session.stream(), endpoint)
+            else:
+                self._dispatch_h2(endpoint, waiter, False)
 
     def release_slot(self) -> None:
         """An exchange admitted by `acquire` has ended; admit the next waiter."""
@@ -191,11 +280,7 @@ class UpstreamPool:
             # Counted here, once, even when the waiter has gone: the waiter is given no
             # endpoint, so that it does not count the same failure again.
             endpoint.failed(self._loop.time())
-            detail = "timed out" if isinstance(exc, TimeoutError) else str(exc)
-            # A certificate that fails verification is its own reason (a wrong CA, name or
-            # expiry is a deployment fault, not a host that is down).
-            reason = "tls" if isinstance(exc, SSLError) else "connect"
-            waiter.upstream_failed(UpstreamError(reason, detail, status=502), None)
+            waiter.upstream_failed(_connect_error(exc), None)
             return
         if waiter.abandoned:
             endpoint.release(conn)
@@ -215,3 +300,16 @@ class UpstreamPool:
             endpoint.close()
         for task in list(self._tasks):
             task.cancel()
+
+
+def _connect_error(exc: OSError | TimeoutError) -> UpstreamError:
+    detail = "timed out" if isinstance(exc, TimeoutError) else str(exc)
+    # A certificate that fails verification is its own reason (a wrong CA, name or expiry is
+    # a deployment fault, not a host that is down).
+    reason = "tls" if isinstance(exc, SSLError) else "connect"
+    return UpstreamError(reason, detail, status=502)
+
+
+def _alpn(transport: asyncio.BaseTransport) -> str | None:
+    ssl_object = transport.get_extra_info("ssl_object")
+    return None if ssl_object is None else ssl_object.selected_alpn_protocol()

@@ -42,6 +42,7 @@ class Relay:
         "conn",
         "finished",
         "generated",
+        "grpc",
         "informational",
         "out",
         "pending",
@@ -51,6 +52,7 @@ class Relay:
         "response_started",
         "status",
         "timing",
+        "trailers",
         "tunnel",
         "up_out",
         "upstream_keep_alive",
@@ -81,6 +83,10 @@ class Relay:
         self.capture: Capture | None = None
         # The response's Server-Timing entries its checks name (None: not read).
         self.timing: tuple[TimingEntry, ...] | None = None
+        # The response's trailer fields (an HTTP/2 upstream's; None: it sent none).
+        self.trailers: list[tuple[bytes, bytes]] | None = None
+        # A gRPC response's status code (core/grpc.py; -1: not a gRPC response).
+        self.grpc = -1
 
     def finish(self, status: int | None = None) -> None:
         """The response is complete (or can go no further): end the exchange."""
@@ -89,29 +95,46 @@ class Relay:
     # --- request body (from the client) -------------------------------------------------
 
     def request_body(self, chunk: bytes) -> None:
-        data = encode_chunk(chunk) if self.request.chunked else chunk
-        if self.conn is not None:
-            self.up_out.append(data)
+        """Body bytes as the client sent them (de-chunked): re-framed for an HTTP/1.1
+        upstream, as they are for one that frames them itself (HTTP/2); held, as they are,
+        until a connection is attached."""
+        conn = self.conn
+        if conn is not None:
+            chunked = self.request.chunked and not conn.framed
+            self.up_out.append(encode_chunk(chunk) if chunked else chunk)
             return
         if self.finished:
             return
-        self.pending.append(data)
-        self.pending_size += len(data)
-        if self.pending_size > PENDING_LIMIT and self.pending_size - len(data) <= PENDING_LIMIT:
+        self.pending.append(chunk)
+        self.pending_size += len(chunk)
+        if self.pending_size > PENDING_LIMIT and self.pending_size - len(chunk) <= PENDING_LIMIT:
             self.client.pause_reading_for(self)
 
     def request_complete(self) -> None:
         self.request_done = True
-        if self.request.chunked:
-            self.request_body_end()
-        if self.conn is not None and not self.response_started:
+        conn = self.conn
+        if conn is not None and conn.framed:
+            self.flush_upstream()
+            conn.end_request()
+        elif self.request.chunked and conn is not None:
+            self.up_out.append(LAST_CHUNK)
+        if conn is not None and not self.response_started:
             self._arm(self.client.limits.response_timeout_s)
 
-    def request_body_end(self) -> None:
-        if self.conn is not None:
-            self.up_out.append(LAST_CHUNK)
-        elif not self.finished:
-            self.pending.append(LAST_CHUNK)
+    def held_body(self, framed: bool) -> None:
+        """Move the body held before the connection was attached to what goes up next."""
+        if self.request.chunked and not framed:
+            self.up_out += [encode_chunk(chunk) for chunk in self.pending]
+            if self.request_done:
+                self.up_out.append(LAST_CHUNK)
+        else:
+            self.up_out += self.pending
+        self.pending = []
+
+    def continue_now(self) -> None:
+        """Tell a client waiting with `Expect: 100-continue` to send its body (an upstream
+        that frames the request itself is not asked the question)."""
+        self.out.append(_CONTINUE)
 
     def flush_upstream(self) -> None:
         if self.up_out and self.conn is not None:
@@ -159,6 +182,12 @@ class Relay:
             # ends here; the connection is closed rather than pooled.
             self.upstream_keep_alive = False
             self.finish()
+
+    def response_trailers(self, fields: list[tuple[bytes, bytes]]) -> None:
+        """Trailer fields after the body (an HTTP/2 upstream's). Kept for the outcome; not
+        relayed to an HTTP/1.1 client, as trailers from HTTP/1.1 upstreams are not."""
+        if not self.informational and not self.finished:
+            self.trailers = fields
 
     def response_body(self, body: bytes) -> None:
         if self.informational or self.finished:

@@ -17,6 +17,7 @@ from proxy.errors import UpstreamError
 if TYPE_CHECKING:
     from proxy.http.exchange import Exchange
     from proxy.http.pool import Endpoint
+    from proxy.http.request import Request
 
 # The largest response head taken (502 beyond): nginx refuses one larger than its
 # proxy_buffer_size (4 or 8 KiB); this lets big cookie and policy fields through. Without a
@@ -36,6 +37,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_parser",
         "endpoint",
         "exchange",
+        "framed",
         "paused",
         "reused",
         "transport",
@@ -49,6 +51,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.reused = False
         self.usable = False
         self.paused = False  # reading paused because the client is not reading
+        # False: the exchange writes the request's HTTP/1.1 bytes. True (an HTTP/2 stream):
+        # the connection frames it, from `start`, `write` of body bytes and `end_request`.
+        self.framed = False
         self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self._headers: list[tuple[bytes, bytes]] = []
         # `_in_head`: the bytes read are (the rest of) a response head, `_head_size` of them
@@ -159,6 +164,20 @@ class UpstreamConnection(asyncio.Protocol):
             self.exchange.response_complete()
 
     # used by the exchange and the pool
+
+    def start(
+        self, request: Request, authority: bytes, peer: bytes, extra: bytes, scheme: bytes
+    ) -> None:
+        """Send the request head (`framed` connections only)."""
+        raise NotImplementedError
+
+    def end_request(self) -> None:
+        """The request body is complete (`framed` connections only)."""
+        raise NotImplementedError
+
+    def done(self) -> None:
+        """The exchange is over with a complete response (`framed` connections only)."""
+        raise NotImplementedError
 
     def write(self, data: bytes) -> None:
         assert self.transport is not None
