@@ -102,7 +102,7 @@ NGINX_HTTP_COMMON = """\
 
 UPSTREAM_SERVER = """\
     server {{
-        listen 127.0.0.1:{port} backlog=4096;
+        listen 127.0.0.1:{port} backlog=4096{http2};
         location / {{
             add_header X-Pool {pool};
             return 200 "ok\\n";
@@ -194,7 +194,7 @@ services:
     upstreams:
       stable: [http://127.0.0.1:{stable_port}]
       canary: [http://127.0.0.1:{canary_port}]
-    rollout:
+{protocol}    rollout:
       strategy: canary
       salt: bench-2026
       steps:
@@ -385,6 +385,7 @@ class Options:
     keep_workdir: bool
     shadow: float = 0.0  # > 0: the rollout is at a shadow step mirroring this percent
     tls: bool = False  # every proxy listens with TLS; wrk speaks https to it
+    upstream_h2c: bool = False  # rollout-proxy speaks h2c to upstreams of their own
 
 
 TIMED_SCENARIOS: dict[str, Callable[[Options], Scenario]] = {
@@ -641,6 +642,7 @@ class Bench:
         self.load_cpu, self.target_cpu = cpus
         self.procs: list[Managed] = []
         self.upstream_ports = (0, 0)
+        self.h2c_ports = (0, 0)  # the same upstreams over h2c (--upstream-h2c)
         self.nofile = nofile  # inherited by every server started here
         self.max_conns = max(8192, opts.idle_n + 1024)  # downstream connections to accept
         self.cert: TlsFiles | None = make_certificate(workdir) if opts.tls else None
@@ -684,10 +686,13 @@ class Bench:
         return prefix
 
     def start_upstream(self) -> Target:
+        h2c = self.opts.upstream_h2c
+        pools = ("stable", "canary", "stable", "canary") if h2c else ("stable", "canary")
+
         def build(ports: list[int]) -> tuple[list[str], Path | None, dict[str, str] | None]:
             servers = "".join(
-                UPSTREAM_SERVER.format(port=p, pool=pool)
-                for p, pool in zip(ports, ("stable", "canary"), strict=True)
+                UPSTREAM_SERVER.format(port=p, pool=pool, http2=" http2" if i >= 2 else "")
+                for i, (p, pool) in enumerate(zip(ports, pools, strict=True))
             )
             prefix = self._nginx_prefix(
                 f"upstream-{ports[0]}", f"    default_type text/plain;\n\n{servers}"
@@ -695,8 +700,10 @@ class Bench:
             (prefix / "data" / "body").write_bytes(b"x" * BODY_BYTES)
             return pinned(self.load_cpu, nginx_argv(prefix)), None, None
 
-        _, ports = self._start("upstream", build, 2, 2)
+        _, ports = self._start("upstream", build, len(pools), len(pools))
         self.upstream_ports = (ports[0], ports[1])
+        if h2c:
+            self.h2c_ports = (ports[2], ports[3])
         return Target("direct", ports[0], None, "wrk straight at the upstream")
 
     def start_nginx(self) -> Target:
@@ -742,11 +749,12 @@ class Bench:
                 rollout_config(
                     ports[0],
                     ports[1],
-                    self.upstream_ports,
+                    self.h2c_ports if self.opts.upstream_h2c else self.upstream_ports,
                     self.workdir / "state" / "rollouts.json",
                     self.max_conns,
                     self.opts.shadow,
                     self.cert,
+                    h2c=self.opts.upstream_h2c,
                 )
             )
             argv = [
@@ -770,6 +778,8 @@ class Bench:
             )
         if self.cert is not None:
             note += ", TLS"
+        if self.opts.upstream_h2c:
+            note += ", h2c to the upstream"
         return Target(
             "rollout-proxy", ports[0], proc, note, admin_port=ports[1], tls=self.cert is not None
         )
@@ -847,9 +857,12 @@ def rollout_config(
     max_connections: int,
     shadow: float = 0.0,
     cert: TlsFiles | None = None,
+    *,
+    h2c: bool = False,
 ) -> str:
     """`shadow` > 0: the first step is a shadow step mirroring that percent of the requests
-    to the canary (exposing nobody) instead of a 10% canary step."""
+    to the canary (exposing nobody) instead of a 10% canary step. `h2c`: HTTP/2 (prior
+    knowledge) to the upstreams."""
     tiers = {f"tenant-{i:04d}": "enterprise" for i in range(1, 11)}
     tiers.update({f"tenant-{i:04d}": "internal" for i in range(11, 21)})
     tier_lines = "\n".join(f"        {k}: {v}" for k, v in tiers.items())
@@ -863,6 +876,7 @@ def rollout_config(
         tier_lines=tier_lines,
         stable_port=upstream[0],
         canary_port=upstream[1],
+        protocol="      protocol: h2c\n" if h2c else "",
         first_step=f"{{shadow: {shadow:g}, observe: 24h}}"
         if shadow
         else "{percent: 10, observe: 24h}",
@@ -1746,6 +1760,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "compare with a run without it (--proxy-cmd '... --workers 1') for the cost of "
         "shadowing (default 0: no shadow step)",
     )
+    p.add_argument(
+        "--upstream-h2c",
+        action="store_true",
+        help="rollout-proxy speaks HTTP/2 (h2c, prior knowledge) to the upstream: the same "
+        "nginx upstreams on listeners of their own with http2; nginx and haproxy keep HTTP/1.1 "
+        "upstreams. Compare with a run without it for the cost of h2c upstreams",
+    )
     return p.parse_args(argv)
 
 
@@ -1789,6 +1810,7 @@ def resolve(ns: argparse.Namespace) -> tuple[Options, dict[str, str | None]]:
         keep_workdir=ns.keep_workdir,
         shadow=_shadow_percent(ns.shadow),
         tls=bool(ns.tls),
+        upstream_h2c=bool(ns.upstream_h2c),
     )
     return opts, avail
 
