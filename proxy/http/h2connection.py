@@ -283,6 +283,7 @@ class H2ClientConnection(ClientConnection):
         if self.closing:
             return
         self.engine.rejected(BadRequest(f"HTTP/2: too many {what}", 429))
+        self.h2.data_to_send()  # what this read queued (its acknowledgements) is dropped
         with contextlib.suppress(ProtocolError):
             self.h2.close_connection(
                 error_code=ErrorCodes.ENHANCE_YOUR_CALM,

@@ -36,6 +36,11 @@ _METHODS: Final = frozenset(
 )
 _SCHEMES: Final = frozenset({b"http", b"https"})
 _COOKIE: Final = b"cookie"
+# Connection-specific fields have no place in HTTP/2 (RFC 9113 8.2.2); h2 refuses them first,
+# this holds should its validation ever let one through.
+_CONNECTION_SPECIFIC: Final = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
+)
 
 
 def request_of(head: RequestHead, fields: Fields, ended: bool) -> Request:
@@ -53,6 +58,8 @@ def request_of(head: RequestHead, fields: Fields, ended: bool) -> Request:
             pseudo[name] = value
         elif name == _COOKIE:
             cookies.append(value)
+        elif name in _CONNECTION_SPECIFIC or (name == b"te" and value != b"trailers"):
+            raise BadRequest(f"connection-specific field {name.decode('latin-1')} in HTTP/2")
         else:
             head.on_header(name, value)
     if cookies:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +45,9 @@ async def _handle(request: web.Request) -> web.StreamResponse:
     if request.path.startswith("/big/"):
         size = int(request.path.rsplit("/", 1)[1])
         return web.Response(body=b"x" * size, headers={"X-Origin": origin.name})
+    if request.path == "/slow":
+        await asyncio.sleep(3)
+        return web.Response(text="slow")
     if request.path == "/fail":
         return web.Response(status=503, text="down")
     seen = origin.seen[-1]

@@ -36,7 +36,12 @@ class RawH2:
         self.reader = reader
         self.writer = writer
         self.h2 = H2Connection(
-            H2Configuration(client_side=True, header_encoding=None, validate_outbound_headers=False)
+            H2Configuration(
+                client_side=True,
+                header_encoding=None,
+                validate_outbound_headers=False,
+                normalize_outbound_headers=False,
+            )
         )
         self.events: list[Event] = []
         self.eof = False
