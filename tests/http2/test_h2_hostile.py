@@ -194,3 +194,17 @@ async def test_a_connection_specific_header_is_refused(stable: Origin) -> None:
             assert client.status(1) is None
             await client.close()
     assert stable.seen == []  # the upstream saw nothing
+
+
+async def test_an_h2c_upgrade_on_http11_stays_stripped_with_h2c_on(stable: Origin) -> None:
+    async with running_proxy(_data(stable)) as runtime:
+        reader, writer = await asyncio.open_connection("127.0.0.1", runtime.data_address[1])
+        writer.write(
+            b"GET /seen HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+            b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+        )
+        head = await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+        assert head.startswith(b"HTTP/1.1 200 ")  # never 101: no tunnel past the proxy
+        names = {name.lower() for name, _ in stable.seen[0]["headers"]}
+        assert not names & {"upgrade", "http2-settings"}

@@ -153,6 +153,25 @@ async def test_a_canary_stable_split_over_h2_shows_in_the_metrics_per_variant(
             )
 
 
+async def test_a_canary_failure_over_h2_is_counted_against_the_canary(
+    stable: Origin, canary: Origin
+) -> None:
+    data = _data(stable, canary)
+    data["trusted_peers"] = ["127.0.0.1/32"]
+    async with running_proxy(data) as runtime:
+        client = await RawH2.open(runtime.data_address[1])
+        ids = [client.request("/fail", extra=[(b"x-tenant-id", b"tenant-a")]) for _ in range(3)]
+        await client.send()
+        assert await client.until(lambda c: all(c.ended(s) for s in ids))
+        assert [client.status(s) for s in ids] == [503] * 3
+        await client.close()
+        labels = {"service": "svc", "tier": "free", "status_class": "5xx"}
+        count = runtime.registry.get_sample_value
+        assert count("rollout_requests_total", {**labels, "variant": "canary"}) == 3
+        assert count("rollout_requests_total", {**labels, "variant": "stable"}) is None
+        assert len(canary.seen) == 3
+
+
 async def test_many_streams_on_one_connection(stable: Origin) -> None:
     async with running_proxy(_data(stable)) as runtime:
         client = await RawH2.open(runtime.data_address[1])
