@@ -38,6 +38,7 @@ import ipaddress
 import json
 import os
 import platform
+import re
 import resource
 import shlex
 import shutil
@@ -59,8 +60,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
 BODY_BYTES = MIB
 ALL_TARGETS = ("direct", "nginx", "haproxy", "rollout-proxy", "bare")
-ALL_SCENARIOS = ("tiny", "tiny1", "body", "idle", "churn", "soak")
-DEFAULT_SCENARIOS = ("tiny", "tiny1", "body", "idle", "churn")  # soak is long: asked for by name
+ALL_SCENARIOS = ("tiny", "tiny1", "body", "idle", "churn", "soak", "h2")
+DEFAULT_SCENARIOS = ("tiny", "tiny1", "body", "idle", "churn")  # soak, h2 (--tls): by name
+# Targets that speak HTTP/2 in the h2 scenario (the others are left out of it).
+H2_TARGETS = ("nginx", "rollout-proxy")
 ROTATION = ("nginx", "haproxy", "rollout-proxy", "bare", "direct")
 BARE_SCRIPT = REPO_ROOT / "loadtests" / "bare.py"
 BARE_MODULES = ("httptools", "uvloop")  # what bare.py needs besides the standard library
@@ -260,6 +263,7 @@ class Scenario:
     ids: int = TENANTS  # request variants the Lua script cycles through
     tenants: int = TENANTS  # distinct tenant ids among them
     timeout_s: float = 2.0
+    streams: int = 0  # > 0: HTTP/2 over TLS (ALPN h2), h2load with this many streams each
 
 
 @dataclass(slots=True)
@@ -409,6 +413,13 @@ TIMED_SCENARIOS: dict[str, Callable[[Options], Scenario]] = {
         f"GET / with Connection: close, {o.connections} connections",
         o.connections,
         close=True,
+    ),
+    "h2": lambda o: Scenario(
+        "h2",
+        "GET / over HTTP/2 (TLS, ALPN h2): h2load, 100 streams over 8 connections",
+        8,
+        streams=100,
+        tenants=1,
     ),
 }
 
@@ -710,7 +721,7 @@ class Bench:
         cert = self.cert
         ssl, tls_lines = "", ""
         if cert is not None:
-            ssl = " ssl"
+            ssl = " ssl http2" if "h2" in self.opts.scenarios else " ssl"
             tls_lines = NGINX_TLS.format(cert=cert.cert, key=cert.key)
 
         def build(ports: list[int]) -> tuple[list[str], Path | None, dict[str, str] | None]:
@@ -755,6 +766,7 @@ class Bench:
                     self.opts.shadow,
                     self.cert,
                     h2c=self.opts.upstream_h2c,
+                    http2="h2" in self.opts.scenarios,
                 )
             )
             argv = [
@@ -859,14 +871,17 @@ def rollout_config(
     cert: TlsFiles | None = None,
     *,
     h2c: bool = False,
+    http2: bool = False,
 ) -> str:
     """`shadow` > 0: the first step is a shadow step mirroring that percent of the requests
     to the canary (exposing nobody) instead of a 10% canary step. `h2c`: HTTP/2 (prior
-    knowledge) to the upstreams."""
+    knowledge) to the upstreams; `http2`: the listener serves HTTP/2 too."""
     tiers = {f"tenant-{i:04d}": "enterprise" for i in range(1, 11)}
     tiers.update({f"tenant-{i:04d}": "internal" for i in range(11, 21)})
     tier_lines = "\n".join(f"        {k}: {v}" for k, v in tiers.items())
     tls_block = f"tls: {{cert: {cert.cert}, key: {cert.key}}}\n" if cert else ""
+    if http2:
+        tls_block += "http2: {enabled: true}\n"
     return ROLLOUT_YAML.format(
         tls_block=tls_block,
         port=port,
@@ -1026,6 +1041,55 @@ def run_wrk(
     raise RuntimeError(f"wrk exited {proc.returncode} without a result:\n{out.strip()[-800:]}")
 
 
+def run_h2load(bench: Bench, sc: Scenario, port: int, duration: float) -> dict[str, float]:
+    """h2load (nghttp2-client) over TLS with ALPN h2: `sc.connections` connections of
+    `sc.streams` concurrent streams each, for `duration` s; the figures wrk's script reports
+    (p50/p99 from h2load's per-request log)."""
+    log = bench.workdir / f"h2load-{port}.log"
+    log.unlink(missing_ok=True)
+    argv = pinned(
+        bench.load_cpu,
+        [
+            "h2load",
+            "-t1",
+            f"-c{sc.connections}",
+            f"-m{sc.streams}",
+            f"-D{max(1, round(duration))}",
+            "-H",
+            "X-Tenant-ID: tenant-0001",
+            f"--log-file={log}",
+            f"https://127.0.0.1:{port}{sc.path}",
+        ],
+    )
+    proc = subprocess.run(
+        argv, capture_output=True, text=True, timeout=duration + 30, stdin=subprocess.DEVNULL
+    )
+    out = proc.stdout + proc.stderr
+    done = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, "
+                     r"(\d+) failed, (\d+) errored, (\d+) timeout", out)  # fmt: skip
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    if done is None or codes is None or "h2" not in out.split("Application protocol:")[-1][:8]:
+        raise RuntimeError(f"h2load exited {proc.returncode} without h2 results:\n{out[-800:]}")
+    latencies = sorted(
+        int(line.split("\t")[2]) for line in log.read_text().splitlines() if line.count("\t") >= 2
+    )
+    if not latencies:
+        raise RuntimeError("h2load logged no request")
+    first_last = [int(line.split("\t")[0]) for line in log.read_text().splitlines() if line]
+    return {
+        "requests": float(len(latencies)),
+        "duration_us": float(max(first_last) - min(first_last)) or duration * 1e6,
+        "p50_us": float(latencies[len(latencies) // 2]),
+        "p99_us": float(latencies[min(len(latencies) - 1, len(latencies) * 99 // 100)]),
+        "mean_us": sum(latencies) / len(latencies),
+        "status": float(int(codes[3]) + int(codes[4])),
+        "connect": 0.0,
+        "read": float(int(done[5])),
+        "write": 0.0,
+        "timeout": float(int(done[6])),
+    }
+
+
 def measure(bench: Bench, sc: Scenario, target: Target, rnd: int, duration: float) -> RunResult:
     result = RunResult(sc.name, target.name, rnd)
     pids = target.proc.tree() if target.proc else []
@@ -1033,7 +1097,10 @@ def measure(bench: Bench, sc: Scenario, target: Target, rnd: int, duration: floa
     sampler = RssSampler(target.proc.pid) if target.proc and sc.body_bytes else None
     try:
         with sampler or contextlib.nullcontext():
-            raw = run_wrk(bench, sc, target.port, duration, tls=target.tls)
+            if sc.streams:
+                raw = run_h2load(bench, sc, target.port, duration)
+            else:
+                raw = run_wrk(bench, sc, target.port, duration, tls=target.tls)
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
         result.failure = str(exc)
         return result
@@ -1511,6 +1578,8 @@ def timed_rounds(bench: Bench, targets: Sequence[Target]) -> list[RunResult]:
     for rnd in range(1, opts.rounds + 1):
         for sc in scenarios:
             for target in rotation(targets):
+                if sc.streams and target.name not in H2_TARGETS:
+                    continue  # speaks no HTTP/2 here
                 result = measure(bench, sc, target, rnd, opts.duration)
                 runs.append(result)
                 progress(result)
@@ -1789,6 +1858,8 @@ def resolve(ns: argparse.Namespace) -> tuple[Options, dict[str, str | None]]:
     default_cmd = ns.proxy_cmd == "{python} -m proxy run -c {config}"
     avail = available_targets(not default_cmd)
     chosen = targets or tuple(t for t in ALL_TARGETS if avail[t] is None)
+    if scenarios is not None and "h2" in scenarios and not ns.tls:
+        raise SystemExit("the h2 scenario runs over TLS (ALPN h2, as nginx is set up): add --tls")
     if ns.tls:
         if targets is not None and "bare" in targets:
             raise SystemExit("--tls: bare speaks no TLS; leave it out of --targets")

@@ -157,7 +157,9 @@ class Runtime:
             assert self.router is not None
             self.router.recorder.evidence = evidence
             self._engine, self.access_log = data_engine(config, self.router, self.metrics, loop)
-            tls = ListenerTls(config.tls) if config.tls is not None else None
+            tls = None
+            if config.tls is not None:
+                tls = ListenerTls(config.tls, h2=config.http2.enabled)
             self.data_address = await self._engine.start(listen.host, listen.port, tls=tls)
         app = build_admin_app(self.registry, self.readiness)
         if self.supervisor is not None:
@@ -301,7 +303,7 @@ def reload_tls(engine: Engine, config: Config) -> None:
     """Read the listener's certificates again (raises ConfigError, keeping the old ones, when
     one does not load)."""
     if engine.tls is not None and config.tls is not None:
-        engine.tls.reload(config.tls)
+        engine.tls.reload(config.tls, h2=config.http2.enabled)
 
 
 def reconfigure_engine(engine: Engine, config: Config) -> None:

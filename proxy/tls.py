@@ -3,9 +3,9 @@ certificates swapped on reload without dropping a connection) and the upstreams'
 
 Defaults are today's safe ones: TLS 1.2 and 1.3 only; for TLS 1.2, only forward-secret AEAD
 suites (TLS 1.3's suites are all of that kind and fixed by OpenSSL); no compression; session
-tickets on (OpenSSL's default), so returning clients resume. ALPN offers `http/1.1` only: the
-listener speaks HTTP/1.1, and offering `h2` before it speaks HTTP/2 would break every client
-that takes it at its word.
+tickets on (OpenSSL's default), so returning clients resume. ALPN offers `http/1.1`, and `h2`
+before it when the config turns HTTP/2 on (`http2.enabled`): offering `h2` to a listener that
+did not speak it would break every client that takes it at its word.
 
 Reload: the listener keeps one base context for its whole life; its SNI callback hands every
 new handshake the context of the current certificates for the name the client asked for (the
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 # TLS 1.2 suites: ECDHE key exchange (forward secrecy) with AES-GCM or ChaCha20-Poly1305.
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 ALPN = ["http/1.1"]
+ALPN_H2 = ["h2", "http/1.1"]
 _VERIFY = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
 
 
@@ -53,11 +54,11 @@ def peer_names(peercert: Any) -> Mapping[str, str]:
     return MappingProxyType(names)
 
 
-def _hardened(context: ssl.SSLContext) -> ssl.SSLContext:
+def _hardened(context: ssl.SSLContext, alpn: list[str] = ALPN) -> ssl.SSLContext:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_ciphers(TLS12_CIPHERS)
     context.options |= ssl.OP_NO_COMPRESSION
-    context.set_alpn_protocols(ALPN)
+    context.set_alpn_protocols(alpn)
     return context
 
 
@@ -98,8 +99,10 @@ def certificate_names(cert_file: str, path: str) -> tuple[str, ...]:
     return tuple(n.lower() for n in names)
 
 
-def _server_context(certificate: TlsCertificate, config: TlsConfig, path: str) -> ssl.SSLContext:
-    context = _hardened(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
+def _server_context(
+    certificate: TlsCertificate, config: TlsConfig, path: str, alpn: list[str] = ALPN
+) -> ssl.SSLContext:
+    context = _hardened(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), alpn)
     _load_chain(context, certificate.cert, certificate.key, path)
     if config.client_ca is not None:
         _load_ca(context, config.client_ca, "tls.client_ca")
@@ -112,13 +115,13 @@ class Certificates:
 
     __slots__ = ("default", "exact", "wildcard")
 
-    def __init__(self, config: TlsConfig, path: str = "tls") -> None:
+    def __init__(self, config: TlsConfig, path: str = "tls", alpn: list[str] = ALPN) -> None:
         self.exact: dict[str, ssl.SSLContext] = {}
         self.wildcard: dict[str, ssl.SSLContext] = {}  # "example.com" for "*.example.com"
         contexts = []
         for i, certificate in enumerate(config.certificates):
             item = f"{path}.certificates[{i}]" if len(config.certificates) > 1 else path
-            context = _server_context(certificate, config, f"{item}.cert")
+            context = _server_context(certificate, config, f"{item}.cert", alpn)
             contexts.append(context)
             for name in certificate_names(certificate.cert, f"{item}.cert"):
                 table = self.wildcard if name.startswith("*.") else self.exact
@@ -137,15 +140,16 @@ class Certificates:
 
 class ListenerTls:
     """The data (or admin) listener's TLS: the context to listen with, certificates
-    swappable while it listens."""
+    swappable while it listens. `h2`: ALPN offers h2 before http/1.1."""
 
-    def __init__(self, config: TlsConfig, path: str = "tls") -> None:
+    def __init__(self, config: TlsConfig, path: str = "tls", *, h2: bool = False) -> None:
         self.config = config
         self.path = path
-        self.certificates = Certificates(config, path)
+        self.alpn = ALPN_H2 if h2 else ALPN
+        self.certificates = Certificates(config, path, self.alpn)
         # The base context: its own certificate is only a fallback (every handshake is handed
         # the current set's context by the SNI callback), its verify mode and client CA stay.
-        self.context = _server_context(config.certificates[0], config, f"{path}.cert")
+        self.context = _server_context(config.certificates[0], config, f"{path}.cert", self.alpn)
         self.context.sni_callback = self._choose
 
     def _choose(
@@ -153,15 +157,17 @@ class ListenerTls:
     ) -> None:
         conn.context = self.certificates.for_name(server_name)
 
-    def reload(self, config: TlsConfig) -> None:
+    def reload(self, config: TlsConfig, *, h2: bool | None = None) -> None:
         """Read the certificates of `config` again and serve them to new connections; raises
         ConfigError (and keeps serving the old ones) when any does not load. Client
-        verification (`client_ca`, `client_auth`) cannot change without a restart."""
+        verification (`client_ca`, `client_auth`) cannot change without a restart. `h2`: the
+        ALPN offer of new connections (None: as before)."""
         old = self.config
         if (config.client_ca, config.client_auth) != (old.client_ca, old.client_auth):
             raise ConfigError(f"{self.path}.client_ca", "changes only with a restart")
-        fresh = Certificates(config, self.path)
-        self.certificates, self.config = fresh, config
+        alpn = self.alpn if h2 is None else ALPN_H2 if h2 else ALPN
+        fresh = Certificates(config, self.path, alpn)
+        self.certificates, self.config, self.alpn = fresh, config, alpn
 
 
 def upstream_context(tls: UpstreamTls, path: str) -> ssl.SSLContext:

@@ -236,7 +236,7 @@ BROKEN: list[tuple[str, Mutation, str, str]] = [
         "unknown top key",
         lambda d: d.update(listner=1),
         "listner",
-        "unknown key; expected one of: access_log, admin, limits, listen, notifications, "
+        "unknown key; expected one of: access_log, admin, http2, limits, listen, notifications, "
         "releases, services, state, tls, trusted_peers",
     ),
     (

@@ -103,7 +103,7 @@ async def test_the_listener_terminates_tls_with_modern_defaults(
         body, serial, alpn = await _get(port, _client(ca))
         assert body == "stable https"  # the upstream is told the client spoke TLS
         assert serial == cert.serial
-        assert alpn == "http/1.1"  # h2 is not offered: this listener speaks HTTP/1.1
+        assert alpn == "http/1.1"  # http2 is off by default: h2 is not offered
         old = _client(ca)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # which is the point

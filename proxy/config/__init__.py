@@ -21,12 +21,14 @@ from pathlib import Path
 import yaml
 
 from proxy.config import reader as read
+from proxy.config.http2 import http2
 from proxy.config.model import (
     AccessLogConfig,
     Address,
     AdminConfig,
     Config,
     ForceConfig,
+    Http2Config,
     IdentityRule,
     Limits,
     Match,
@@ -58,6 +60,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "ForceConfig",
+    "Http2Config",
     "IdKind",
     "IdSource",
     "IdentityRule",
@@ -93,6 +96,7 @@ _TOP_KEYS = (
     "limits",
     "access_log",
     "releases",
+    "http2",
     "tls",
     "notifications",
 )
@@ -261,6 +265,7 @@ def parse_config(data: object, env: Mapping[str, str]) -> Config:
         access_log=_access_log(top.get("access_log", {}), "access_log"),
         releases=_releases(top.get("releases", {}), "releases"),
         tls=None if top.get("tls") is None else listener_tls(top["tls"], "tls"),
+        http2=http2(top.get("http2", {}), "http2"),
         notifications=notifications(top.get("notifications", []), "notifications", env),
     )
     _check_client_cert_rules(config)

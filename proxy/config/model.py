@@ -244,6 +244,20 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class Http2Config:
+    """HTTP/2 on the data listener (`http2:`); off by default."""
+
+    enabled: bool = False  # a TLS listener offers h2 (then http/1.1) by ALPN
+    h2c: bool = False  # a plain listener takes HTTP/2 by prior knowledge too
+    max_concurrent_streams: int = 100  # per connection; REFUSED_STREAM beyond
+    max_header_list_size: int = 65536  # decoded header block (HPACK bombs stop here)
+    initial_window_size: int = 65535  # per stream, for request bodies
+    max_frame_size: int = 16384
+    max_resets_per_s: int = 100  # streams a client may reset per second (rapid reset)
+    max_control_frames_per_s: int = 200  # SETTINGS and PING (floods)
+
+
+@dataclass(frozen=True, slots=True)
 class ReleasesConfig:
     keep: int = 50  # releases kept per service in the state store (newest first)
 
@@ -274,4 +288,5 @@ class Config:
     access_log: AccessLogConfig = field(default_factory=AccessLogConfig)
     releases: ReleasesConfig = field(default_factory=ReleasesConfig)
     tls: TlsConfig | None = None  # set: the data listener speaks TLS
+    http2: Http2Config = field(default_factory=Http2Config)
     notifications: tuple[ReceiverConfig, ...] = ()

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Final
 import httptools
 
 from proxy.errors import BadRequest, HttpError
+from proxy.http import h2connection
 from proxy.http.connection import BODY, HEAD, IDLE, QUEUE_FULL, WAIT, ClientConnection
 from proxy.http.head import RequestHead
 from proxy.http.request import invalid_method_status
@@ -48,12 +49,20 @@ class DownstreamProtocol(ClientConnection):
         # When the read being parsed arrived: the parser's callbacks set their deadlines from
         # it (every one of them runs inside `data_received`) instead of asking the loop each.
         self._read_at = 0.0
+        self._fresh = False  # no byte read yet, and h2c is on: the preface may come
 
     # --- asyncio callbacks --------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self.head.trusted = self.trusted
+        http2 = self.engine.http2
+        if http2.enabled and self.engine.tls is not None and not self.closing:
+            if h2connection.negotiated(transport):
+                self._parser = self.head.parser = None
+                h2connection.take_over(self, transport)
+        elif http2.h2c:
+            self._fresh = True
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
@@ -65,6 +74,13 @@ class DownstreamProtocol(ClientConnection):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
+        if self._fresh:
+            # h2c by prior knowledge: the client preface as the connection's first bytes.
+            self._fresh = False
+            if data.startswith(h2connection.PREFACE) and self.transport is not None:
+                self._parser = self.head.parser = None
+                h2connection.take_over(self, self.transport, data)
+                return
         if self._tunnel is not None:
             self._tunnel.tunnel_up(data)
             return

@@ -69,6 +69,7 @@ class Engine:
     ) -> None:
         """Serve `config`'s limits, trusted peers and header kinds from the next request on."""
         self.limits = limits = config.limits
+        self.http2 = config.http2
         self.header_kinds = header_kinds(identity_headers, relevant_headers)
         self._trusted = config.trusted_peers
         self._trust_cache = {}

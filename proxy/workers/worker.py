@@ -151,7 +151,7 @@ async def serve_worker(port: int, channel_fd: int) -> int:
         loop.add_signal_handler(signum, worker.stop.set)
     # Reloads come from the supervisor; a SIGHUP sent to every process must not end this one.
     loop.add_signal_handler(signal.SIGHUP, lambda: None)
-    tls = ListenerTls(config.tls) if config.tls is not None else None
+    tls = ListenerTls(config.tls, h2=config.http2.enabled) if config.tls is not None else None
     await engine.start(config.listen.host, port, reuse_port=True, tls=tls)
     writer.write(frame(READY, orjson.dumps({"pid": os.getpid()})))
     tasks = [

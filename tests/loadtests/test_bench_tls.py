@@ -37,3 +37,18 @@ def test_the_certificate_serves_127_0_0_1_and_each_proxy_is_told_to_use_it(
     assert "listen 127.0.0.1:1 backlog=4096 ssl;" in nginx
     assert f"ssl_certificate {files.cert};" in nginx
     assert "ssl_protocols TLSv1.2 TLSv1.3;" in nginx
+
+
+def test_the_h2_scenario_turns_http2_on_in_each_proxy(tmp_path: Path) -> None:
+    module = bench()
+    files = module.make_certificate(tmp_path)
+    text = module.rollout_config(1, 2, (3, 4), tmp_path / "s.json", 100, 0.0, files, http2=True)
+    config = parse_text(text, "bench.yaml")
+    assert config.http2.enabled
+    assert config.tls is not None
+    plain = module.rollout_config(1, 2, (3, 4), tmp_path / "s.json", 100, 0.0, files)
+    assert not parse_text(plain, "b").http2.enabled
+    scenario = module.TIMED_SCENARIOS["h2"](None)
+    assert (scenario.connections, scenario.streams) == (8, 100)
+    nginx = module.PROXY_NGINX_HTTP.format(upstream_port=3, port=1, ssl=" ssl http2", tls_lines="")
+    assert "listen 127.0.0.1:1 backlog=4096 ssl http2;" in nginx
