@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from proxy.core.servertiming import fields_of, parse, without
 from proxy.errors import UpstreamError
 from proxy.http.exchange import Exchange
-from proxy.http.h2fields import response_fields
+from proxy.http.h2fields import response_fields, trailer_fields
 from proxy.http.response import LENGTH, NO_BODY
 
 if TYPE_CHECKING:
@@ -61,7 +61,9 @@ class H2Exchange(Exchange):
         stream = self.stream
         self._deadline = stream.loop.time() + stream.limits.body_timeout_s
         head = self.request.method == b"HEAD"
-        body = not head and status not in (204, 304)
+        # `head_ends`: an HTTP/2 upstream's HEADERS ended its stream (gRPC's trailers-only
+        # answer): so does this one, its grpc-status in the head.
+        body = not head and status not in (204, 304) and not self.head_ends
         self._framing = LENGTH if body else NO_BODY
         self._eof_ends = body and not any(
             n.lower() in (b"content-length", b"transfer-encoding") for n, _ in headers
@@ -90,7 +92,7 @@ class H2Exchange(Exchange):
         if self.finished:
             return
         if self._framing != NO_BODY:
-            self.stream.end()
+            self.stream.end(trailer_fields(self.trailers))
         self.finish()
 
     def respond_error(self, error: HttpError) -> None:

@@ -42,6 +42,21 @@ _CONNECTION_SPECIFIC: Final = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
 )
 
+# Fields never relayed as trailers: the framing, connection and routing fields of a head.
+_NOT_TRAILERS: Final = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"transfer-encoding",
+        b"upgrade",
+        b"te",
+        b"content-length",
+        b"host",
+        b"trailer",
+    }
+)
+
 
 def request_of(head: RequestHead, fields: Fields, ended: bool) -> Request:
     """The `Request` of one stream's header list (`ended`: it came with END_STREAM, so no
@@ -130,6 +145,18 @@ def response_fields(
     if request_id:
         fields.append((b"x-request-id", request_id))
     return fields
+
+
+def trailer_fields(trailers: Fields | None) -> Fields:
+    """An upstream's trailer fields as sent on: lower-case, no pseudo-field, nothing HTTP/2
+    forbids in trailers (RFC 9113 8.1: no field that frames or routes the message)."""
+    if not trailers:
+        return []
+    return [
+        (name.lower(), value)
+        for name, value in trailers
+        if not name.startswith(b":") and name.lower() not in _NOT_TRAILERS
+    ]
 
 
 def error_fields(status: int, length: int, request_id: bytes) -> Fields:

@@ -71,6 +71,7 @@ class H2Stream:
         "peer_ip",
         "progress_at",
         "remote_closed",
+        "trailers",
         "trusted",
     )
 
@@ -90,6 +91,7 @@ class H2Stream:
         self.buffer: deque[bytes] = deque()
         self.buffered = 0
         self.ending = False  # END_STREAM goes once the buffer is sent
+        self.trailers: list[tuple[bytes, bytes]] = []  # ... on the trailers, when there are
         self.local_closed = False  # our side is done (ended or reset)
         self.remote_closed = False  # the client's side is done (ended or reset)
         self.body_size = 0
@@ -180,9 +182,12 @@ class H2Stream:
         self.buffered += len(data)
         self.pump()
 
-    def end(self) -> None:
+    def end(self, trailers: list[tuple[bytes, bytes]] | None = None) -> None:
+        """END_STREAM once the buffer is sent: on a HEADERS frame of `trailers` if given (an
+        HTTP/2 upstream's, gRPC's status among them), else on an empty DATA frame."""
         if not self.local_closed:
             self.ending = True
+            self.trailers = trailers or []
             self.pump()
 
     def answer(self, status: int, reason: str, request_id: bytes) -> None:
@@ -212,6 +217,9 @@ class H2Stream:
             self.buffered -= sent
             self.progress_at = self.loop.time()
         if self.ending and not self.buffer and not self.local_closed:
+            if self.trailers:
+                self.send_headers(self.trailers, end=True)
+                return
             h2.end_stream(self.id)
             self._closed_locally()
             return

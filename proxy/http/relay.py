@@ -43,6 +43,7 @@ class Relay:
         "finished",
         "generated",
         "grpc",
+        "head_ends",
         "informational",
         "out",
         "pending",
@@ -87,6 +88,8 @@ class Relay:
         self.trailers: list[tuple[bytes, bytes]] | None = None
         # A gRPC response's status code (core/grpc.py; -1: not a gRPC response).
         self.grpc = -1
+        # The response's head ended its stream (an HTTP/2 upstream's: no body, no trailers).
+        self.head_ends = False
 
     def finish(self, status: int | None = None) -> None:
         """The response is complete (or can go no further): end the exchange."""

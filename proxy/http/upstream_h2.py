@@ -281,7 +281,7 @@ class UpstreamSession(asyncio.Protocol):
 
     def _event(self, event: h2.events.Event) -> None:
         if isinstance(event, h2.events.ResponseReceived):
-            self._response(event.stream_id, event.headers)
+            self._response(event.stream_id, event.headers, event.stream_ended is not None)
         elif isinstance(event, h2.events.DataReceived):
             self._data(event)
         elif isinstance(event, h2.events.TrailersReceived):
@@ -307,7 +307,7 @@ class UpstreamSession(asyncio.Protocol):
         elif isinstance(event, h2.events.ConnectionTerminated):
             self._goaway(event.last_stream_id or 0)
 
-    def _response(self, sid: int, headers: list[tuple[bytes, bytes]]) -> None:
+    def _response(self, sid: int, headers: list[tuple[bytes, bytes]], ends: bool) -> None:
         stream = self.streams.get(sid)
         if stream is None or stream.exchange is None:
             return
@@ -322,8 +322,9 @@ class UpstreamSession(asyncio.Protocol):
                 elif name == b"grpc-status":
                     code = grpc.parse_status(value)  # a trailers-only response
         if status >= 200:
-            stream.exchange.grpc = code
-            stream.exchange.response_head(status, fields, True)
+            exchange = stream.exchange
+            exchange.grpc, exchange.head_ends = code, ends
+            exchange.response_head(status, fields, True)
 
     def _data(self, event: h2.events.DataReceived) -> None:
         stream = self.streams.get(event.stream_id)
