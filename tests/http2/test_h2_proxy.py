@@ -173,6 +173,12 @@ async def test_a_canary_failure_over_h2_is_counted_against_the_canary(
         assert count("rollout_requests_total", {**labels, "variant": "canary"}) == 3
         assert count("rollout_requests_total", {**labels, "variant": "stable"}) is None
         assert len(canary.seen) == 3
+        # ... and as evidence: the rollout's analysis counts them as the canary's errors.
+        controller: Any = runtime.controller
+        rollout = controller.rollouts["svc"]
+        assessment = rollout.analysis.assess(controller.clock.monotonic())
+        errors = next(c for c in assessment.checks if c.check == "errors")
+        assert (errors.canary.requests, errors.canary.events) == (3, 3)
 
 
 async def test_many_streams_on_one_connection(stable: Origin) -> None:
