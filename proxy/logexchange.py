@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from proxy.config import Config
     from proxy.dataplane import Route
     from proxy.errors import UpstreamError
-    from proxy.http.downstream import DownstreamProtocol
+    from proxy.http.connection import ClientConnection
     from proxy.http.pool import Endpoint
     from proxy.http.request import Request
 
@@ -129,7 +129,7 @@ class LoggedExchange(Exchange):
     __slots__ = ("failure", "lines", "sent")
 
     def __init__(
-        self, client: DownstreamProtocol, request: Request, route: Route, lines: AccessLines
+        self, client: ClientConnection, request: Request, route: Route, lines: AccessLines
     ) -> None:
         super().__init__(client, request, route)
         self.lines = lines
@@ -181,5 +181,5 @@ class LoggedExchanges(Exchanges):
     def __init__(self, lines: AccessLines) -> None:
         self.lines = lines
 
-    def make(self, client: DownstreamProtocol, request: Request, route: Route) -> Exchange:
+    def make(self, client: ClientConnection, request: Request, route: Route) -> Exchange:
         return LoggedExchange(client, request, route, self.lines)

@@ -327,6 +327,10 @@ class ClientConnection(asyncio.Protocol):
         self.draining = True
         self.truncated = reset
 
+    def start_tunnel(self, exchange: Exchange) -> None:
+        """The upstream answered an upgrade with 101 (only HTTP/1.1 relays one)."""
+        raise NotImplementedError
+
     def abort(self) -> None:
         """Reset the connection now (RST, not FIN), discarding what is not sent."""
         self.closing = True

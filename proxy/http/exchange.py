@@ -31,7 +31,7 @@ from proxy.http.response import CLOSE
 
 if TYPE_CHECKING:
     from proxy.dataplane import Route
-    from proxy.http.downstream import DownstreamProtocol
+    from proxy.http.connection import ClientConnection
     from proxy.http.pool import Endpoint
     from proxy.http.request import Request
     from proxy.http.upstream import UpstreamConnection
@@ -42,7 +42,7 @@ class Exchange(Relay):
 
     __slots__ = ("abandoned", "admitted", "endpoint", "rerouted", "retried", "route", "started")
 
-    def __init__(self, client: DownstreamProtocol, request: Request, route: Route) -> None:
+    def __init__(self, client: ClientConnection, request: Request, route: Route) -> None:
         Relay.__init__(self, client, request)
         self.route = route
         self.endpoint: Endpoint | None = None
@@ -381,5 +381,5 @@ class Exchanges:
 
     __slots__ = ()
 
-    def make(self, client: DownstreamProtocol, request: Request, route: Route) -> Exchange:
+    def make(self, client: ClientConnection, request: Request, route: Route) -> Exchange:
         return Exchange(client, request, route)

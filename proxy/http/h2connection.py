@@ -25,7 +25,7 @@ upstream):
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Final, cast
+from typing import TYPE_CHECKING, Final
 
 from h2.config import H2Configuration
 from h2.connection import H2Connection
@@ -58,7 +58,6 @@ if TYPE_CHECKING:
 
     from h2.events import Event
 
-    from proxy.http.downstream import DownstreamProtocol
     from proxy.http.server import Engine
 
 PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -231,16 +230,15 @@ class H2ClientConnection(ClientConnection):
         self.streams[stream_id] = stream
         ended = event.stream_ended is not None
         engine = self.engine
-        client = cast("DownstreamProtocol", stream)  # what an exchange and the router use
         try:
             request = request_of(self.head, list(event.headers or ()), ended)
-            route = engine.router.route(request, client)
+            route = engine.router.route(request, stream)
         except HttpError as error:
             self.head.request = None
             engine.rejected(error)
             stream.answer(error.status, error.reason, b"")
             return None
-        stream.exchange = H2Exchange(stream, client, request, route)
+        stream.exchange = H2Exchange(stream, request, route)
         if ended:
             stream.remote_closed = True
         return stream

@@ -21,7 +21,6 @@ from proxy.http.response import LENGTH, NO_BODY
 if TYPE_CHECKING:
     from proxy.dataplane import Route
     from proxy.errors import HttpError
-    from proxy.http.downstream import DownstreamProtocol
     from proxy.http.h2stream import H2Stream
     from proxy.http.request import Request
 
@@ -31,12 +30,9 @@ class H2Exchange(Exchange):
 
     __slots__ = ("stream",)
 
-    def __init__(
-        self, stream: H2Stream, client: DownstreamProtocol, request: Request, route: Route
-    ) -> None:
-        # `client` is `stream` itself, as the engine's exchange sees a client.
-        Exchange.__init__(self, client, request, route)
-        self.stream = stream
+    def __init__(self, stream: H2Stream, request: Request, route: Route) -> None:
+        Exchange.__init__(self, stream, request, route)
+        self.stream = stream  # the client, as its own type
 
     def response_head(
         self, status: int, headers: list[tuple[bytes, bytes]], keep_alive: bool

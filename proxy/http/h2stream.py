@@ -27,66 +27,35 @@ from typing import TYPE_CHECKING, Final
 from h2.errors import ErrorCodes
 from h2.exceptions import ProtocolError
 
+from proxy.http.connection import ClientConnection
 from proxy.http.h2fields import error_fields
 
 if TYPE_CHECKING:
-    import asyncio
-    from collections.abc import Mapping
-
-    from proxy.config import Limits
     from proxy.http.exchange import Exchange
     from proxy.http.fields import FieldNames
     from proxy.http.h2connection import H2ClientConnection
     from proxy.http.h2exchange import H2Exchange
-    from proxy.http.server import Engine
 
 HIGH_WATER: Final = 256 * 1024  # response bytes held for a stream before its upstream waits
 LOW_WATER: Final = 64 * 1024
 
 
-class H2Stream:
-    """A request stream: the client its exchange sees, and the stream's send buffer."""
-
-    __slots__ = (
-        "_held",
-        "_pausers",
-        "_unacked",
-        "body_deadline",
-        "body_size",
-        "buffer",
-        "buffered",
-        "client_cert",
-        "conn",
-        "deadline",
-        "ending",
-        "engine",
-        "exchange",
-        "id",
-        "in_feed",
-        "limits",
-        "local_closed",
-        "loop",
-        "names",
-        "peer_bytes",
-        "peer_ip",
-        "progress_at",
-        "remote_closed",
-        "trailers",
-        "trusted",
-    )
+class H2Stream(ClientConnection):
+    """A request stream: the client connection its exchange sees (a `ClientConnection` with
+    no transport of its own), and the stream's send buffer."""
 
     def __init__(self, conn: H2ClientConnection, stream_id: int) -> None:
+        super().__init__(conn.engine)
         self.conn = conn
         self.id = stream_id
-        self.engine: Engine = conn.engine
-        self.loop: asyncio.AbstractEventLoop = conn.loop
-        self.limits: Limits = conn.limits
+        self.limits = conn.limits
+        self.generation = conn.generation
         self.names: FieldNames = conn.engine.field_names
         self.peer_ip = conn.peer_ip
         self.peer_bytes = conn.peer_bytes
         self.trusted = conn.trusted
-        self.client_cert: Mapping[str, str] = conn.client_cert
-        self.in_feed = False  # an exchange flushes its upstream bytes at once
+        self.client_cert = conn.client_cert
+        self.draining = conn.draining
         self.exchange: H2Exchange | None = None
         self.buffer: deque[bytes] = deque()
         self.buffered = 0
@@ -102,10 +71,6 @@ class H2Stream:
         self._pausers: list[object] = []
         self._unacked = 0
         self._held = False  # the upstream connection's reading is paused for this stream
-
-    @property
-    def draining(self) -> bool:
-        return self.conn.draining
 
     @property
     def done(self) -> bool:
@@ -283,7 +248,7 @@ class H2Stream:
         """The response cannot be completed: the client must see the stream cut."""
         self.reset(ErrorCodes.INTERNAL_ERROR)
 
-    def close(self) -> None:
+    def close(self, *, linger: bool = True) -> None:
         self.reset(ErrorCodes.CANCEL)
 
     def exchange_done(self, exchange: Exchange) -> None:

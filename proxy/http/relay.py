@@ -20,7 +20,7 @@ from proxy.http.response import CHUNKED, NO_BODY, response_head, switching_head
 if TYPE_CHECKING:
     from proxy.core.servertiming import TimingEntry
     from proxy.http.capture import Capture
-    from proxy.http.downstream import DownstreamProtocol
+    from proxy.http.connection import ClientConnection
     from proxy.http.request import Request
     from proxy.http.upstream import UpstreamConnection
 
@@ -59,7 +59,7 @@ class Relay:
         "upstream_keep_alive",
     )
 
-    def __init__(self, client: DownstreamProtocol, request: Request) -> None:
+    def __init__(self, client: ClientConnection, request: Request) -> None:
         self.client = client
         self.request = request
         self.conn: UpstreamConnection | None = None
@@ -177,7 +177,7 @@ class Relay:
             self.close_after or not request.keep_alive or not self.request_done or client.draining
         )
         head, self._framing, self._eof_ends, self.close_after = response_head(
-            status, headers, request, close, client.head.names
+            status, headers, request, close, client.engine.field_names
         )
         self.out.append(head)
         if self._framing == NO_BODY and request.method == b"HEAD":

@@ -6,13 +6,16 @@ stalls its own stream only, with bounded buffering."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 from pathlib import Path
 from typing import Any
 
 import orjson
+import yaml
 from h2.events import DataReceived
 from prometheus_client import generate_latest
 
+from proxy.config import load_config
 from proxy.http.h2connection import H2ClientConnection
 from proxy.http.h2stream import HIGH_WATER
 from proxy.runtime import Runtime
@@ -170,6 +173,12 @@ async def test_a_canary_failure_over_h2_is_counted_against_the_canary(
         assert count("rollout_requests_total", {**labels, "variant": "canary"}) == 3
         assert count("rollout_requests_total", {**labels, "variant": "stable"}) is None
         assert len(canary.seen) == 3
+        # ... and as evidence: the rollout's analysis counts them as the canary's errors.
+        controller: Any = runtime.controller
+        rollout = controller.rollouts["svc"]
+        assessment = rollout.analysis.assess(controller.clock.monotonic())
+        errors = next(c for c in assessment.checks if c.check == "errors")
+        assert (errors.canary.requests, errors.canary.events) == (3, 3)
 
 
 async def test_many_streams_on_one_connection(stable: Origin) -> None:
@@ -235,3 +244,41 @@ async def test_large_bodies_both_ways_with_a_slow_reader(stable: Origin) -> None
         assert stable.seen[0]["chunked"]  # no content-length: sent up chunked
         assert largest <= HIGH_WATER + 256 * 1024  # held back, never the whole body
         await client.close()
+
+
+async def test_a_reload_turning_http2_on_makes_new_tls_connections_offer_h2(
+    tmp_path: Path, stable: Origin
+) -> None:
+    ca = TestCA(tmp_path)
+    cert = ca.issue("proxy", ["localhost", "127.0.0.1"])
+    data = _data(stable, http2={"enabled": False})
+    data["tls"] = {"cert": str(cert.cert), "key": str(cert.key)}
+    path = tmp_path / "proxy.yaml"
+    path.write_text(yaml.safe_dump(data))
+    runtime = Runtime(load_config(path, {}), env={}, config_path=str(path))
+    await runtime.start()
+    try:
+        client = ssl.create_default_context(cafile=str(ca.pem))
+        client.set_alpn_protocols(["h2", "http/1.1"])
+
+        async def alpn() -> str | None:
+            _, writer = await asyncio.open_connection(
+                "127.0.0.1", runtime.data_address[1], ssl=client, server_hostname="localhost"
+            )
+            chosen = writer.get_extra_info("ssl_object").selected_alpn_protocol()
+            writer.close()
+            return str(chosen) if chosen else None
+
+        assert await alpn() == "http/1.1"
+        path.write_text(yaml.safe_dump(dict(data, http2={"enabled": True})))
+        result = await runtime.reloader.reload("api")
+        assert result.ok, result
+        assert await alpn() == "h2"
+        h2 = await RawH2.open(runtime.data_address[1], tls=client)
+        sid = h2.request("/seen")
+        await h2.send()
+        assert await h2.until(lambda c: c.ended(sid))
+        assert h2.status(sid) == 200
+        await h2.close()
+    finally:
+        await runtime.stop(drain_s=0.5, notice_s=0.0)
