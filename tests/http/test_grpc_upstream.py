@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
@@ -19,23 +18,10 @@ import grpc
 from prometheus_client import generate_latest
 
 from proxy.runtime import Runtime
-from tests.support.grpcserver import EchoServer, frame
+from tests.support.grpcserver import EchoServer, echo_pair, frame
 from tests.support.proxy import config_dict, running_proxy, service
 
 GRPC_HEADERS = {"content-type": "application/grpc", "te": "trailers"}
-
-
-@asynccontextmanager
-async def _servers(
-    canary_fails: grpc.StatusCode | None,
-) -> AsyncIterator[tuple[EchoServer, EchoServer]]:
-    stable = EchoServer("stable").start()
-    canary = EchoServer("canary", canary_fails).start()
-    try:
-        yield stable, canary
-    finally:
-        stable.stop()
-        canary.stop()
 
 
 def _config(stable: EchoServer, canary: EchoServer, **analysis: Any) -> dict[str, Any]:
@@ -64,7 +50,7 @@ async def _status(client: aiohttp.ClientSession, runtime: Runtime) -> dict[str, 
 
 async def test_grpc_outcomes_are_counted_as_their_status_and_a_failing_canary_rolls_back() -> None:
     async with (
-        _servers(grpc.StatusCode.UNAVAILABLE) as (stable, canary),
+        echo_pair(grpc.StatusCode.UNAVAILABLE) as (stable, canary),
         running_proxy(_config(stable, canary)) as runtime,
         aiohttp.ClientSession() as client,
     ):
@@ -93,7 +79,7 @@ async def test_grpc_outcomes_are_counted_as_their_status_and_a_failing_canary_ro
 async def test_a_code_the_service_does_not_count_as_an_error_does_not_roll_back() -> None:
     """NOT_FOUND is the caller's business, not the server's: not an error by default."""
     async with (
-        _servers(grpc.StatusCode.NOT_FOUND) as (stable, canary),
+        echo_pair(grpc.StatusCode.NOT_FOUND) as (stable, canary),
         running_proxy(_config(stable, canary)) as runtime,
         aiohttp.ClientSession() as client,
     ):
@@ -110,7 +96,7 @@ async def test_error_statuses_name_grpc_outcomes_and_streaming_calls_are_relayed
     """A service may count a caller-side code as an error; after the rollback, stable serves
     server-streaming, client-streaming and bidirectional calls through the proxy."""
     async with (
-        _servers(grpc.StatusCode.NOT_FOUND) as (stable, canary),
+        echo_pair(grpc.StatusCode.NOT_FOUND) as (stable, canary),
         running_proxy(_config(stable, canary, error_statuses=["5xx", "grpc:NOT_FOUND"])) as rt,
         aiohttp.ClientSession() as client,
     ):

@@ -10,8 +10,7 @@ while every call keeps going.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,23 +19,12 @@ import grpc
 from prometheus_client import generate_latest
 
 from tests.support.certs import TestCA
-from tests.support.grpcserver import SERVICE, EchoServer
+from tests.support.grpcserver import SERVICE, EchoServer, echo_pair
 from tests.support.proxy import config_dict, running_proxy, service
 
 
 def _ident(data: bytes) -> bytes:
     return data
-
-
-@asynccontextmanager
-async def _servers(fail: grpc.StatusCode | None) -> AsyncIterator[tuple[EchoServer, EchoServer]]:
-    stable = EchoServer("stable").start()
-    canary = EchoServer("canary", fail).start()
-    try:
-        yield stable, canary
-    finally:
-        stable.stop()
-        canary.stop()
 
 
 def _config(stable: EchoServer, canary: EchoServer, percent: float, **top: Any) -> dict[str, Any]:
@@ -74,7 +62,7 @@ def _all_kinds(calls: Calls, tenant: str) -> list[object]:
 
 async def test_a_grpcio_client_makes_every_kind_of_call_through_h2c() -> None:
     async with (
-        _servers(None) as (stable, canary),
+        echo_pair(None) as (stable, canary),
         running_proxy(_config(stable, canary, 0)) as runtime,
     ):
         target = f"127.0.0.1:{runtime.data_address[1]}"
@@ -92,7 +80,7 @@ async def test_a_grpcio_client_makes_every_kind_of_call_through_h2c() -> None:
 
 async def test_a_failing_canary_is_seen_by_the_client_and_rolled_back() -> None:
     async with (
-        _servers(grpc.StatusCode.UNAVAILABLE) as (stable, canary),
+        echo_pair(grpc.StatusCode.UNAVAILABLE) as (stable, canary),
         running_proxy(_config(stable, canary, 50)) as runtime,
         aiohttp.ClientSession() as client,
     ):
@@ -134,7 +122,7 @@ async def test_a_failing_canary_is_seen_by_the_client_and_rolled_back() -> None:
 async def test_grpc_over_tls_with_alpn_h2(tmp_path: Path) -> None:
     ca = TestCA(tmp_path)
     cert = ca.issue("proxy", ["localhost"])
-    async with _servers(None) as (stable, canary):
+    async with echo_pair(None) as (stable, canary):
         data = _config(stable, canary, 100, tls={"cert": str(cert.cert), "key": str(cert.key)})
         async with running_proxy(data) as runtime:
             credentials = grpc.ssl_channel_credentials(ca.pem.read_bytes())

@@ -8,8 +8,9 @@ message. A server built with `fail` aborts every call with that status instead.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent import futures
+from contextlib import asynccontextmanager
 
 import grpc
 
@@ -77,3 +78,17 @@ class EchoServer:
 def frame(message: bytes) -> bytes:
     """One gRPC message on the wire: uncompressed flag, 4-byte length, the bytes."""
     return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+@asynccontextmanager
+async def echo_pair(
+    canary_fails: grpc.StatusCode | None = None,
+) -> AsyncIterator[tuple[EchoServer, EchoServer]]:
+    """A stable and a canary server (the canary failing every call with `canary_fails`)."""
+    stable = EchoServer("stable").start()
+    canary = EchoServer("canary", canary_fails).start()
+    try:
+        yield stable, canary
+    finally:
+        stable.stop()
+        canary.stop()
