@@ -280,7 +280,7 @@ class ServiceRoutes:
         self.decided: dict[Subject, tuple[Route, int]] = {}
         # The same, keyed by what the subject is made of when that is only headers (see
         # `subject_headers`): (peer trusted, header values...) -> (route, bucket).
-        self.headers = subject_headers(config)
+        self.headers = subject_headers(config.identity_policy)
         self.by_headers: dict[tuple[bool | str | None, ...], tuple[Route, int]] = {}
         # X-Rollout-Force: None when the service does not honour it (the header is then only
         # stripped); else who may force, and one forced route per (variant, tier).
@@ -328,7 +328,7 @@ class ServiceRoutes:
         the peer's trust and the request's values of `self.headers`."""
         found = self.by_headers.get(key)
         if found is None:
-            found = self.resolve(subject_for(self.config, _view(request, client)))
+            found = self.resolve(subject_for(self.config.identity_policy, _view(request, client)))
             if len(self.by_headers) >= _DECIDED_CACHE_SIZE:
                 self.by_headers.clear()
             self.by_headers[key] = found
@@ -366,7 +366,7 @@ class Router:
         self._by_upstreams: dict[PoolKey, UpstreamPool] = {}
         self._tls = UpstreamContexts()  # client contexts of the https:// upstreams
         self._limits = config.limits
-        self.reconfigure(config, {s.name: RoutingPlan.build(s.rollout, 0) for s in config.services})
+        self.reconfigure(config, {s.name: s.rollout.plan(0) for s in config.services})
 
     def reconfigure(self, config: Config, plans: Mapping[str, RoutingPlan]) -> None:
         """Serve `config` from the next request on, with `plans` (one per service). Pools
@@ -441,7 +441,9 @@ class Router:
                 key = (client.trusted, *[relevant.get(name) for name in names])
             found = service.resolve_headers(key, request, client)
         else:
-            found = service.resolve(subject_for(service.config, _view(request, client)))
+            found = service.resolve(
+                subject_for(service.config.identity_policy, _view(request, client))
+            )
         route, bucket = found
         # The analysis caps each id's weight by this number; a request without an id gets the
         # bucket of its peer's address (the peer stands for no id).

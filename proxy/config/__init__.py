@@ -27,7 +27,6 @@ from proxy.config.model import (
     AdminConfig,
     Config,
     ForceConfig,
-    IdentityRule,
     Limits,
     Match,
     ReceiverConfig,
@@ -36,8 +35,6 @@ from proxy.config.model import (
     ServiceConfig,
     ShadowConfig,
     StateConfig,
-    Step,
-    TierConfig,
     TlsCertificate,
     TlsConfig,
     Upstream,
@@ -47,8 +44,15 @@ from proxy.config.model import (
 from proxy.config.notifications import notifications
 from proxy.config.services import service
 from proxy.config.tls import listener_tls
-from proxy.core.identity import IdKind, IdSource, Unidentified
-from proxy.core.routing import Variant
+from proxy.core.identity import (
+    IdentityPolicy,
+    IdentityRule,
+    IdKind,
+    IdSource,
+    TierConfig,
+    Unidentified,
+)
+from proxy.core.routing import Step, Variant
 from proxy.errors import ConfigError
 
 __all__ = [
@@ -60,6 +64,7 @@ __all__ = [
     "ForceConfig",
     "IdKind",
     "IdSource",
+    "IdentityPolicy",
     "IdentityRule",
     "Limits",
     "Match",
