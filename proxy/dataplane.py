@@ -35,8 +35,8 @@ from proxy.metrics import ArmSeries, Metrics
 from proxy.tls import UpstreamContexts
 
 if TYPE_CHECKING:
-    from proxy.http.downstream import DownstreamProtocol
     from proxy.http.request import Request
+    from proxy.http.sides import ClientSide
 
 
 _HOST_CACHE_SIZE: Final = 1024
@@ -293,7 +293,7 @@ class ServiceRoutes:
         _with_timing(config, plan, self.routes.values())
         _with_timing(config, plan, self.forced_routes.values())
 
-    def forced(self, route: Route, request: Request, client: DownstreamProtocol) -> Route:
+    def forced(self, route: Route, request: Request, client: ClientSide) -> Route:
         """The route of a request carrying X-Rollout-Force (`route`: where it would go without
         it): the forced route of the variant the value may choose, else `route` unchanged."""
         policy = self.force
@@ -322,7 +322,7 @@ class ServiceRoutes:
         return found
 
     def resolve_headers(
-        self, key: tuple[bool | str | None, ...], request: Request, client: DownstreamProtocol
+        self, key: tuple[bool | str | None, ...], request: Request, client: ClientSide
     ) -> tuple[Route, int]:
         """`resolve` for a service whose subject is made of headers only, cached by `key`:
         the peer's trust and the request's values of `self.headers`."""
@@ -417,7 +417,7 @@ class Router:
                 services[i] = self._snapshot(routes.config, plan)
         self.services = services
 
-    def route(self, request: Request, client: DownstreamProtocol) -> Route:
+    def route(self, request: Request, client: ClientSide) -> Route:
         hosts = self._hosts
         host = hosts.get(request.host)
         if host is None:
@@ -431,7 +431,7 @@ class Router:
         raise NoRoute("no service matches this request")
 
     @staticmethod
-    def _route_in(service: ServiceRoutes, request: Request, client: DownstreamProtocol) -> Route:
+    def _route_in(service: ServiceRoutes, request: Request, client: ClientSide) -> Route:
         names = service.headers
         if names is not None:
             relevant = request.relevant
@@ -520,7 +520,7 @@ def _pool(
     return pool
 
 
-def _view(request: Request, client: DownstreamProtocol) -> RequestView:
+def _view(request: Request, client: ClientSide) -> RequestView:
     return RequestView(
         path=request.path,
         query=request.query,

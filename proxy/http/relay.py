@@ -16,19 +16,19 @@ from proxy.errors import HttpError, UpstreamError
 from proxy.http import framing
 from proxy.http.framing import LAST_CHUNK, encode_chunk
 from proxy.http.response import CHUNKED, NO_BODY, response_head, switching_head
+from proxy.http.sides import ExchangeSide
 
 if TYPE_CHECKING:
     from proxy.core.servertiming import TimingEntry
     from proxy.http.capture import Capture
-    from proxy.http.downstream import DownstreamProtocol
     from proxy.http.request import Request
-    from proxy.http.upstream import UpstreamConnection
+    from proxy.http.sides import ClientSide, UpstreamSide
 
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 PENDING_LIMIT: Final = 256 * 1024  # request body held before an upstream is attached
 
 
-class Relay:
+class Relay(ExchangeSide):
     """Moves one request up and its response down, with back-pressure both ways."""
 
     __slots__ = (
@@ -56,10 +56,10 @@ class Relay:
         "upstream_keep_alive",
     )
 
-    def __init__(self, client: DownstreamProtocol, request: Request) -> None:
+    def __init__(self, client: ClientSide, request: Request) -> None:
         self.client = client
         self.request = request
-        self.conn: UpstreamConnection | None = None
+        self.conn: UpstreamSide | None = None
         self.pending: list[bytes] = []
         self.pending_size = 0
         self.up_out: list[bytes] = []
