@@ -55,6 +55,7 @@ HOT_MODULES = [
     "proxy/http/request.py",
     "proxy/http/requestid.py",
     "proxy/http/response.py",
+    "proxy/http/sides.py",
     "proxy/http/server.py",
     "proxy/http/upstream.py",
     "proxy/http/upstream_h2.py",

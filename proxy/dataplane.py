@@ -35,8 +35,8 @@ from proxy.metrics import ArmSeries, Metrics
 from proxy.tls import UpstreamContexts
 
 if TYPE_CHECKING:
-    from proxy.http.connection import ClientConnection
     from proxy.http.request import Request
+    from proxy.http.sides import ClientSide
 
 
 _HOST_CACHE_SIZE: Final = 1024
@@ -280,7 +280,7 @@ class ServiceRoutes:
         self.decided: dict[Subject, tuple[Route, int]] = {}
         # The same, keyed by what the subject is made of when that is only headers (see
         # `subject_headers`): (peer trusted, header values...) -> (route, bucket).
-        self.headers = subject_headers(config)
+        self.headers = subject_headers(config.identity_policy)
         self.by_headers: dict[tuple[bool | str | None, ...], tuple[Route, int]] = {}
         # X-Rollout-Force: None when the service does not honour it (the header is then only
         # stripped); else who may force, and one forced route per (variant, tier).
@@ -293,7 +293,7 @@ class ServiceRoutes:
         _with_timing(config, plan, self.routes.values())
         _with_timing(config, plan, self.forced_routes.values())
 
-    def forced(self, route: Route, request: Request, client: ClientConnection) -> Route:
+    def forced(self, route: Route, request: Request, client: ClientSide) -> Route:
         """The route of a request carrying X-Rollout-Force (`route`: where it would go without
         it): the forced route of the variant the value may choose, else `route` unchanged."""
         policy = self.force
@@ -322,13 +322,13 @@ class ServiceRoutes:
         return found
 
     def resolve_headers(
-        self, key: tuple[bool | str | None, ...], request: Request, client: ClientConnection
+        self, key: tuple[bool | str | None, ...], request: Request, client: ClientSide
     ) -> tuple[Route, int]:
         """`resolve` for a service whose subject is made of headers only, cached by `key`:
         the peer's trust and the request's values of `self.headers`."""
         found = self.by_headers.get(key)
         if found is None:
-            found = self.resolve(subject_for(self.config, _view(request, client)))
+            found = self.resolve(subject_for(self.config.identity_policy, _view(request, client)))
             if len(self.by_headers) >= _DECIDED_CACHE_SIZE:
                 self.by_headers.clear()
             self.by_headers[key] = found
@@ -366,7 +366,7 @@ class Router:
         self._by_upstreams: dict[PoolKey, UpstreamPool] = {}
         self._tls = UpstreamContexts()  # client contexts of the https:// upstreams
         self._limits = config.limits
-        self.reconfigure(config, {s.name: RoutingPlan.build(s.rollout, 0) for s in config.services})
+        self.reconfigure(config, {s.name: s.rollout.plan(0) for s in config.services})
 
     def reconfigure(self, config: Config, plans: Mapping[str, RoutingPlan]) -> None:
         """Serve `config` from the next request on, with `plans` (one per service). Pools
@@ -417,7 +417,7 @@ class Router:
                 services[i] = self._snapshot(routes.config, plan)
         self.services = services
 
-    def route(self, request: Request, client: ClientConnection) -> Route:
+    def route(self, request: Request, client: ClientSide) -> Route:
         hosts = self._hosts
         host = hosts.get(request.host)
         if host is None:
@@ -431,7 +431,7 @@ class Router:
         raise NoRoute("no service matches this request")
 
     @staticmethod
-    def _route_in(service: ServiceRoutes, request: Request, client: ClientConnection) -> Route:
+    def _route_in(service: ServiceRoutes, request: Request, client: ClientSide) -> Route:
         names = service.headers
         if names is not None:
             relevant = request.relevant
@@ -441,7 +441,9 @@ class Router:
                 key = (client.trusted, *[relevant.get(name) for name in names])
             found = service.resolve_headers(key, request, client)
         else:
-            found = service.resolve(subject_for(service.config, _view(request, client)))
+            found = service.resolve(
+                subject_for(service.config.identity_policy, _view(request, client))
+            )
         route, bucket = found
         # The analysis caps each id's weight by this number; a request without an id gets the
         # bucket of its peer's address (the peer stands for no id).
@@ -520,7 +522,7 @@ def _pool(
     return pool
 
 
-def _view(request: Request, client: ClientConnection) -> RequestView:
+def _view(request: Request, client: ClientSide) -> RequestView:
     return RequestView(
         path=request.path,
         query=request.query,

@@ -31,9 +31,8 @@ if TYPE_CHECKING:
     from proxy.config import Config
     from proxy.dataplane import Route
     from proxy.errors import UpstreamError
-    from proxy.http.connection import ClientConnection
-    from proxy.http.pool import Endpoint
     from proxy.http.request import Request
+    from proxy.http.sides import ClientSide, EndpointSide
 
 COMPLETED: Final = "completed"
 ABORTED: Final = "aborted"
@@ -103,7 +102,7 @@ class AccessLines:
             "time": self._time(),
             "request_id": request.request_id.decode("ascii"),
             "client": exchange.client.peer_ip,
-            "scheme": exchange.client.engine.scheme.decode("ascii"),
+            "scheme": exchange.client.scheme.decode("ascii"),
             "forwarded_for": None if request.xff is None else request.xff.decode("latin-1"),
             "method": request.method.decode("latin-1"),
             "path": path,
@@ -129,7 +128,7 @@ class LoggedExchange(Exchange):
     __slots__ = ("failure", "lines", "sent")
 
     def __init__(
-        self, client: ClientConnection, request: Request, route: Route, lines: AccessLines
+        self, client: ClientSide, request: Request, route: Route, lines: AccessLines
     ) -> None:
         super().__init__(client, request, route)
         self.lines = lines
@@ -145,7 +144,7 @@ class LoggedExchange(Exchange):
         self.sent += len(data)
         super().client_write(data)
 
-    def upstream_failed(self, error: UpstreamError, endpoint: Endpoint | None) -> None:
+    def upstream_failed(self, error: UpstreamError, endpoint: EndpointSide | None) -> None:
         if not (self.finished or self.abandoned):
             self.failure = error.reason
         super().upstream_failed(error, endpoint)
@@ -181,5 +180,5 @@ class LoggedExchanges(Exchanges):
     def __init__(self, lines: AccessLines) -> None:
         self.lines = lines
 
-    def make(self, client: ClientConnection, request: Request, route: Route) -> Exchange:
+    def make(self, client: ClientSide, request: Request, route: Route) -> Exchange:
         return LoggedExchange(client, request, route, self.lines)

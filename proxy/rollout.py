@@ -139,7 +139,7 @@ class Rollout:
             and self.foreign_spec is None
             and not self.idle
         )
-        return RoutingPlan.build(rollout, self.step_index, active=active)
+        return rollout.plan(self.step_index, active=active)
 
     def observe_s(self) -> float:
         if self.in_baseline:

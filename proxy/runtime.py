@@ -287,12 +287,13 @@ def data_engine(
         access_log = AccessLog(config.access_log.path, loop)
         access_log.start()
         exchanges = LoggedExchanges(AccessLines(access_log, path_id_patterns(config)))
+    policies = [service.identity_policy for service in config.services]
     engine = Engine(
         config,
         router,
         loop,
-        identity_headers=header_rule_names(config),
-        relevant_headers=relevant_headers(config),
+        identity_headers=header_rule_names(policies),
+        relevant_headers=relevant_headers(policies),
         on_reject=lambda error: metrics.rejected(error.status),
         exchanges=exchanges,
     )
@@ -309,7 +310,8 @@ def reload_tls(engine: Engine, config: Config) -> None:
 def reconfigure_engine(engine: Engine, config: Config) -> None:
     """A reloaded `config` into a running data-plane engine (the router is reconfigured by
     the controller, with the routing plans)."""
-    engine.reconfigure(config, header_rule_names(config), relevant_headers(config))
+    policies = [service.identity_policy for service in config.services]
+    engine.reconfigure(config, header_rule_names(policies), relevant_headers(policies))
     exchanges = engine.exchanges
     if isinstance(exchanges, LoggedExchanges):
         exchanges.lines.patterns = path_id_patterns(config)

@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from proxy.config import ConfigError, ShadowConfig, parse_config
-from proxy.core.routing import RoutingPlan
 from proxy.rollout import spec_hash
 from proxy.runtime import Runtime
 from tests.test_config import ENV, example_data, svc
@@ -31,11 +30,11 @@ def test_a_shadow_step_exposes_nobody_and_carries_its_sample() -> None:
     assert (first.shadow, first.percent, first.observe_s) == (10.0, 0.0, 300.0)
     assert second.shadow == 0.0
     assert service.rollout.shadow == ShadowConfig()
-    plan = RoutingPlan.build(service.rollout, 0)
+    plan = service.rollout.plan(0)
     assert (plan.shadow, plan.everyone) == (10.0, 0)
-    assert RoutingPlan.build(service.rollout, 1).shadow == 0.0
-    assert RoutingPlan.build(service.rollout, 0, active=False).shadow == 0.0
-    assert RoutingPlan.build(service.rollout, -1).shadow == 0.0
+    assert service.rollout.plan(1).shadow == 0.0
+    assert service.rollout.plan(0, active=False).shadow == 0.0
+    assert service.rollout.plan(-1).shadow == 0.0
 
 
 def test_shadow_defaults_and_values() -> None:

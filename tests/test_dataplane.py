@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 from proxy.config import parse_config
 from proxy.core.bucketing import BUCKETS, bucket_of
 from proxy.core.identity import RequestView, subject_for
-from proxy.core.routing import RoutingPlan, decide
+from proxy.core.routing import decide
 from proxy.dataplane import Router
 from proxy.http.downstream import DownstreamProtocol
 from proxy.http.request import Request
@@ -75,7 +75,7 @@ async def canary_set(runtime: Runtime, ids: Sequence[str], step: int | None = No
 def set_step(runtime: Runtime, step: int, name: str = "svc") -> None:
     assert runtime.router is not None
     (svc,) = [s for s in runtime.config.services if s.name == name]
-    runtime.router.set_plan(name, RoutingPlan.build(svc.rollout, step))
+    runtime.router.set_plan(name, svc.rollout.plan(step))
 
 
 def within_binomial(count: int, n: int, p: float, sigmas: float = 4.0) -> bool:
@@ -497,7 +497,7 @@ async def test_cached_routes_and_buckets_match_the_identity_and_routing_rules(
     router = Router(config, Metrics(CollectorRegistry()), loop)
     engine = Engine(config, router, loop)
     (service_config,) = config.services
-    plan = RoutingPlan.build(service_config.rollout, 0)
+    plan = service_config.rollout.plan(0)
     cases = [
         ({"x-tenant-id": ident, **tier}, peer, trusted)
         for ident in ["acme", "pinned", "t-1", "t-2", "t-3", None]
@@ -513,7 +513,7 @@ async def test_cached_routes_and_buckets_match_the_identity_and_routing_rules(
             request.host, request.path, request.relevant = b"example.test", "/p", relevant
             route = router.route(request, client)
             view = RequestView("/p", "", relevant, peer, trusted)
-            subject = subject_for(service_config, view)
+            subject = subject_for(service_config.identity_policy, view)
             decision = decide(plan, subject)
             assert (route.variant, route.tier) == (decision.variant.value, subject.tier)
             expected = decision.bucket

@@ -104,7 +104,7 @@ def test_identity_extraction_never_fails_and_yields_only_acceptable_ids(
     headers: dict[str, str], path: str, query: str, trusted: bool
 ) -> None:
     view = RequestView("/" + path, query, headers, "203.0.113.9", trusted)
-    subject = subject_for(IDENTITY_SERVICE, view)
+    subject = subject_for(IDENTITY_SERVICE.identity_policy, view)
     if subject.key is not None and subject.key != view.peer_ip:
         assert accept_id(subject.key) == subject.key
 

@@ -29,7 +29,6 @@ from proxy.config.model import (
     Config,
     ForceConfig,
     Http2Config,
-    IdentityRule,
     Limits,
     Match,
     ReceiverConfig,
@@ -38,8 +37,6 @@ from proxy.config.model import (
     ServiceConfig,
     ShadowConfig,
     StateConfig,
-    Step,
-    TierConfig,
     TlsCertificate,
     TlsConfig,
     Upstream,
@@ -49,8 +46,15 @@ from proxy.config.model import (
 from proxy.config.notifications import notifications
 from proxy.config.services import service
 from proxy.config.tls import listener_tls
-from proxy.core.identity import IdKind, IdSource, Unidentified
-from proxy.core.routing import Variant
+from proxy.core.identity import (
+    IdentityPolicy,
+    IdentityRule,
+    IdKind,
+    IdSource,
+    TierConfig,
+    Unidentified,
+)
+from proxy.core.routing import Step, Variant
 from proxy.errors import ConfigError
 
 __all__ = [
@@ -63,6 +67,7 @@ __all__ = [
     "Http2Config",
     "IdKind",
     "IdSource",
+    "IdentityPolicy",
     "IdentityRule",
     "Limits",
     "Match",

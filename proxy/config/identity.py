@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING, Any
 from jwt.algorithms import get_default_algorithms
 
 from proxy.config import reader as read
-from proxy.config.model import IdentityRule, TierConfig
-from proxy.core.identity import IdKind, IdSource, accept_id
+from proxy.core.identity import IdentityRule, IdKind, IdSource, TierConfig, accept_id
 from proxy.errors import ConfigError
 
 if TYPE_CHECKING:

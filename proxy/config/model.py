@@ -2,25 +2,25 @@
 
 Values here are already validated and normalised (header names lower-cased, durations in
 seconds, JWT keys resolved from the environment); nothing in this module parses or checks. The
-enums shared with the pure core (Variant, IdSource, IdKind, Unidentified) live in proxy/core and
-are re-exported by proxy/config/__init__.py. docs/configuration.md documents the YAML shape.
+enums and rules shared with the pure core (Variant, Step, IdSource, IdKind, Unidentified,
+IdentityRule, TierConfig, IdentityPolicy) live in proxy/core, which imports nothing of config,
+and are re-exported by proxy/config/__init__.py. docs/configuration.md documents the YAML shape.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
-from types import MappingProxyType
-from typing import TYPE_CHECKING
 
 from proxy.core.analysis import AnalysisConfig
-from proxy.core.identity import IdKind, IdSource, Unidentified
-from proxy.core.routing import Variant
-
-if TYPE_CHECKING:
-    from jwt.algorithms import AllowedPublicKeys
+from proxy.core.identity import (
+    IdentityPolicy,
+    IdentityRule,
+    TierConfig,
+    Unidentified,
+)
+from proxy.core.routing import RoutingPlan, Step, Variant
 
 
 def _bracketed(host: str) -> str:
@@ -70,42 +70,6 @@ class Match:
 
 
 @dataclass(frozen=True, slots=True)
-class IdentityRule:
-    source: IdSource
-    name: str  # header (lower-cased) | cookie | query param | path regex source | claim
-    kind: IdKind
-    pattern: re.Pattern[str] | None = None  # path rules only; has a group named `id`
-    algorithms: tuple[str, ...] = ()  # jwt rules only
-    key: str | None = field(default=None, repr=False)  # jwt only: the key read from `key_env`
-    issuer: str | None = None
-    audience: str | None = None
-    leeway_s: float = 0.0
-    # jwt rules only: `key` parsed once (public key object) for asymmetric algorithms
-    verify_key: AllowedPublicKeys | None = field(default=None, repr=False, compare=False)
-
-
-@dataclass(frozen=True, slots=True)
-class TierConfig:
-    tenants: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-    header: str | None = None  # lower-cased
-    default: str = "default"
-    names: frozenset[str] = frozenset()  # every known tier: given names, default, tenant tiers
-
-    def __post_init__(self) -> None:
-        known = self.names | {self.default, *self.tenants.values()}
-        object.__setattr__(self, "names", frozenset(known))
-
-
-@dataclass(frozen=True, slots=True)
-class Step:
-    percent: float = 100.0  # 0..100, resolution 0.01
-    tiers: frozenset[str] = frozenset()
-    tenants: frozenset[str] = frozenset()
-    observe_s: float | None = None
-    shadow: float = 0.0  # a shadow step: percent of stable's requests mirrored (exposes nobody)
-
-
-@dataclass(frozen=True, slots=True)
 class ShadowConfig:
     """`rollout.shadow`: what a shadow step mirrors and compares, and its cost bounds."""
 
@@ -129,6 +93,10 @@ class RolloutConfig:
     # baseline of tiers that a step sends wholly to the canary.
     baseline_s: float = 0.0
     shadow: ShadowConfig = field(default_factory=ShadowConfig)
+
+    def plan(self, step_index: int, active: bool = True) -> RoutingPlan:
+        """The routing plan exposing the union of `steps[0..step_index]`."""
+        return RoutingPlan.build(self.salt, self.pins, self.steps, step_index, active)
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +180,12 @@ class ServiceConfig:
     upstream_tls: UpstreamTls = field(default_factory=UpstreamTls)
     # Remove Server-Timing from responses to clients (default: when a check reads it).
     strip_server_timing: bool = False
+    # identity, unidentified and tiers, as the one value the core's identity rules read
+    identity_policy: IdentityPolicy = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        policy = IdentityPolicy(self.identity, self.tiers, self.unidentified)
+        object.__setattr__(self, "identity_policy", policy)
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,22 +18,19 @@ from proxy.config.analysis import analysis
 from proxy.config.force import force
 from proxy.config.identity import identity_rules, tenant_id, tier_name, tiers
 from proxy.config.model import (
-    IdentityRule,
     Match,
     RolloutConfig,
     ServiceConfig,
     ShadowConfig,
-    Step,
-    TierConfig,
     Upstream,
     UpstreamsConfig,
     UpstreamTls,
 )
 from proxy.config.tls import upstream_tls
 from proxy.core.bucketing import BUCKETS
-from proxy.core.identity import IdKind, Unidentified
+from proxy.core.identity import IdentityRule, IdKind, TierConfig, Unidentified
 from proxy.core.releases import other_color
-from proxy.core.routing import Variant
+from proxy.core.routing import Step, Variant
 from proxy.errors import ConfigError
 
 _NAME = re.compile(r"[a-z0-9_-]{1,64}")

@@ -25,8 +25,8 @@ Pure: no I/O, no clock beyond PyJWT's own exp/nbf checks.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Final, NamedTuple
@@ -38,9 +38,8 @@ from proxy.core.bucketing import canonical_id
 from proxy.core.routing import Subject
 
 if TYPE_CHECKING:
+    from jwt.algorithms import AllowedPublicKeys
     from jwt.types import Options
-
-    from proxy.config import Config, IdentityRule, ServiceConfig, TierConfig
 
 MAX_ID_CHARS: Final = 256
 MAX_TOKEN_CHARS: Final = 8192
@@ -70,6 +69,42 @@ class Unidentified(StrEnum):
 
     STABLE = "stable"
     CLIENT_IP = "client_ip"
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityRule:
+    source: IdSource
+    name: str  # header (lower-cased) | cookie | query param | path regex source | claim
+    kind: IdKind
+    pattern: re.Pattern[str] | None = None  # path rules only; has a group named `id`
+    algorithms: tuple[str, ...] = ()  # jwt rules only
+    key: str | None = field(default=None, repr=False)  # jwt only: the key read from `key_env`
+    issuer: str | None = None
+    audience: str | None = None
+    leeway_s: float = 0.0
+    # jwt rules only: `key` parsed once (public key object) for asymmetric algorithms
+    verify_key: AllowedPublicKeys | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class TierConfig:
+    tenants: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    header: str | None = None  # lower-cased
+    default: str = "default"
+    names: frozenset[str] = frozenset()  # every known tier: given names, default, tenant tiers
+
+    def __post_init__(self) -> None:
+        known = self.names | {self.default, *self.tenants.values()}
+        object.__setattr__(self, "names", frozenset(known))
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityPolicy:
+    """A service's identity rules, tiers and unidentified policy: what `subject_for` reads."""
+
+    rules: tuple[IdentityRule, ...] = ()
+    tiers: TierConfig = field(default_factory=TierConfig)
+    unidentified: Unidentified = Unidentified.STABLE
 
 
 class RequestView(NamedTuple):
@@ -232,13 +267,13 @@ def _header_tier(tiers: TierConfig, view: RequestView) -> str | None:
     return value if value is not None and value in tiers.names else None
 
 
-def subject_for(service: ServiceConfig, view: RequestView) -> Subject:
+def subject_for(policy: IdentityPolicy, view: RequestView) -> Subject:
     """Identity, tenant and tier of a request, with the service's unidentified policy."""
-    tiers = service.tiers
-    found = _first(service.identity, view)
+    tiers = policy.tiers
+    found = _first(policy.rules, view)
     if found is None:
         tier = _header_tier(tiers, view) or tiers.default
-        if service.unidentified is Unidentified.CLIENT_IP:
+        if policy.unidentified is Unidentified.CLIENT_IP:
             return Subject(view.peer_ip, None, tier)
         return Subject(None, None, tier)
     value, rule = found
@@ -248,41 +283,41 @@ def subject_for(service: ServiceConfig, view: RequestView) -> Subject:
     return Subject(value, None, _header_tier(tiers, view) or tiers.default)
 
 
-def subject_headers(service: ServiceConfig) -> tuple[str, ...] | None:
-    """The headers `subject_for` reads for `service`, when those and the peer's trust are all
+def subject_headers(policy: IdentityPolicy) -> tuple[str, ...] | None:
+    """The headers `subject_for` reads for `policy`, when those and the peer's trust are all
     it reads (header and cookie rules, a tier header), so that the subject is a pure function
     of them; None when it also reads the path, the query, a token (whose validity depends on
     the time) or the peer's address."""
-    if service.unidentified is Unidentified.CLIENT_IP:
+    if policy.unidentified is Unidentified.CLIENT_IP:
         return None
     names: list[str] = []
-    for rule in service.identity:
+    for rule in policy.rules:
         if rule.source is IdSource.HEADER:
             names.append(rule.name)
         elif rule.source is IdSource.COOKIE:
             names.append("cookie")
         else:
             return None
-    if service.tiers.header is not None:
-        names.append(service.tiers.header)
+    if policy.tiers.header is not None:
+        names.append(policy.tiers.header)
     return tuple(dict.fromkeys(names))
 
 
-def header_rule_names(config: Config) -> frozenset[str]:
+def header_rule_names(policies: Iterable[IdentityPolicy]) -> frozenset[str]:
     """Identity and tier headers (lower-cased) that must be stripped from untrusted peers."""
     names: set[str] = set()
-    for service in config.services:
-        names.update(r.name for r in service.identity if r.source is IdSource.HEADER)
-        if service.tiers.header is not None:
-            names.add(service.tiers.header)
+    for policy in policies:
+        names.update(r.name for r in policy.rules if r.source is IdSource.HEADER)
+        if policy.tiers.header is not None:
+            names.add(policy.tiers.header)
     return frozenset(names)
 
 
-def relevant_headers(config: Config) -> frozenset[str]:
+def relevant_headers(policies: Collection[IdentityPolicy]) -> frozenset[str]:
     """Lower-cased names of every header identity and tier extraction may read."""
-    names = set(header_rule_names(config))
-    for service in config.services:
-        sources = {rule.source for rule in service.identity}
+    names = set(header_rule_names(policies))
+    for policy in policies:
+        sources = {rule.source for rule in policy.rules}
         if IdSource.COOKIE in sources:
             names.add("cookie")
         if IdSource.JWT_CLAIM in sources:

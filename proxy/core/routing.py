@@ -17,15 +17,12 @@ A plan is an immutable snapshot; the controller builds a new one and swaps it, n
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Final, NamedTuple
+from typing import Final, NamedTuple
 
 from proxy.core.bucketing import BUCKETS, bucket_for, salt_key
-
-if TYPE_CHECKING:
-    from proxy.config import RolloutConfig, Step
 
 
 class Variant(StrEnum):
@@ -53,6 +50,17 @@ class Subject(NamedTuple):
     key: str | None  # what is hashed: the identity, or the client address; None = no key
     tenant: str | None
     tier: str
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One rollout step: who it exposes to the canary (`rollout.steps[i]` in the config)."""
+
+    percent: float = 100.0  # 0..100, resolution 0.01
+    tiers: frozenset[str] = frozenset()
+    tenants: frozenset[str] = frozenset()
+    observe_s: float | None = None
+    shadow: float = 0.0  # a shadow step: percent of stable's requests mirrored (exposes nobody)
 
 
 class Decision(NamedTuple):
@@ -91,14 +99,21 @@ class RoutingPlan:
         object.__setattr__(self, "salt_prefix", salt_key(self.salt))
 
     @classmethod
-    def build(cls, rollout: RolloutConfig, step_index: int, active: bool = True) -> RoutingPlan:
-        """The plan exposing the union of `rollout.steps[0..step_index]`."""
-        if not -1 <= step_index < len(rollout.steps):
-            raise ValueError(f"step_index {step_index} outside -1..{len(rollout.steps) - 1}")
+    def build(
+        cls,
+        salt: str,
+        pins: Mapping[str, Variant],
+        steps: Sequence[Step],
+        step_index: int,
+        active: bool = True,
+    ) -> RoutingPlan:
+        """The plan exposing the union of `steps[0..step_index]`."""
+        if not -1 <= step_index < len(steps):
+            raise ValueError(f"step_index {step_index} outside -1..{len(steps) - 1}")
         everyone = 0
         by_tier: dict[str, int] = {}
         by_tenant: dict[str, int] = {}
-        for step in rollout.steps[: step_index + 1]:
+        for step in steps[: step_index + 1]:
             threshold = _threshold(step)
             if not step.tiers and not step.tenants:
                 everyone = max(everyone, threshold)
@@ -107,14 +122,14 @@ class RoutingPlan:
             for tenant in step.tenants:
                 by_tenant[tenant] = max(by_tenant.get(tenant, 0), threshold)
         return cls(
-            salt=rollout.salt,
+            salt=salt,
             step_index=step_index,
             active=active,
-            pins=dict(rollout.pins),
+            pins=dict(pins),
             everyone=everyone,
             by_tier={t: v for t, v in by_tier.items() if v > everyone},
             by_tenant={t: v for t, v in by_tenant.items() if v > everyone},
-            shadow=rollout.steps[step_index].shadow if active and step_index >= 0 else 0.0,
+            shadow=steps[step_index].shadow if active and step_index >= 0 else 0.0,
         )
 
     def canary_percent(self) -> float:

@@ -24,12 +24,17 @@ from typing import TYPE_CHECKING, Final, cast
 
 from proxy.errors import BadRequest, HttpError, Overloaded
 from proxy.http import framing
+from proxy.http.sides import ClientSide
 from proxy.tls import NO_CERT, peer_names
 
 if TYPE_CHECKING:
-    from proxy.config import Limits
-    from proxy.http.exchange import Exchange
-    from proxy.http.server import Engine
+    from proxy.config import Http2Config, Limits
+    from proxy.dataplane import Router
+    from proxy.http.exchange import Exchange, Exchanges
+    from proxy.http.fields import FieldNames
+    from proxy.http.requestid import RequestIds
+    from proxy.http.sides import ExchangeSide
+    from proxy.tls import ListenerTls
 
 IDLE: Final = 0
 HEAD: Final = 1
@@ -41,11 +46,43 @@ _INT: Final = struct.pack("i", 0)
 QUEUE_FULL: Final = object()  # owner of the read pause while the pipelined queue is full
 
 
-class ClientConnection(asyncio.Protocol):
+class Listener:
+    """What a client connection uses of the listener that accepted it (the `Engine` of
+    server.py), declared here so that the connection needs nothing of the server."""
+
+    __slots__ = ()
+
+    loop: asyncio.AbstractEventLoop
+    limits: Limits
+    generation: int  # of the config its limits come from
+    connections: set[ClientConnection]
+    draining: bool
+    scheme: bytes
+    tls: ListenerTls | None
+    http2: Http2Config
+    router: Router
+    exchanges: Exchanges
+    field_names: FieldNames
+    header_kinds: dict[bytes, int]
+    request_ids: RequestIds
+
+    def is_trusted(self, ip: str) -> bool:
+        raise NotImplementedError
+
+    def rejected(self, error: HttpError) -> None:
+        raise NotImplementedError
+
+    def forget(self, conn: ClientConnection) -> None:
+        raise NotImplementedError
+
+
+class ClientConnection(ClientSide, asyncio.Protocol):
     """One client connection: exchanges in order, deadlines, writes, pauses, closing."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Listener) -> None:
         self.engine = engine
+        self.scheme = engine.scheme
+        self.field_names = engine.field_names
         self.loop = engine.loop
         self.limits: Limits = engine.limits
         self.generation = engine.generation  # of the config its limits come from
@@ -140,7 +177,7 @@ class ClientConnection(asyncio.Protocol):
         except Overloaded as exc:
             exchange.respond_error(exc)
 
-    def exchange_done(self, exchange: Exchange) -> None:
+    def exchange_done(self, exchange: ExchangeSide) -> None:
         """Called by the exchange when it has finished (its response is written)."""
         if exchange is not self.current:
             return
@@ -157,7 +194,7 @@ class ClientConnection(asyncio.Protocol):
             self.phase = IDLE
             self.deadline = self.loop.time() + self.limits.idle_timeout_s
 
-    def _said_its_last(self, exchange: Exchange) -> bool:
+    def _said_its_last(self, exchange: ExchangeSide) -> bool:
         """Has the client ended with `exchange`: its request asked for the close (HTTP/1.0,
         `Connection: close`; not an upgrade, whose client may send the new protocol), it was
         read whole and nothing was read after it? Such a client sends nothing more, so there
@@ -327,7 +364,7 @@ class ClientConnection(asyncio.Protocol):
         self.draining = True
         self.truncated = reset
 
-    def start_tunnel(self, exchange: Exchange) -> None:
+    def start_tunnel(self, exchange: ExchangeSide) -> None:
         """The upstream answered an upgrade with 101 (only HTTP/1.1 relays one)."""
         raise NotImplementedError
 

@@ -23,8 +23,8 @@ from proxy.http.request import invalid_method_status
 if TYPE_CHECKING:
     import asyncio
 
-    from proxy.http.exchange import Exchange
-    from proxy.http.server import Engine
+    from proxy.http.connection import Listener
+    from proxy.http.sides import ExchangeSide
 
 _UPGRADE_PENDING: Final = object()  # owner of the read pause while an upgrade awaits the 101
 
@@ -32,7 +32,7 @@ _UPGRADE_PENDING: Final = object()  # owner of the read pause while an upgrade a
 class DownstreamProtocol(ClientConnection):
     """One client connection: parse, route, run exchanges in order, enforce deadlines."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Listener) -> None:
         super().__init__(engine)
         self.head = head = RequestHead(
             self.limits, engine.header_kinds, engine.request_ids, engine.field_names
@@ -43,7 +43,7 @@ class DownstreamProtocol(ClientConnection):
         self._parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         head.parser = self._parser
         self._body_size = 0
-        self._tunnel: Exchange | None = None
+        self._tunnel: ExchangeSide | None = None
         self._early: list[bytes] = []
         self._upgraded = False
         # When the read being parsed arrived: the parser's callbacks set their deadlines from
@@ -196,7 +196,7 @@ class DownstreamProtocol(ClientConnection):
         if rest:
             self._early.append(rest)
 
-    def start_tunnel(self, exchange: Exchange) -> None:
+    def start_tunnel(self, exchange: ExchangeSide) -> None:
         """Called by the exchange on the upstream's 101: relay bytes both ways from now on."""
         self._tunnel = exchange
         self.phase = WAIT

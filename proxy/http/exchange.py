@@ -31,10 +31,8 @@ from proxy.http.response import CLOSE
 
 if TYPE_CHECKING:
     from proxy.dataplane import Route
-    from proxy.http.connection import ClientConnection
-    from proxy.http.pool import Endpoint
     from proxy.http.request import Request
-    from proxy.http.upstream import UpstreamConnection
+    from proxy.http.sides import ClientSide, EndpointSide, UpstreamSide
 
 
 class Exchange(Relay):
@@ -42,10 +40,10 @@ class Exchange(Relay):
 
     __slots__ = ("abandoned", "admitted", "endpoint", "rerouted", "retried", "route", "started")
 
-    def __init__(self, client: ClientConnection, request: Request, route: Route) -> None:
+    def __init__(self, client: ClientSide, request: Request, route: Route) -> None:
         Relay.__init__(self, client, request)
         self.route = route
-        self.endpoint: Endpoint | None = None
+        self.endpoint: EndpointSide | None = None
         self.started = 0.0
         self.abandoned = False
         self.admitted = False
@@ -68,7 +66,7 @@ class Exchange(Relay):
         route.pool.acquire(self)
         self.admitted = True
 
-    def attach(self, conn: UpstreamConnection, endpoint: Endpoint) -> None:
+    def attach(self, conn: UpstreamSide, endpoint: EndpointSide) -> None:
         if self.finished or self.abandoned:
             endpoint.release(conn)
             return
@@ -76,7 +74,7 @@ class Exchange(Relay):
         self.endpoint = endpoint
         conn.exchange = self
         client = self.client
-        request, scheme = self.request, client.engine.scheme
+        request, scheme = self.request, client.scheme
         if conn.framed:  # an HTTP/2 stream sends the head itself
             try:
                 conn.start(request, endpoint.authority, client.peer_bytes, self.route.extra, scheme)
@@ -149,7 +147,7 @@ class Exchange(Relay):
 
     # --- failures -----------------------------------------------------------------------
 
-    def upstream_failed(self, error: UpstreamError, endpoint: Endpoint | None) -> None:
+    def upstream_failed(self, error: UpstreamError, endpoint: EndpointSide | None) -> None:
         if self.finished or self.abandoned:
             return
         if self.conn is not None:
@@ -227,7 +225,7 @@ class Exchange(Relay):
             return
         self.admitted = True
 
-    def upstream_lost(self, conn: UpstreamConnection, exc: Exception | None) -> None:
+    def upstream_lost(self, conn: UpstreamSide, exc: Exception | None) -> None:
         """The upstream closed the connection while this exchange used it."""
         if self.finished:
             return
@@ -381,5 +379,5 @@ class Exchanges:
 
     __slots__ = ()
 
-    def make(self, client: ClientConnection, request: Request, route: Route) -> Exchange:
+    def make(self, client: ClientSide, request: Request, route: Route) -> Exchange:
         return Exchange(client, request, route)

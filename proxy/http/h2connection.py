@@ -47,10 +47,10 @@ from h2.settings import SettingCodes, Settings
 
 from proxy.core.allowance import Allowance, full, spend
 from proxy.errors import BadRequest, HttpError, Overloaded
-from proxy.http.connection import IDLE, WAIT, ClientConnection
+from proxy.http.connection import IDLE, WAIT, ClientConnection, Listener
 from proxy.http.h2exchange import H2Exchange
 from proxy.http.h2fields import request_of
-from proxy.http.h2stream import H2Stream
+from proxy.http.h2stream import H2Stream, StreamHost
 from proxy.http.head import RequestHead
 
 if TYPE_CHECKING:
@@ -58,7 +58,8 @@ if TYPE_CHECKING:
 
     from h2.events import Event
 
-    from proxy.http.server import Engine
+    from proxy.http.exchange import Exchange
+
 
 PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -82,10 +83,10 @@ def take_over(old: ClientConnection, transport: asyncio.BaseTransport, data: byt
         conn.data_received(data)
 
 
-class H2ClientConnection(ClientConnection):
+class H2ClientConnection(StreamHost):
     """One HTTP/2 client connection: streams to exchanges, flow control, limits."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Listener) -> None:
         super().__init__(engine)
         self.settings = settings = engine.http2
         self.h2 = H2Connection(
@@ -251,7 +252,7 @@ class H2ClientConnection(ClientConnection):
         self.trusted = self.head.trusted = engine.is_trusted(self.peer_ip)
         self.head.reconfigure(engine.limits, engine.header_kinds)
 
-    def _run(self, exchange: H2Exchange) -> None:
+    def _run(self, exchange: Exchange) -> None:
         try:
             exchange.start()
         except Overloaded as exc:

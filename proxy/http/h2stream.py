@@ -31,20 +31,38 @@ from proxy.http.connection import ClientConnection
 from proxy.http.h2fields import error_fields
 
 if TYPE_CHECKING:
+    from h2.connection import H2Connection
+
     from proxy.http.exchange import Exchange
     from proxy.http.fields import FieldNames
-    from proxy.http.h2connection import H2ClientConnection
-    from proxy.http.h2exchange import H2Exchange
+    from proxy.http.sides import ExchangeSide
 
 HIGH_WATER: Final = 256 * 1024  # response bytes held for a stream before its upstream waits
 LOW_WATER: Final = 64 * 1024
+
+
+class StreamHost(ClientConnection):
+    """What a stream uses of the HTTP/2 connection it belongs to (`H2ClientConnection` in
+    h2connection.py), declared here so that the stream needs nothing of that module."""
+
+    h2: H2Connection
+    write_paused: bool  # the transport's buffer is full: DATA waits
+
+    def settle(self, stream: H2Stream) -> None:
+        raise NotImplementedError
+
+    def refuse_body(self, stream: H2Stream, status: int, reason: str) -> None:
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        raise NotImplementedError
 
 
 class H2Stream(ClientConnection):
     """A request stream: the client connection its exchange sees (a `ClientConnection` with
     no transport of its own), and the stream's send buffer."""
 
-    def __init__(self, conn: H2ClientConnection, stream_id: int) -> None:
+    def __init__(self, conn: StreamHost, stream_id: int) -> None:
         super().__init__(conn.engine)
         self.conn = conn
         self.id = stream_id
@@ -56,7 +74,7 @@ class H2Stream(ClientConnection):
         self.trusted = conn.trusted
         self.client_cert = conn.client_cert
         self.draining = conn.draining
-        self.exchange: H2Exchange | None = None
+        self.exchange: Exchange | None = None
         self.buffer: deque[bytes] = deque()
         self.buffered = 0
         self.ending = False  # END_STREAM goes once the buffer is sent
@@ -251,7 +269,7 @@ class H2Stream(ClientConnection):
     def close(self, *, linger: bool = True) -> None:
         self.reset(ErrorCodes.CANCEL)
 
-    def exchange_done(self, exchange: Exchange) -> None:
+    def exchange_done(self, exchange: ExchangeSide) -> None:
         self.conn.settle(self)
 
     def peer_reset(self) -> None:

@@ -19,18 +19,20 @@ from ssl import SSLError
 from typing import TYPE_CHECKING
 
 from proxy.errors import Overloaded, UpstreamError
+from proxy.http.sides import EndpointSide
+from proxy.http.upstream import UpstreamConnection
 
 if TYPE_CHECKING:
     from proxy.config import Limits, Upstream
 
-    # What waits for a connection. Named as the class itself, not as a protocol: the
-    # compiled build then calls its methods directly.
-    from proxy.http.exchange import Exchange as Waiter
-    from proxy.http.upstream import UpstreamConnection
+    # What waits for a connection: an exchange, through the base class the pool sees of it
+    # (not a protocol: the compiled build then calls its methods directly).
+    from proxy.http.sides import ExchangeSide as Waiter
+    from proxy.http.sides import UpstreamSide
     from proxy.http.upstream_h2 import UpstreamSession
 
 
-class Endpoint:
+class Endpoint(EndpointSide):
     """One upstream address: its idle connections and its passive health."""
 
     __slots__ = (
@@ -65,7 +67,7 @@ class Endpoint:
         self.tls = tls if upstream.scheme == "https" else None
         self.server_name = server_name or upstream.host
         self.limits = limits
-        self.idle: list[UpstreamConnection] = []
+        self.idle: list[UpstreamSide] = []
         # HTTP/2 (`protocol` h2 or h2c): the sessions open, each carrying many streams, and
         # the exchanges waiting for the one being connected.
         self.protocol = protocol
@@ -78,35 +80,35 @@ class Endpoint:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.scheme}://{host}:{self.port}"
 
-    def take_idle(self) -> UpstreamConnection | None:
+    def take_idle(self) -> UpstreamSide | None:
         while self.idle:
             conn = self.idle.pop()
             if conn.usable:
                 return conn
         return None
 
-    def release(self, conn: UpstreamConnection) -> None:
+    def release(self, conn: UpstreamSide) -> None:
         if conn.usable and len(self.idle) < self.limits.pool_idle_per_endpoint:
             self.idle.append(conn)
         else:
             conn.close()
 
-    def take_stream(self) -> UpstreamConnection | None:
+    def take_stream(self) -> UpstreamSide | None:
         """A stream of an HTTP/2 session with room for one more (None: every one is full)."""
         for session in self.sessions:
             if session.room > 0:
                 return session.stream()
         return None
 
-    def forget(self, conn: UpstreamConnection) -> None:
+    def forget(self, conn: UpstreamSide) -> None:
         if conn in self.idle:
             self.idle.remove(conn)
 
-    def forget_session(self, session: UpstreamSession) -> None:
+    def forget_session(self, session: object) -> None:
         if session in self.sessions:
             self.sessions.remove(session)
 
-    def reuse(self, conn: UpstreamConnection) -> None:
+    def reuse(self, conn: UpstreamSide) -> None:
         """An exchange completed on `conn`: the endpoint answered (its failures are forgotten)
         and the connection is kept for the next exchange when there is room."""
         self._failures = 0
@@ -259,8 +261,6 @@ class UpstreamPool:
         return endpoint
 
     async def _connect(self, endpoint: Endpoint, waiter: Waiter) -> None:
-        from proxy.http.upstream import UpstreamConnection
-
         tls = endpoint.tls
         try:
             async with asyncio.timeout(self.limits.connect_timeout_s):

@@ -16,19 +16,19 @@ from proxy.errors import HttpError, UpstreamError
 from proxy.http import framing
 from proxy.http.framing import LAST_CHUNK, encode_chunk
 from proxy.http.response import CHUNKED, NO_BODY, response_head, switching_head
+from proxy.http.sides import ExchangeSide
 
 if TYPE_CHECKING:
     from proxy.core.servertiming import TimingEntry
     from proxy.http.capture import Capture
-    from proxy.http.connection import ClientConnection
     from proxy.http.request import Request
-    from proxy.http.upstream import UpstreamConnection
+    from proxy.http.sides import ClientSide, UpstreamSide
 
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 PENDING_LIMIT: Final = 256 * 1024  # request body held before an upstream is attached
 
 
-class Relay:
+class Relay(ExchangeSide):
     """Moves one request up and its response down, with back-pressure both ways."""
 
     __slots__ = (
@@ -59,10 +59,10 @@ class Relay:
         "upstream_keep_alive",
     )
 
-    def __init__(self, client: ClientConnection, request: Request) -> None:
+    def __init__(self, client: ClientSide, request: Request) -> None:
         self.client = client
         self.request = request
-        self.conn: UpstreamConnection | None = None
+        self.conn: UpstreamSide | None = None
         self.pending: list[bytes] = []
         self.pending_size = 0
         self.up_out: list[bytes] = []
@@ -177,7 +177,7 @@ class Relay:
             self.close_after or not request.keep_alive or not self.request_done or client.draining
         )
         head, self._framing, self._eof_ends, self.close_after = response_head(
-            status, headers, request, close, client.engine.field_names
+            status, headers, request, close, client.field_names
         )
         self.out.append(head)
         if self._framing == NO_BODY and request.method == b"HEAD":
@@ -185,6 +185,9 @@ class Relay:
             # ends here; the connection is closed rather than pooled.
             self.upstream_keep_alive = False
             self.finish()
+
+    def response_outcome(self, grpc: int, head_ends: bool) -> None:
+        self.grpc, self.head_ends = grpc, head_ends
 
     def response_trailers(self, fields: list[tuple[bytes, bytes]]) -> None:
         """Trailer fields after the body (an HTTP/2 upstream's). Kept for the outcome; not

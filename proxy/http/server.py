@@ -16,7 +16,7 @@ import ipaddress
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from proxy.http.connection import ClientConnection
+from proxy.http.connection import ClientConnection, Listener
 from proxy.http.downstream import DownstreamProtocol
 from proxy.http.exchange import Exchanges
 from proxy.http.fields import FieldNames, header_kinds
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 _TRUST_CACHE_SIZE = 4096
 
 
-class Engine:
+class Engine(Listener):
     """Shared state of one data-plane listener."""
 
     def __init__(

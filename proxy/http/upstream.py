@@ -13,11 +13,10 @@ from typing import TYPE_CHECKING, Final, cast
 import httptools
 
 from proxy.errors import UpstreamError
+from proxy.http.sides import UpstreamSide
 
 if TYPE_CHECKING:
-    from proxy.http.exchange import Exchange
-    from proxy.http.pool import Endpoint
-    from proxy.http.request import Request
+    from proxy.http.sides import EndpointSide, ExchangeSide
 
 # The largest response head taken (502 beyond): nginx refuses one larger than its
 # proxy_buffer_size (4 or 8 KiB); this lets big cookie and policy fields through. Without a
@@ -25,7 +24,7 @@ if TYPE_CHECKING:
 MAX_RESPONSE_HEAD: Final = 65536
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection(UpstreamSide, asyncio.Protocol):
     """A client connection to an upstream, driven by the exchange it is attached to."""
 
     __slots__ = (
@@ -35,19 +34,13 @@ class UpstreamConnection(asyncio.Protocol):
         "_headers",
         "_in_head",
         "_parser",
-        "endpoint",
-        "exchange",
-        "framed",
-        "paused",
-        "reused",
         "transport",
-        "usable",
     )
 
-    def __init__(self, endpoint: Endpoint) -> None:
+    def __init__(self, endpoint: EndpointSide) -> None:
         self.endpoint = endpoint
         self.transport: asyncio.Transport | None = None
-        self.exchange: Exchange | None = None
+        self.exchange: ExchangeSide | None = None
         self.reused = False
         self.usable = False
         self.paused = False  # reading paused because the client is not reading
@@ -164,20 +157,6 @@ class UpstreamConnection(asyncio.Protocol):
             self.exchange.response_complete()
 
     # used by the exchange and the pool
-
-    def start(
-        self, request: Request, authority: bytes, peer: bytes, extra: bytes, scheme: bytes
-    ) -> None:
-        """Send the request head (`framed` connections only)."""
-        raise NotImplementedError
-
-    def end_request(self) -> None:
-        """The request body is complete (`framed` connections only)."""
-        raise NotImplementedError
-
-    def done(self) -> None:
-        """The exchange is over with a complete response (`framed` connections only)."""
-        raise NotImplementedError
 
     def write(self, data: bytes) -> None:
         assert self.transport is not None

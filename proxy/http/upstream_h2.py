@@ -34,11 +34,11 @@ import h2.settings
 
 from proxy.core import grpc
 from proxy.errors import UpstreamError
-from proxy.http.upstream import UpstreamConnection
+from proxy.http.sides import UpstreamSide
 
 if TYPE_CHECKING:
-    from proxy.http.pool import Endpoint
     from proxy.http.request import Request
+    from proxy.http.sides import EndpointSide
 
 PENDING_LIMIT: Final = 256 * 1024  # request DATA held for the window before back-pressure
 # Request fields HTTP/2 forbids (RFC 9113 8.2.2); the HTTP/1.1 framing fields are already gone.
@@ -90,19 +90,13 @@ def request_fields(
     return fields
 
 
-class UpstreamStream(UpstreamConnection):
-    """One request on an `UpstreamSession`, seen by its exchange as its upstream connection.
-
-    A subclass of the HTTP/1.1 connection only so that the exchange's calls stay direct ones
-    in the compiled build; it shares none of its parsing state.
-    """
+class UpstreamStream(UpstreamSide):
+    """One request on an `UpstreamSession`, seen by its exchange as its upstream connection."""
 
     __slots__ = ("_acked", "_held", "_out", "_out_size", "_unacked", "ended", "session", "sid")
 
-    def __init__(self, session: UpstreamSession, endpoint: Endpoint) -> None:
-        # The HTTP/1.1 parser state is never used: set what the exchange reads, no more.
+    def __init__(self, session: UpstreamSession, endpoint: EndpointSide) -> None:
         self.endpoint = endpoint
-        self.transport = None
         self.exchange = None
         self.reused = session.used
         self.usable = True
@@ -213,7 +207,7 @@ class UpstreamStream(UpstreamConnection):
 class UpstreamSession(asyncio.Protocol):
     """One HTTP/2 connection to an upstream endpoint, carrying many exchanges' streams."""
 
-    def __init__(self, endpoint: Endpoint, max_streams: int) -> None:
+    def __init__(self, endpoint: EndpointSide, max_streams: int) -> None:
         self.endpoint = endpoint
         self.limit = max_streams
         self.transport: asyncio.Transport | None = None
@@ -292,7 +286,7 @@ class UpstreamSession(asyncio.Protocol):
                 if exchange.grpc >= 0:
                     for name, value in trailers:
                         if name == b"grpc-status":
-                            exchange.grpc = grpc.parse_status(value)
+                            exchange.response_outcome(grpc.parse_status(value), False)
                 exchange.response_trailers(trailers)
         elif isinstance(event, h2.events.StreamEnded):
             stream = self.streams.get(event.stream_id)
@@ -322,9 +316,8 @@ class UpstreamSession(asyncio.Protocol):
                 elif name == b"grpc-status":
                     code = grpc.parse_status(value)  # a trailers-only response
         if status >= 200:
-            exchange = stream.exchange
-            exchange.grpc, exchange.head_ends = code, ends
-            exchange.response_head(status, fields, True)
+            stream.exchange.response_outcome(code, ends)
+            stream.exchange.response_head(status, fields, True)
 
     def _data(self, event: h2.events.DataReceived) -> None:
         stream = self.streams.get(event.stream_id)

@@ -71,7 +71,7 @@ class Worker:
         plans = {}
         for service in config.services:
             spec, version, step_index, active = snapshot.get(service.name, ("", 0, 0, False))
-            plans[service.name] = RoutingPlan.build(service.rollout, step_index, active)
+            plans[service.name] = service.rollout.plan(step_index, active)
             self.tags[service.name] = (spec, version)
         return plans
 

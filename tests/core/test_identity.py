@@ -311,39 +311,56 @@ def service(
 def test_tier_from_tenant_map_wins_over_header() -> None:
     svc = service((HEADER,))
     headers = {"x-tenant-id": "acme", "x-tenant-tier": "paid"}
-    assert subject_for(svc, view(headers=headers)) == Subject("acme", "acme", "enterprise")
+    assert subject_for(svc.identity_policy, view(headers=headers)) == Subject(
+        "acme", "acme", "enterprise"
+    )
 
 
 def test_tier_header_needs_trust_and_a_known_tier() -> None:
     svc = service((COOKIE,))
     cookie = {"cookie": "uid=u1"}
-    assert subject_for(svc, view(headers={**cookie, "x-tenant-tier": "paid"})).tier == "paid"
+    assert (
+        subject_for(svc.identity_policy, view(headers={**cookie, "x-tenant-tier": "paid"})).tier
+        == "paid"
+    )
     untrusted = view(headers={**cookie, "x-tenant-tier": "paid"}, trusted=False)
-    assert subject_for(svc, untrusted) == Subject("u1", None, "free")
+    assert subject_for(svc.identity_policy, untrusted) == Subject("u1", None, "free")
     unknown = view(headers={**cookie, "x-tenant-tier": "platinum"})
-    assert subject_for(svc, unknown).tier == "free"
+    assert subject_for(svc.identity_policy, unknown).tier == "free"
 
 
 def test_user_identity_is_not_looked_up_as_tenant() -> None:
     svc = service((COOKIE,))
-    assert subject_for(svc, view(headers={"cookie": "uid=acme"})) == Subject("acme", None, "free")
+    assert subject_for(svc.identity_policy, view(headers={"cookie": "uid=acme"})) == Subject(
+        "acme", None, "free"
+    )
 
 
 def test_unidentified_policies() -> None:
     request = view(headers={"x-tenant-tier": "internal"}, peer="192.0.2.1")
-    assert subject_for(service((HEADER,)), request) == Subject(None, None, "internal")
+    assert subject_for(service((HEADER,)).identity_policy, request) == Subject(
+        None, None, "internal"
+    )
     by_ip = service((HEADER,), Unidentified.CLIENT_IP)
-    assert subject_for(by_ip, request) == Subject("192.0.2.1", None, "internal")
+    assert subject_for(by_ip.identity_policy, request) == Subject("192.0.2.1", None, "internal")
     untrusted = view(peer="192.0.2.1", trusted=False)
-    assert subject_for(by_ip, untrusted) == Subject("192.0.2.1", None, "free")
+    assert subject_for(by_ip.identity_policy, untrusted) == Subject("192.0.2.1", None, "free")
 
 
 def test_subject_headers_name_all_a_header_only_subject_reads() -> None:
-    assert subject_headers(service((HEADER,))) == ("x-tenant-id", "x-tenant-tier")
-    assert subject_headers(service((HEADER, COOKIE))) == ("x-tenant-id", "cookie", "x-tenant-tier")
+    assert subject_headers(service((HEADER,)).identity_policy) == ("x-tenant-id", "x-tenant-tier")
+    assert subject_headers(service((HEADER, COOKIE)).identity_policy) == (
+        "x-tenant-id",
+        "cookie",
+        "x-tenant-tier",
+    )
     for rules in [(HEADER, QUERY), (PATH,), (JWT_HS,)]:
-        assert subject_headers(service(rules)) is None  # path, query, a token: not headers only
-    assert subject_headers(service((HEADER,), Unidentified.CLIENT_IP)) is None  # the peer too
+        assert (
+            subject_headers(service(rules).identity_policy) is None
+        )  # path, query, a token: not headers only
+    assert (
+        subject_headers(service((HEADER,), Unidentified.CLIENT_IP).identity_policy) is None
+    )  # the peer too
 
 
 @pytest.mark.parametrize("trusted", [True, False])
@@ -359,7 +376,7 @@ def test_a_header_only_subject_depends_on_those_headers_and_trust_alone(trusted:
     ]:
         first = view("/a", "x=1", headers, trusted, peer="192.0.2.1")
         second = view("/t/other/b", "user=u2", headers, trusted, peer="198.51.100.7")
-        assert subject_for(svc, first) == subject_for(svc, second)
+        assert subject_for(svc.identity_policy, first) == subject_for(svc.identity_policy, second)
 
 
 def example() -> Config:
@@ -367,15 +384,15 @@ def example() -> Config:
 
 
 def test_header_sets_of_the_example() -> None:
-    config = example()
-    assert header_rule_names(config) == {"x-tenant-id", "x-tenant-tier"}
-    assert relevant_headers(config) == {"x-tenant-id", "x-tenant-tier", "cookie", "authorization"}
+    policies = [service.identity_policy for service in example().services]
+    assert header_rule_names(policies) == {"x-tenant-id", "x-tenant-tier"}
+    assert relevant_headers(policies) == {"x-tenant-id", "x-tenant-tier", "cookie", "authorization"}
 
 
 def test_example_service_end_to_end() -> None:
     svc = example().services[0]
     token = hs_token({"sub": "u-9"})
     request = view("/t/qa-team/x", headers={"authorization": f"Bearer {token}"}, trusted=False)
-    assert subject_for(svc, request) == Subject("qa-team", "qa-team", "internal")
+    assert subject_for(svc.identity_policy, request) == Subject("qa-team", "qa-team", "internal")
     anonymous = view(headers={"x-tenant-id": "bigbank", "x-tenant-tier": "internal"}, trusted=False)
-    assert subject_for(svc, anonymous) == Subject(None, None, "free")
+    assert subject_for(svc.identity_policy, anonymous) == Subject(None, None, "free")

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from proxy.config import RolloutConfig, Step
 from proxy.core.bucketing import bucket_of
-from proxy.core.routing import Decision, Reason, RoutingPlan, Subject, Variant, decide
+from proxy.core.routing import Decision, Reason, Subject, Variant, decide
 
 TIERS = ["internal", "free", "paid"]
 TENANTS = ["acme", "globex", "beta-corp", "bigbank"]
@@ -33,18 +33,18 @@ EXAMPLE = rollout(
 
 
 def test_thresholds_are_unions_of_steps() -> None:
-    plan = RoutingPlan.build(EXAMPLE, 3)
+    plan = EXAMPLE.plan(3)
     assert plan.everyone == 100
     assert plan.by_tier == {"internal": 10_000, "free": 1_000}
     assert plan.by_tenant == {"acme": 10_000, "globex": 10_000}
     assert plan.canary_percent() == 1.0
-    last = RoutingPlan.build(EXAMPLE, 5)
+    last = EXAMPLE.plan(5)
     assert (last.everyone, last.by_tier, last.by_tenant) == (10_000, {}, {})
     assert last.canary_percent() == 100.0
 
 
 def test_nothing_exposed_before_the_first_step() -> None:
-    plan = RoutingPlan.build(EXAMPLE, -1)
+    plan = EXAMPLE.plan(-1)
     decision = decide(plan, Subject("qa", "qa", "internal"))
     assert decision == Decision(Variant.STABLE, Reason.NOT_EXPOSED, bucket_of(plan.salt, "qa"))
 
@@ -52,44 +52,44 @@ def test_nothing_exposed_before_the_first_step() -> None:
 @pytest.mark.parametrize("index", [-2, 6])
 def test_step_index_out_of_range(index: int) -> None:
     with pytest.raises(ValueError, match="step_index"):
-        RoutingPlan.build(EXAMPLE, index)
+        EXAMPLE.plan(index)
 
 
 def test_ring_zero_exposes_exactly_the_internal_tier() -> None:
-    plan = RoutingPlan.build(EXAMPLE, 0)
+    plan = EXAMPLE.plan(0)
     assert decide(plan, Subject("u1", None, "internal")).variant is Variant.CANARY
     assert decide(plan, Subject("u1", None, "Internal")).variant is Variant.STABLE
     assert decide(plan, Subject("u1", None, "free")).variant is Variant.STABLE
 
 
 def test_tenant_match_is_exact() -> None:
-    plan = RoutingPlan.build(EXAMPLE, 1)
+    plan = EXAMPLE.plan(1)
     assert decide(plan, Subject("acme", "acme", "free")).reason is Reason.EXPOSED
     for other in ("ACME", "acme ", "acme-eu"):
         assert decide(plan, Subject(other, other, "free")).variant is Variant.STABLE
 
 
 def test_pins_win_and_inactive_sends_everything_to_stable() -> None:
-    plan = RoutingPlan.build(EXAMPLE, 5)
+    plan = EXAMPLE.plan(5)
     assert decide(plan, Subject("bigbank", "bigbank", "free")) == Decision(
         Variant.STABLE, Reason.PIN, -1
     )
-    early = RoutingPlan.build(EXAMPLE, -1)
+    early = EXAMPLE.plan(-1)
     assert decide(early, Subject(None, "beta-corp", "free")).variant is Variant.CANARY
-    off = RoutingPlan.build(EXAMPLE, 5, active=False)
+    off = EXAMPLE.plan(5, active=False)
     for subject in (Subject("beta-corp", "beta-corp", "free"), Subject("x", None, "internal")):
         assert decide(off, subject) == Decision(Variant.STABLE, Reason.INACTIVE, -1)
 
 
 def test_unidentified_goes_to_stable() -> None:
-    plan = RoutingPlan.build(EXAMPLE, 5)
+    plan = EXAMPLE.plan(5)
     assert decide(plan, Subject(None, None, "internal")) == Decision(
         Variant.STABLE, Reason.UNIDENTIFIED, -1
     )
 
 
 def test_split_ratio_within_binomial_tolerance() -> None:
-    plan = RoutingPlan.build(rollout(Step(percent=10)), 0)
+    plan = rollout(Step(percent=10)).plan(0)
     n = 10_000
     exposed = sum(
         decide(plan, Subject(f"u{i}", None, "free")).variant == "canary" for i in range(n)
@@ -98,7 +98,7 @@ def test_split_ratio_within_binomial_tolerance() -> None:
 
 
 def test_percent_resolution_is_one_hundredth() -> None:
-    plan = RoutingPlan.build(rollout(Step(percent=0.01)), 0)
+    plan = rollout(Step(percent=0.01)).plan(0)
     assert plan.everyone == 1
     for i in range(5_000):
         decision = decide(plan, Subject(f"u{i}", None, "t"))
@@ -136,7 +136,7 @@ def test_exposed_iff_some_earlier_step_exposes(
     bucket = bucket_of(config.salt, subject.key)
     previous = False
     for i in range(len(step_list)):
-        decision = decide(RoutingPlan.build(config, i), subject)
+        decision = decide(config.plan(i), subject)
         expected = any(
             in_cohort(s, subject) and bucket < round(s.percent * 100) for s in step_list[: i + 1]
         )
@@ -150,8 +150,8 @@ def test_exposed_iff_some_earlier_step_exposes(
 def test_raising_percent_only_moves_stable_to_canary(ident: str, p1: float, p2: float) -> None:
     low, high = sorted((p1, p2))
     subject = Subject(ident, None, "free")
-    at_low = decide(RoutingPlan.build(rollout(Step(percent=low)), 0), subject)
-    at_high = decide(RoutingPlan.build(rollout(Step(percent=high)), 0), subject)
+    at_low = decide(rollout(Step(percent=low)).plan(0), subject)
+    at_high = decide(rollout(Step(percent=high)).plan(0), subject)
     if at_low.variant is Variant.CANARY:
         assert at_high.variant is Variant.CANARY
 
@@ -161,11 +161,11 @@ def test_pins_win_over_everything(step_list: list[Step], subject: Subject, pin: 
     pinned = Subject(subject.key, "bigbank", subject.tier)
     config = rollout(*step_list, pins={"bigbank": pin})
     for i in range(-1, len(step_list)):
-        assert decide(RoutingPlan.build(config, i), pinned) == Decision(pin, Reason.PIN, -1)
+        assert decide(config.plan(i), pinned) == Decision(pin, Reason.PIN, -1)
 
 
 @given(subjects, st.integers(0, 3))
 def test_same_subject_same_decision(subject: Subject, index: int) -> None:
     config = rollout(Step(percent=5), Step(percent=30), Step(percent=60), Step(percent=90))
-    first = decide(RoutingPlan.build(config, index), subject)
-    assert decide(RoutingPlan.build(config, index), subject) == first
+    first = decide(config.plan(index), subject)
+    assert decide(config.plan(index), subject) == first

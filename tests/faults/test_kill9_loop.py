@@ -23,7 +23,7 @@ import aiohttp
 
 from proxy.config import parse_config
 from proxy.core.machine import Status
-from proxy.core.routing import RoutingPlan, Subject, Variant, decide
+from proxy.core.routing import Subject, Variant, decide
 from proxy.store.file import FileStore
 from proxy.store.records import RolloutRecord
 from tests.faults.harness import load, origin, report, trials
@@ -65,7 +65,7 @@ def _offset(data: dict[str, Any]) -> int:
 
 def _expected_sides(data: dict[str, Any], record: RolloutRecord) -> list[str]:
     rollout = parse_config(data, {"ADMIN_TOKEN": TOKEN}).services[0].rollout
-    plan = RoutingPlan.build(rollout, record.step, active=record.status is not Status.ROLLED_BACK)
+    plan = rollout.plan(record.step, active=record.status is not Status.ROLLED_BACK)
     sides = [decide(plan, Subject(i, i, "free")).variant for i in IDS]
     return ["canary" if side is Variant.CANARY else "stable" for side in sides]
 

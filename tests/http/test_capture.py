@@ -7,7 +7,7 @@ import asyncio
 from prometheus_client import CollectorRegistry
 
 from proxy.config import ServiceConfig, parse_config
-from proxy.core.routing import RoutingPlan, Variant
+from proxy.core.routing import Variant
 from proxy.dataplane import Router
 from proxy.http.capture import ShadowCopy, ShadowSink, ShadowTap
 from proxy.http.request import Request
@@ -108,7 +108,7 @@ async def test_only_stable_routes_of_a_shadow_step_carry_the_tap() -> None:
         assert stable.shadow is not None
         assert (stable.shadow.sample, stable.shadow.sink) == (5.0, sink)
         assert canary.shadow is None
-        router.set_plan("svc", RoutingPlan.build(config.services[0].rollout, 1))
+        router.set_plan("svc", config.services[0].rollout.plan(1))
         assert all(route.shadow is None for route in router.services[0].routes.values())
         quiet = Router(config, Metrics(CollectorRegistry()), asyncio.get_running_loop())
         assert all(route.shadow is None for route in quiet.services[0].routes.values())
