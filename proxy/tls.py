@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 from proxy.errors import ConfigError
 
 if TYPE_CHECKING:
+    import asyncio
+
     from proxy.config.model import TlsCertificate, TlsConfig, UpstreamTls
 
 # TLS 1.2 suites: ECDHE key exchange (forward secrecy) with AES-GCM or ChaCha20-Poly1305.
@@ -181,6 +183,12 @@ def upstream_context(tls: UpstreamTls, path: str) -> ssl.SSLContext:
     if tls.cert is not None:
         _load_chain(context, tls.cert, tls.key, f"{path}.cert")
     return context
+
+
+def h2_negotiated(transport: asyncio.BaseTransport) -> bool:
+    """Did the TLS handshake of `transport` choose h2 by ALPN (either side of the proxy)?"""
+    ssl_object = transport.get_extra_info("ssl_object")
+    return ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2"
 
 
 class UpstreamContexts:

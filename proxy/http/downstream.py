@@ -19,6 +19,7 @@ from proxy.http import h2connection
 from proxy.http.connection import BODY, HEAD, IDLE, QUEUE_FULL, WAIT, ClientConnection
 from proxy.http.head import RequestHead
 from proxy.http.request import invalid_method_status
+from proxy.tls import h2_negotiated
 
 if TYPE_CHECKING:
     import asyncio
@@ -58,7 +59,7 @@ class DownstreamProtocol(ClientConnection):
         self.head.trusted = self.trusted
         http2 = self.engine.http2
         if http2.enabled and self.engine.tls is not None and not self.closing:
-            if h2connection.negotiated(transport):
+            if h2_negotiated(transport):
                 self._parser = self.head.parser = None
                 h2connection.take_over(self, transport)
         elif http2.h2c:

@@ -64,12 +64,6 @@ if TYPE_CHECKING:
 PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
-def negotiated(transport: asyncio.BaseTransport) -> bool:
-    """Did the TLS handshake of `transport` choose h2 by ALPN?"""
-    ssl_object = transport.get_extra_info("ssl_object")
-    return ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2"
-
-
 def take_over(old: ClientConnection, transport: asyncio.BaseTransport, data: bytes = b"") -> None:
     """Hand the connection `old` was made for (before it served any request) to HTTP/2;
     `data`: what was already read of it."""

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 from proxy.errors import Overloaded, UpstreamError
 from proxy.http.sides import EndpointSide
 from proxy.http.upstream import UpstreamConnection
+from proxy.http.upstream_h2 import UpstreamSession
+from proxy.tls import h2_negotiated
 
 if TYPE_CHECKING:
     from proxy.config import Limits, Upstream
@@ -29,7 +31,6 @@ if TYPE_CHECKING:
     # (not a protocol: the compiled build then calls its methods directly).
     from proxy.http.sides import ExchangeSide as Waiter
     from proxy.http.sides import UpstreamSide
-    from proxy.http.upstream_h2 import UpstreamSession
 
 
 class Endpoint(EndpointSide):
@@ -202,8 +203,6 @@ class UpstreamPool:
         task.add_done_callback(self._tasks.discard)
 
     async def _connect_h2(self, endpoint: Endpoint, waiters: list[Waiter]) -> None:
-        from proxy.http.upstream_h2 import UpstreamSession
-
         tls = endpoint.tls
         limit = self.limits.pool_h2_max_streams
         try:
@@ -215,7 +214,7 @@ class UpstreamPool:
                     ssl=tls,
                     server_hostname=endpoint.server_name if tls is not None else None,
                 )
-            if tls is not None and _alpn(transport) != "h2":
+            if tls is not None and not h2_negotiated(transport):
                 session.close()
                 raise UpstreamError("protocol", "the upstream did not agree to HTTP/2 (ALPN)")
         except (OSError, TimeoutError, UpstreamError) as exc:
@@ -308,8 +307,3 @@ def _connect_error(exc: OSError | TimeoutError) -> UpstreamError:
     # a deployment fault, not a host that is down).
     reason = "tls" if isinstance(exc, SSLError) else "connect"
     return UpstreamError(reason, detail, status=502)
-
-
-def _alpn(transport: asyncio.BaseTransport) -> str | None:
-    ssl_object = transport.get_extra_info("ssl_object")
-    return None if ssl_object is None else ssl_object.selected_alpn_protocol()

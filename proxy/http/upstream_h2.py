@@ -93,7 +93,7 @@ def request_fields(
 class UpstreamStream(UpstreamSide):
     """One request on an `UpstreamSession`, seen by its exchange as its upstream connection."""
 
-    __slots__ = ("_acked", "_held", "_out", "_out_size", "_unacked", "ended", "session", "sid")
+    __slots__ = ("_held", "_out", "_out_size", "_unacked", "ended", "session", "sid")
 
     def __init__(self, session: UpstreamSession, endpoint: EndpointSide) -> None:
         self.endpoint = endpoint
@@ -109,7 +109,6 @@ class UpstreamStream(UpstreamSide):
         self._out_size = 0
         self._held = False  # the exchange's client is paused for this stream's DATA
         self._unacked = 0  # response DATA not yet acknowledged (paused)
-        self._acked = True
 
     # --- the request --------------------------------------------------------------------
 
