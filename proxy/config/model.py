@@ -204,7 +204,7 @@ class Limits:
     max_body_bytes: int = 0  # 0 = unlimited
     pool_max_concurrency: int = 1024
     pool_queue: int = 256
-    pool_idle_per_endpoint: int = 128
+    pool_idle_per_endpoint: int = 1024
     pool_h2_max_streams: int = 100  # streams at once on one HTTP/2 upstream connection
     eject_failures: int = 5
     eject_s: float = 10.0
