@@ -396,7 +396,11 @@ class ClientConnection(ClientSide, asyncio.Protocol):
         if not linger or not transport.can_write_eof():
             transport.close()
             return
-        transport.write_eof()
+        try:
+            transport.write_eof()
+        except OSError:  # the peer is gone already (its reset not read yet): nothing to linger for
+            transport.abort()
+            return
         self._linger_until = self.loop.time() + min(_LINGER_S, self.limits.body_timeout_s)
         self._pausers.clear()
         transport.resume_reading()

@@ -27,8 +27,6 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Final
 
-from h2.config import H2Configuration
-from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -47,6 +45,7 @@ from h2.settings import SettingCodes, Settings
 
 from proxy.core.allowance import Allowance, full, spend
 from proxy.errors import BadRequest, HttpError, Overloaded
+from proxy.http import h2codec
 from proxy.http.connection import IDLE, WAIT, ClientConnection, Listener
 from proxy.http.h2exchange import H2Exchange
 from proxy.http.h2fields import request_of
@@ -83,22 +82,14 @@ class H2ClientConnection(StreamHost):
     def __init__(self, engine: Listener) -> None:
         super().__init__(engine)
         self.settings = settings = engine.http2
-        self.h2 = H2Connection(
-            config=H2Configuration(
-                client_side=False,
-                header_encoding=None,
-                validate_inbound_headers=True,
-                validate_outbound_headers=True,
-                normalize_inbound_headers=True,
-                normalize_outbound_headers=True,
-            )
-        )
+        self.h2 = h2codec.connection(client_side=False)
         self.head = RequestHead(
             self.limits, engine.header_kinds, engine.request_ids, engine.field_names
         )
         self.streams: dict[int, H2Stream] = {}
         self.write_paused = False
         self.goaway_sent = False
+        self._flush_due = False
         now = engine.loop.time()
         self._resets = full(settings.max_resets_per_s, now)
         self._control = full(settings.max_control_frames_per_s, now)
@@ -363,10 +354,22 @@ class H2ClientConnection(StreamHost):
     # --- the socket -----------------------------------------------------------------------
 
     def flush(self) -> None:
+        """Send what h2 has queued, once per turn of the event loop: the frames every stream
+        made in one turn (responses of many upstream reads) leave in one write, one TLS
+        record and one system call instead of one each."""
+        if not self._flush_due and not self.closing:
+            self._flush_due = True
+            self.loop.call_soon(self._flush_now)
+
+    def _flush_now(self) -> None:
+        self._flush_due = False
         data = self.h2.data_to_send()
         if data:
             self.write(data)
 
+    def close(self, *, linger: bool = True) -> None:
+        self._flush_now()  # what is queued (a GOAWAY, the last frames) goes before the close
+        super().close(linger=linger)
+
     def _end(self) -> None:
-        self.flush()
         self.close()

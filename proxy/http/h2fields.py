@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Final
 from proxy.errors import BadRequest
 from proxy.http import framing
 from proxy.http.fields import R_CONNECTION, R_LENGTH, R_RELAY, FieldNames
+from proxy.http.h2codec import unindexed
 from proxy.http.request import check_host, invalid_method_status, split_target
 from proxy.http.requestid import acceptable
 
@@ -41,6 +42,9 @@ _COOKIE: Final = b"cookie"
 _CONNECTION_SPECIFIC: Final = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
 )
+
+# Connection options that never drop a field (the standard ones), nor the length HTTP/2 keeps.
+_NAMED_KEPT: Final = framing.STANDARD_OPTIONS | {b"content-length"}
 
 # Fields never relayed as trailers: the framing, connection and routing fields of a head.
 _NOT_TRAILERS: Final = frozenset(
@@ -131,19 +135,22 @@ def _body(request: Request, ended: bool, limit: int) -> None:
 def response_fields(
     status: int, headers: Fields, request_id: bytes, names: FieldNames, *, body: bool
 ) -> Fields:
-    """The HTTP/2 header list of an upstream's final response (`body`: one may follow)."""
+    """The HTTP/2 header list of an upstream's final response (`body`: one may follow), in the
+    form h2codec.py hands the encoder (lower case, no surrounding whitespace: an HTTP/1.1
+    upstream may send it, an HTTP/2 client refuses it)."""
     fields: Fields = [(b":status", b"%d" % status)]
     dropped: frozenset[bytes] = frozenset()
+    kind_of = names.response_kind
     for name, value in headers:
-        if names.response_kind(name) == R_CONNECTION and not framing.names_no_field(value):
-            dropped = dropped | (framing.connection_tokens([value]) - framing.STANDARD_OPTIONS)
-    for name, value in headers:
-        kind = names.response_kind(name)
-        lower = name.lower()
-        if (kind == R_RELAY and lower not in dropped) or (kind == R_LENGTH and body):
-            fields.append((lower, value))
+        kind = kind_of(name)
+        if kind == R_RELAY or (kind == R_LENGTH and body):
+            fields.append(unindexed(name.lower(), value.strip(b" \t")))
+        elif kind == R_CONNECTION and not framing.names_no_field(value):
+            dropped = dropped | (framing.connection_tokens([value]) - _NAMED_KEPT)
+    if dropped:
+        fields = [field for field in fields if field[0] not in dropped]
     if request_id:
-        fields.append((b"x-request-id", request_id))
+        fields.append(unindexed(b"x-request-id", request_id))
     return fields
 
 
@@ -164,9 +171,9 @@ def error_fields(status: int, length: int, request_id: bytes) -> Fields:
     fields: Fields = [
         (b":status", b"%d" % status),
         (b"content-type", b"text/plain; charset=utf-8"),
-        (b"content-length", b"%d" % length),
+        unindexed(b"content-length", b"%d" % length),
         (b"cache-control", b"no-store"),
     ]
     if request_id:
-        fields.append((b"x-request-id", request_id))
+        fields.append(unindexed(b"x-request-id", request_id))
     return fields

@@ -25,8 +25,6 @@ import asyncio
 import contextlib
 from typing import TYPE_CHECKING, Final, cast
 
-import h2.config
-import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
@@ -34,6 +32,8 @@ import h2.settings
 
 from proxy.core import grpc
 from proxy.errors import UpstreamError
+from proxy.http import h2codec
+from proxy.http.h2codec import unindexed
 from proxy.http.sides import UpstreamSide
 
 if TYPE_CHECKING:
@@ -63,30 +63,31 @@ def request_fields(
 ) -> list[tuple[bytes, bytes]]:
     """The HEADERS of `request` for an HTTP/2 upstream: what `upstream_head` sends an HTTP/1.1
     one (the same end-to-end fields, X-Forwarded-*, X-Request-ID, the route's fields), with
-    the pseudo-fields first and names in lower case."""
+    the pseudo-fields first, names in lower case and values without surrounding whitespace
+    (an HTTP/1.1 client may send it; h2codec.py says why h2 does not check these)."""
     host = request.host or authority
     fields = [
         (b":method", request.method),
         (b":scheme", b"https" if scheme == b"https" else b"http"),
         (b":authority", host),
-        (b":path", request.target),
+        unindexed(b":path", request.target),
     ]
     for name, value in request.headers:
         lowered = name.lower()
         if lowered not in _CONNECTION_SPECIFIC:
-            fields.append((lowered, value))
+            fields.append(unindexed(lowered, value.strip(b" \t")))
     xff = request.xff
     fields += [
-        (b"x-forwarded-for", peer if xff is None else b"%b, %b" % (xff, peer)),
+        unindexed(b"x-forwarded-for", peer if xff is None else b"%b, %b" % (xff, peer)),
         (b"x-forwarded-proto", request.xfp or scheme),
         (b"x-forwarded-host", request.xfh or request.host or b""),
-        (b"x-request-id", request.request_id),
+        unindexed(b"x-request-id", request.request_id),
         # The proxy takes trailers (gRPC's status travels in them); the only TE allowed in h2.
         (b"te", b"trailers"),
     ]
     fields += extra_fields(extra)
     if request.content_length is not None and not request.chunked:
-        fields.append((b"content-length", b"%d" % request.content_length))
+        fields.append(unindexed(b"content-length", b"%d" % request.content_length))
     return fields
 
 
@@ -214,8 +215,7 @@ class UpstreamSession(asyncio.Protocol):
         self.reserved = 0  # streams handed out and not yet opened
         self.closed = False
         self.used = False  # a stream was opened on it before (a failure may be a stale peer)
-        config = h2.config.H2Configuration(client_side=True, header_encoding=None)
-        self.h2 = h2.connection.H2Connection(config=config)
+        self.h2 = h2codec.connection(client_side=True)
 
     # --- asyncio callbacks --------------------------------------------------------------
 
