@@ -215,6 +215,7 @@ class UpstreamSession(asyncio.Protocol):
         self.reserved = 0  # streams handed out and not yet opened
         self.closed = False
         self.used = False  # a stream was opened on it before (a failure may be a stale peer)
+        self._send_due = False
         self.h2 = h2codec.connection(client_side=True)
 
     # --- asyncio callbacks --------------------------------------------------------------
@@ -363,8 +364,8 @@ class UpstreamSession(asyncio.Protocol):
             if exchange is not None:
                 exchange.upstream_lost(stream, None)
                 exchange.flush_client()
-        if not self.streams and self.transport is not None:
-            self.transport.close()
+        if not self.streams:
+            self._close_transport()
 
     def _fail_all(self, error: UpstreamError) -> None:
         self.closed = True
@@ -434,8 +435,8 @@ class UpstreamSession(asyncio.Protocol):
                 with contextlib.suppress(h2.exceptions.StreamClosedError):
                     self.h2.reset_stream(stream.sid, h2.errors.ErrorCodes.CANCEL)
             self.send()
-        if self.closed and not self.streams and self.transport is not None:
-            self.transport.close()
+        if self.closed and not self.streams:
+            self._close_transport()
 
     @property
     def live(self) -> bool:
@@ -443,9 +444,22 @@ class UpstreamSession(asyncio.Protocol):
         return self.transport is not None and not self.transport.is_closing()
 
     def send(self) -> None:
+        """Send what h2 has queued, once per turn of the event loop: the streams' HEADERS,
+        DATA and acknowledgements of one turn leave in one write."""
+        if not self._send_due and self.transport is not None:
+            self._send_due = True
+            asyncio.get_running_loop().call_soon(self._send_now)
+
+    def _send_now(self) -> None:
+        self._send_due = False
         data = self.h2.data_to_send()
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
+
+    def _close_transport(self) -> None:
+        if self.transport is not None:
+            self._send_now()  # what is queued (resets, acknowledgements) goes first
+            self.transport.close()
 
     def drain(self) -> None:
         """Take no new stream; close once the streams in flight are done."""
@@ -456,12 +470,9 @@ class UpstreamSession(asyncio.Protocol):
     def close(self) -> None:
         self.closed = True
         if self.transport is not None:
-            try:
+            with contextlib.suppress(h2.exceptions.ProtocolError):
                 self.h2.close_connection()
-                self.send()
-            except h2.exceptions.ProtocolError:
-                pass
-            self.transport.close()
+            self._close_transport()
 
 
 def _fields(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
