@@ -247,3 +247,24 @@ async def test_a_reset_stream_is_an_abort_and_the_log_off_runs_the_plain_exchang
     )
     assert (line["bytes_sent"], line["generated"], line["variant"]) == (0, False, "stable")
     await upstream.close()
+
+
+async def test_a_body_refused_on_a_stream_is_logged_as_refused(tmp_path: Path) -> None:
+    upstream = await RecordingUpstream("stable").start()
+    log = tmp_path / "access.log"
+    async with running_proxy(_data(upstream.url, log, limits={"max_body_bytes": 10})) as runtime:
+        client = await RawH2.open(runtime.data_address[1])
+        sid = client.request("/upload", method="POST", end=False)
+        client.h2.send_data(sid, b"x" * 100, end_stream=True)
+        await client.send()
+        assert await client.until(lambda c: c.ended(sid))
+        assert client.status(sid) == 413
+        request_id = client.headers(sid)[b"x-request-id"].decode()
+        await client.close()
+    (line,) = _lines(log)
+    assert set(line) == FIELDS
+    assert (line["protocol"], line["method"], line["path"]) == ("HTTP/2", "POST", "/upload")
+    assert (line["status"], line["outcome"], line["generated"]) == (413, "refused", True)
+    assert line["request_id"] == request_id
+    assert line["upstream_failure"] is None
+    await upstream.close()
