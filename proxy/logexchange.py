@@ -5,7 +5,10 @@ With `access_log.enabled` the engine gives every request a `LoggedExchange` inst
 bytes handed to the client, remembers the last upstream failure, and writes one JSON line when
 the exchange ends: completed (any status, the proxy's own included), aborted by the client, or
 refused by the proxy after its head (a bad body, a body deadline). A WebSocket's line is
-written when its tunnel closes.
+written when its tunnel closes. An HTTP/2 stream's exchange is a `LoggedH2Exchange` (chosen
+once per stream, `stream_exchange`): the same line, its `protocol` `HTTP/2`, and its
+`bytes_sent` the response's DATA (an HPACK header block is no byte count of its own stream).
+A gRPC call the upstream answered also names the outcome it was counted as (`grpc_status`).
 
 A line never holds a tenant or user id, a cookie, an Authorization header or a token: the path
 is logged without its query string, and the part of it a `path` identity rule reads as the id
@@ -23,14 +26,18 @@ from typing import TYPE_CHECKING, Final
 
 import orjson
 
+from proxy.core import grpc
 from proxy.core.identity import IdSource
 from proxy.http.exchange import Exchange, Exchanges
+from proxy.http.h2exchange import H2Exchange
+from proxy.http.h2stream import answer_body
 
 if TYPE_CHECKING:
     from proxy.accesslog import AccessLog
     from proxy.config import Config
     from proxy.dataplane import Route
-    from proxy.errors import UpstreamError
+    from proxy.errors import HttpError, UpstreamError
+    from proxy.http.h2stream import H2Stream
     from proxy.http.request import Request
     from proxy.http.sides import ClientSide, EndpointSide
 
@@ -88,7 +95,11 @@ class AccessLines:
         return f"{self._stamp}.{int((now - second) * 1000):03d}Z"
 
     def write(
-        self, exchange: LoggedExchange, status: int | None, generated: bool, outcome: str
+        self,
+        exchange: LoggedExchange | LoggedH2Exchange,
+        status: int | None,
+        generated: bool,
+        outcome: str,
     ) -> None:
         request = exchange.request
         route = exchange.route
@@ -98,15 +109,19 @@ class AccessLines:
             path = redact(path, patterns)
         started = exchange.started
         duration = perf_counter() - started if started else 0.0
+        code = exchange.grpc  # counted as its grpc-status when the upstream answered 200
+        counted = code >= 0 and status == 200 and not generated
         line = {
             "time": self._time(),
             "request_id": request.request_id.decode("ascii"),
             "client": exchange.client.peer_ip,
             "scheme": exchange.client.scheme.decode("ascii"),
             "forwarded_for": None if request.xff is None else request.xff.decode("latin-1"),
+            "protocol": "HTTP/" + request.version.decode("ascii"),
             "method": request.method.decode("latin-1"),
             "path": path,
             "status": status,
+            "grpc_status": grpc.label(grpc.outcome(code)) if counted else None,
             "outcome": outcome,
             "duration_ms": round(duration * 1000, 3),
             "bytes_sent": exchange.sent,
@@ -170,6 +185,60 @@ class LoggedExchange(Exchange):
         if not self.finished:
             super().refused(status)
             self.lines.write(self, status, True, REFUSED)
+
+
+class LoggedH2Exchange(H2Exchange):
+    """An HTTP/2 stream's `H2Exchange` that writes its access-log line when it ends (the
+    same line as `LoggedExchange`; `sent`: the response's DATA bytes)."""
+
+    __slots__ = ("failure", "lines", "sent")
+
+    def __init__(
+        self, stream: H2Stream, request: Request, route: Route, lines: AccessLines
+    ) -> None:
+        super().__init__(stream, request, route)
+        self.lines = lines
+        self.sent = 0
+        self.failure: str | None = None
+
+    def response_body(self, body: bytes) -> None:
+        if not (self.informational or self.finished):
+            self.sent += len(body)
+        super().response_body(body)
+
+    def respond_error(self, error: HttpError) -> None:
+        self.sent += len(answer_body(error.reason))
+        super().respond_error(error)
+
+    def upstream_failed(self, error: UpstreamError, endpoint: EndpointSide | None) -> None:
+        if not (self.finished or self.abandoned):
+            self.failure = error.reason
+        super().upstream_failed(error, endpoint)
+
+    def record(self, status: int, generated: bool = False) -> None:
+        super().record(status, generated=generated)
+        self.lines.write(self, status, generated, COMPLETED)
+
+    def client_gone(self) -> None:
+        if self.finished:
+            return
+        super().client_gone()
+        self.lines.write(self, self.status or None, False, ABORTED)
+
+    def refused(self, status: int) -> None:
+        if not self.finished:
+            super().refused(status)
+            self.lines.write(self, status, True, REFUSED)
+
+
+def stream_exchange(
+    exchanges: Exchanges, stream: H2Stream, request: Request, route: Route
+) -> H2Exchange:
+    """The exchange of an HTTP/2 stream: a logged one when the engine logs (one check per
+    stream; with logs off the stream's path is the plain `H2Exchange`'s)."""
+    if isinstance(exchanges, LoggedExchanges):
+        return LoggedH2Exchange(stream, request, route, exchanges.lines)
+    return H2Exchange(stream, request, route)
 
 
 class LoggedExchanges(Exchanges):

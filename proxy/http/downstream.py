@@ -50,7 +50,8 @@ class DownstreamProtocol(ClientConnection):
         # When the read being parsed arrived: the parser's callbacks set their deadlines from
         # it (every one of them runs inside `data_received`) instead of asking the loop each.
         self._read_at = 0.0
-        self._fresh = False  # no byte read yet, and h2c is on: the preface may come
+        self._fresh = False  # h2c is on and the bytes so far may begin the preface
+        self._held = b""  # those bytes (a proper prefix of the preface), until it is told
 
     # --- asyncio callbacks --------------------------------------------------------------
 
@@ -76,11 +77,8 @@ class DownstreamProtocol(ClientConnection):
         if self.closing:
             return
         if self._fresh:
-            # h2c by prior knowledge: the client preface as the connection's first bytes.
-            self._fresh = False
-            if data.startswith(h2connection.PREFACE) and self.transport is not None:
-                self._parser = self.head.parser = None
-                h2connection.take_over(self, self.transport, data)
+            data = self._h2c(data)
+            if not data:
                 return
         if self._tunnel is not None:
             self._tunnel.tunnel_up(data)
@@ -124,6 +122,27 @@ class DownstreamProtocol(ClientConnection):
         current = self.current
         if current is not None and current.up_out:
             current.flush_upstream()
+
+    def _h2c(self, data: bytes) -> bytes:
+        """h2c by prior knowledge: the client preface as the connection's first bytes, in
+        one read or several. Bytes that may still begin it are held (fewer than its 24, and
+        within `header_timeout` of the first: the deadline closes a connection that stalls);
+        once it is whole, HTTP/2 takes every byte read. Returns what HTTP/1.1 reads instead:
+        all bytes so far, as one, from the first that differs (b"": held or handed over)."""
+        preface = h2connection.PREFACE
+        held = self._held + data if self._held else data
+        if held.startswith(preface) and self.transport is not None:
+            self._fresh, self._held = False, b""
+            self._parser = self.head.parser = None
+            h2connection.take_over(self, self.transport, held)
+            return b""
+        if len(held) < len(preface) and preface.startswith(held):
+            if not self._held:
+                self.deadline = self.loop.time() + self.limits.header_timeout_s
+            self._held = held
+            return b""
+        self._fresh, self._held = False, b""
+        return held
 
     # --- httptools callbacks (on_url and on_header are the head's) ----------------------
 

@@ -47,10 +47,10 @@ from proxy.core.allowance import Allowance, full, spend
 from proxy.errors import BadRequest, HttpError, Overloaded
 from proxy.http import h2codec
 from proxy.http.connection import IDLE, WAIT, ClientConnection, Listener
-from proxy.http.h2exchange import H2Exchange
 from proxy.http.h2fields import request_of
 from proxy.http.h2stream import H2Stream, StreamHost
 from proxy.http.head import RequestHead
+from proxy.logexchange import stream_exchange
 
 if TYPE_CHECKING:
     import asyncio
@@ -224,7 +224,7 @@ class H2ClientConnection(StreamHost):
             engine.rejected(error)
             stream.answer(error.status, error.reason, b"")
             return None
-        stream.exchange = H2Exchange(stream, request, route)
+        stream.exchange = stream_exchange(engine.exchanges, stream, request, route)
         if ended:
             stream.remote_closed = True
         return stream

@@ -41,6 +41,11 @@ HIGH_WATER: Final = 256 * 1024  # response bytes held for a stream before its up
 LOW_WATER: Final = 64 * 1024
 
 
+def answer_body(reason: str) -> bytes:
+    """The body of an answer the proxy makes itself (`H2Stream.answer`)."""
+    return reason.encode("utf-8", "replace") + b"\n"
+
+
 class StreamHost(ClientConnection):
     """What a stream uses of the HTTP/2 connection it belongs to (`H2ClientConnection` in
     h2connection.py), declared here so that the stream needs nothing of that module."""
@@ -175,7 +180,7 @@ class H2Stream(ClientConnection):
 
     def answer(self, status: int, reason: str, request_id: bytes) -> None:
         """An answer the proxy makes itself, as HTTP/1.1 would (a short text/plain body)."""
-        body = reason.encode("utf-8", "replace") + b"\n"
+        body = answer_body(reason)
         self.send_headers(error_fields(status, len(body), request_id), end=False)
         self.send(body)
         self.end()
