@@ -9,6 +9,7 @@ for up to `limits.drain_s`, then everything closes. `run` is the blocking entry 
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import socket
@@ -16,7 +17,7 @@ import sys
 from collections.abc import Coroutine, Mapping
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -367,8 +368,19 @@ async def serve(
     return 0
 
 
+# The cycle collector's first threshold (CPython's default: 700 allocations). At 700, the
+# objects of requests in flight (an HTTP/2 connection holds a hundred streams, each a dozen
+# objects) outlive two young collections and are promoted, and full collections of the whole
+# heap follow: an eighth of the CPU on the HTTP/2 benchmark. At 20,000 most die young,
+# freed by reference counting before any collection sees them.
+GC_YOUNG_THRESHOLD: Final = 20_000
+
+
 def run_loop(main: Coroutine[Any, Any, int]) -> int:
-    """Run a coroutine on uvloop where available (the one place the loop is chosen)."""
+    """Run a coroutine on uvloop where available (the one place the loop is chosen), with the
+    cycle collector tuned for a server (`GC_YOUNG_THRESHOLD`)."""
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency off Windows

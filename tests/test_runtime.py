@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import aiohttp
 from aiohttp import web
 
+from proxy.runtime import GC_YOUNG_THRESHOLD, run_loop
 from tests.support.proxy import config_dict, running_proxy, service
 
 
@@ -71,3 +73,16 @@ async def test_readiness_fails_while_the_listener_still_serves_during_the_notice
         assert not stopping.done()
         assert await stopping == 0
     await runner.cleanup()
+
+
+def test_the_loop_runs_with_the_young_collection_threshold_raised() -> None:
+    before = gc.get_threshold()
+
+    async def threshold() -> int:
+        return gc.get_threshold()[0]
+
+    try:
+        assert run_loop(threshold()) == GC_YOUNG_THRESHOLD > before[0]
+        assert gc.get_threshold()[1:] == before[1:]  # the older generations' are left as they are
+    finally:
+        gc.set_threshold(*before)
