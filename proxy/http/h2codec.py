@@ -5,8 +5,11 @@ already guarantees what h2 would check, and with an HPACK encoder tuned for a pr
   lower case, no connection-specific field, pseudo-fields first, values without surrounding
   whitespace. h2's outbound normalisation and validation (a chain of generators over every
   field of every HEADERS frame) would only repeat that; they are off.
-- Inbound header lists are validated by h2 (the rules of RFC 9113 8.2 and 8.3). Its inbound
-  normalisation only joins split Cookie fields, which `request_of` does itself; it is off.
+- Inbound header lists: on the server side (client connections) `request_of` checks what
+  makes a request malformed (RFC 9113 8.2 and 8.3) in the one pass it makes over the fields
+  anyway, answering 400 on that stream where h2 would end the whole connection; on the client
+  side (upstream sessions) h2 validates the responses. h2's inbound normalisation only joins
+  split Cookie fields, which `request_of` does itself; it is off.
 - HPACK literals are sent without Huffman coding: in pure Python the coding costs more CPU
   than the bytes it saves are worth between a proxy and its peers. A field whose value
   changes with nearly every message (`VOLATILE`) is sent as a literal that is never indexed,
@@ -61,7 +64,7 @@ def connection(*, client_side: bool) -> H2Connection:
         config=H2Configuration(
             client_side=client_side,
             header_encoding=None,
-            validate_inbound_headers=True,
+            validate_inbound_headers=client_side,
             validate_outbound_headers=False,
             normalize_inbound_headers=False,
             normalize_outbound_headers=False,

@@ -5,9 +5,12 @@ by field (`on_header`: sizes and counts, underscores, Host, identity and trusted
 X-Forwarded-* from trusted peers only, X-Request-ID, the force header), then its pseudo-headers
 take the place of the request line: `:method` (CONNECT refused, unknown methods 501),
 `:path` (origin-form, the same dot-segment and fragment checks), `:authority` (the Host rules;
-a Host field that disagrees is refused) and `:scheme` (http or https). The h2 library has
-already refused connection-specific fields, uppercase names, misplaced or unknown
-pseudo-headers. Cookie fields split by the client are joined for the HTTP/1.1 upstream
+a Host field that disagrees is refused) and `:scheme` (http or https). What makes an HTTP/2
+request malformed (RFC 9113 8.2, 8.3: connection-specific fields, names not in lower case,
+NUL, CR or LF in a value or whitespace around it, unknown, repeated or misplaced
+pseudo-headers) is refused here too, as a 400 on that stream: the connection's other streams
+carry on (tests/http2/test_h2codec.py checks that whatever h2's own validation would refuse
+is refused). Cookie fields split by the client are joined for the HTTP/1.1 upstream
 (RFC 9113 8.2.3). A body of unknown length goes up chunked.
 
 A response's fields are the upstream's end-to-end ones, lower-cased, without hop-by-hop or
@@ -16,6 +19,7 @@ framing fields (but Content-Length, which HTTP/2 allows), plus the request's X-R
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Final
 
 from proxy.errors import BadRequest
@@ -36,7 +40,16 @@ _METHODS: Final = frozenset(
     {b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH", b"TRACE"}
 )
 _SCHEMES: Final = frozenset({b"http", b"https"})
+# RFC 9113 8.2 and 8.3, checked here rather than by h2 (h2codec.py says why): the request
+# pseudo-headers (no `:protocol`: no extended CONNECT), field names that are lower-case HTTP
+# tokens (as llhttp requires of HTTP/1.1 names; h2 would let `(`, `/` or `@` through, which
+# an HTTP/1.1 upstream refuses), values without NUL, CR or LF and without surrounding
+# whitespace.
+_PSEUDO: Final = frozenset({b":method", b":scheme", b":authority", b":path"})
+_NAME: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+").fullmatch
+_BAD_VALUE: Final = re.compile(rb"[\x00\r\n]|\A[ \t]|[ \t]\Z").search
 _COOKIE: Final = b"cookie"
+_LENGTH: Final = b"content-length"
 # Connection-specific fields have no place in HTTP/2 (RFC 9113 8.2.2); h2 refuses them first,
 # this holds should its validation ever let one through.
 _CONNECTION_SPECIFIC: Final = frozenset(
@@ -70,15 +83,25 @@ def request_of(head: RequestHead, fields: Fields, ended: bool) -> Request:
     assert request is not None  # begun just now
     pseudo: dict[bytes, bytes] = {}
     cookies: list[bytes] = []
+    regular = False  # a regular field came: no pseudo-header may follow
     for name, value in fields:
+        if value and _BAD_VALUE(value) is not None:
+            raise BadRequest(f"invalid value of {_shown(name)}")
         if name[:1] == b":":
-            if name in pseudo:
-                raise BadRequest(f"duplicate {name.decode('latin-1')} pseudo-header")
+            if regular or name in pseudo or name not in _PSEUDO:
+                raise BadRequest(f"unknown, repeated or misplaced pseudo-header {_shown(name)}")
             pseudo[name] = value
-        elif name == _COOKIE:
+            continue
+        regular = True
+        if _NAME(name) is None:
+            raise BadRequest(f"invalid field name {_shown(name)}")
+        if name == _COOKIE:
             cookies.append(value)
         elif name in _CONNECTION_SPECIFIC or (name == b"te" and value != b"trailers"):
-            raise BadRequest(f"connection-specific field {name.decode('latin-1')} in HTTP/2")
+            raise BadRequest(f"connection-specific field {_shown(name)} in HTTP/2")
+        elif name == _LENGTH and not value.isdigit():
+            # 1*DIGIT (h2 ends the connection over it first; llhttp checks it for HTTP/1.1).
+            raise BadRequest("invalid content-length")
         else:
             head.on_header(name, value)
     if cookies:
@@ -92,6 +115,10 @@ def request_of(head: RequestHead, fields: Fields, ended: bool) -> Request:
     request.expect_continue = False  # HTTP/2 clients send the body without waiting
     request.keep_alive = True
     return request
+
+
+def _shown(name: bytes) -> str:
+    return repr(name[:64].decode("latin-1"))
 
 
 def _request_line(request: Request, pseudo: dict[bytes, bytes], max_uri: int) -> None:
@@ -115,6 +142,8 @@ def _request_line(request: Request, pseudo: dict[bytes, bytes], max_uri: int) ->
         raise BadRequest("missing :authority pseudo-header")
     if len(path) > max_uri:
         raise BadRequest("request target too long", 414)
+    if path[:1] != b"/":
+        raise BadRequest(":path must be a path (origin-form)")
     split_target(request, path)
     request.version = b"2"
 

@@ -7,9 +7,11 @@ import asyncio
 from collections.abc import Iterable
 
 import pytest
+from h2.exceptions import ProtocolError
 from h2.utilities import (
     HeaderValidationFlags,
     normalize_outbound_headers,
+    validate_headers,
     validate_outbound_headers,
 )
 from hpack import Decoder, NeverIndexedHeaderTuple
@@ -17,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.config import Limits
+from proxy.errors import BadRequest
 from proxy.http.fields import FieldNames, header_kinds
 from proxy.http.h2codec import SECRET, VOLATILE, LiteralEncoder, connection, unindexed
 from proxy.http.h2fields import error_fields, request_of, response_fields
@@ -86,6 +89,60 @@ def test_a_request_header_list_for_an_h2_upstream_is_what_h2_would_have_sent(
     assert _h2_would_send(fields, REQUEST) == _plain(fields)
 
 
+SERVER_RECEIVES = HeaderValidationFlags(
+    is_client=False, is_trailer=False, is_response_header=False, is_push_promise=False
+)
+_BASE = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"shop.test"),
+         (b":path", b"/a")]  # fmt: skip
+# Fields that make a request malformed in some way, or do not: mixed into a good request.
+request_field = st.one_of(
+    st.tuples(
+        st.sampled_from([b":method", b":path", b":scheme", b":authority", b":status",
+                         b":protocol", b":bogus", b":"]),
+        st.sampled_from([b"GET", b"/b", b"http", b"shop.test", b"", b"200", b"x y"]),
+    ),
+    st.tuples(
+        st.one_of(
+            st.text(_TCHAR.lower(), min_size=1, max_size=8).map(str.encode),
+            st.sampled_from([b"", b"X-Up", b"x a", b"x:a", b"x(a)", b"x\x7f", b"\xe9t\xe9",
+                             b"connection", b"te", b"upgrade", b"host", b"cookie",
+                             b"transfer-encoding", b"keep-alive", b"content-length"]),
+        ),
+        st.sampled_from([b"1", b"", b" a", b"a ", b"\ta", b"a\x00b", b"a\rb", b"a\nb",
+                         b"trailers", b"shop.test", b"other.test", b"\xff", b"a\tb"]),
+    ),
+)  # fmt: skip
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 8), request_field), max_size=4))
+def test_whatever_h2_would_refuse_of_a_request_is_refused(
+    inserts: list[tuple[int, tuple[bytes, bytes]]],
+) -> None:
+    fields = list(_BASE)
+    for at, field in inserts:
+        fields.insert(min(at, len(fields)), field)
+    try:
+        list(validate_headers(fields, SERVER_RECEIVES))
+        h2_refuses = False
+    except ProtocolError:
+        h2_refuses = True
+    head = RequestHead(Limits(), header_kinds([], []), RequestIds())
+    try:
+        request_of(head, fields, ended=True)
+        refused = False
+    except BadRequest:
+        refused = True
+    if h2_refuses:
+        assert refused, fields
+
+
+def test_a_host_field_differing_only_in_case_from_the_authority_is_the_same_host() -> None:
+    head = RequestHead(Limits(), header_kinds([], []), RequestIds())
+    request = request_of(head, [*_BASE, (b"host", b"Shop.Test")], ended=True)
+    assert request.host == b"shop.test"
+
+
 @given(upstream_fields)
 def test_literals_round_trip_and_only_repeating_fields_are_indexed(headers: Fields) -> None:
     encoder, decoder = LiteralEncoder(), Decoder()
@@ -109,7 +166,8 @@ def test_literals_are_not_huffman_coded_and_an_answer_of_the_proxy_keeps_its_id_
 def test_a_connection_checks_what_it_receives_and_sends_as_the_proxy_made_it() -> None:
     for side in (True, False):
         config = connection(client_side=side).config
-        assert config.validate_inbound_headers
+        # A server's requests are checked by request_of (the property test above).
+        assert config.validate_inbound_headers == side
         assert not config.validate_outbound_headers
         assert not config.normalize_outbound_headers
         assert isinstance(connection(client_side=side).encoder, LiteralEncoder)
