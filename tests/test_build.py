@@ -178,7 +178,7 @@ async def test_the_compiled_build_says_so_when_it_starts(tmp_path: Path) -> None
 # dependencies of pyproject.toml (by their import names). mypyc type-checks every module they
 # import, so anything else would have to be in the build environment too.
 _RUNTIME_IMPORTS = {"aiohttp", "uvloop", "httptools", "orjson", "xxhash", "prometheus_client"}
-_RUNTIME_IMPORTS |= {"yaml", "jwt", "rich", "cryptography", "h2"}
+_RUNTIME_IMPORTS |= {"yaml", "jwt", "rich", "cryptography", "h2", "hpack"}
 
 
 def _imports_of(path: Path) -> set[str]:
