@@ -20,6 +20,9 @@ Usage::
     python loadtests/bench.py --targets direct,nginx --scenarios tiny --json out.json
     python loadtests/bench.py --scenarios soak     # RSS over 2 million requests (minutes)
     python loadtests/bench.py --scenarios tiny,tiny1,churn --tls   # the proxies listen with TLS
+    python loadtests/bench.py --tls --scenarios h2 --targets nginx,haproxy,rollout-proxy
+                                                   # h2load, 100 streams over 8 connections:
+                                                   # nginx `ssl http2`, HAProxy `alpn h2,http/1.1`
     python loadtests/bench.py --targets rollout-proxy --scenarios tiny --shadow 10
                                                    # a shadow step mirroring 10% (--workers 1)
 
@@ -63,7 +66,7 @@ ALL_TARGETS = ("direct", "nginx", "haproxy", "rollout-proxy", "bare")
 ALL_SCENARIOS = ("tiny", "tiny1", "body", "idle", "churn", "soak", "h2")
 DEFAULT_SCENARIOS = ("tiny", "tiny1", "body", "idle", "churn")  # soak, h2 (--tls): by name
 # Targets that speak HTTP/2 in the h2 scenario (the others are left out of it).
-H2_TARGETS = ("nginx", "rollout-proxy")
+H2_TARGETS = ("nginx", "haproxy", "rollout-proxy")
 ROTATION = ("nginx", "haproxy", "rollout-proxy", "bare", "direct")
 BARE_SCRIPT = REPO_ROOT / "loadtests" / "bare.py"
 BARE_MODULES = ("httptools", "uvloop")  # what bare.py needs besides the standard library
@@ -743,13 +746,15 @@ class Bench:
                     maxconn=self.max_conns,
                     port=ports[0],
                     upstream_port=self.upstream_ports[0],
-                    bind_tls=f" ssl crt {self.cert.both} ssl-min-ver TLSv1.2" if self.cert else "",
+                    bind_tls=haproxy_bind_tls(self.cert, "h2" in self.opts.scenarios),
                 )
             )
             return pinned(self.target_cpu, ["haproxy", "-db", "-f", str(cfg)]), None, None
 
         proc, ports = self._start("haproxy", build, 1, 1)
         note = "1 thread, http-reuse always" + (", TLS" if self.cert else "")
+        if self.cert is not None and "h2" in self.opts.scenarios:
+            note += ", ALPN h2,http/1.1"
         return Target("haproxy", ports[0], proc, note, tls=self.cert is not None)
 
     def start_rollout_proxy(self) -> Target:
@@ -855,6 +860,14 @@ def make_certificate(workdir: Path) -> TlsFiles:
     files.key.write_bytes(key_pem)
     files.both.write_bytes(cert_pem + key_pem)
     return files
+
+
+def haproxy_bind_tls(cert: TlsFiles | None, http2: bool) -> str:
+    """HAProxy's `bind` options under --tls; with `http2` it offers h2 then http/1.1 by ALPN
+    (as nginx's `listen ... ssl http2` does), its upstream staying HTTP/1.1 keep-alive."""
+    if cert is None:
+        return ""
+    return f" ssl crt {cert.both} ssl-min-ver TLSv1.2" + (" alpn h2,http/1.1" if http2 else "")
 
 
 def nginx_argv(prefix: Path) -> list[str]:
