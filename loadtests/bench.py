@@ -1004,16 +1004,18 @@ def rollout_config(
     *,
     h2c: bool = False,
     http2: bool = False,
+    h2c_listener: bool = False,
 ) -> str:
     """`shadow` > 0: the first step is a shadow step mirroring that percent of the requests
     to the canary (exposing nobody) instead of a 10% canary step. `h2c`: HTTP/2 (prior
-    knowledge) to the upstreams; `http2`: the listener serves HTTP/2 too."""
+    knowledge) to the upstreams; `http2`: the listener serves HTTP/2 too, and with
+    `h2c_listener` by prior knowledge on a plain listener (loadtests/h2flood.py)."""
     tiers = {f"tenant-{i:04d}": "enterprise" for i in range(1, 11)}
     tiers.update({f"tenant-{i:04d}": "internal" for i in range(11, 21)})
     tier_lines = "\n".join(f"        {k}: {v}" for k, v in tiers.items())
     tls_block = f"tls: {{cert: {cert.cert}, key: {cert.key}}}\n" if cert else ""
     if http2:
-        tls_block += "http2: {enabled: true}\n"
+        tls_block += f"http2: {{enabled: true{', h2c: true' if h2c_listener else ''}}}\n"
     return ROLLOUT_YAML.format(
         tls_block=tls_block,
         port=port,
