@@ -2031,7 +2031,9 @@ def execute(opts: Options, workdir: Path) -> int:
             failures.update(grpc_failures)
         for name, why in failures.items():
             print(f"FAILED {name}: {why}", flush=True)
-        print(f"targets: {', '.join(t.name for t in rotation(targets)) or 'none'}", flush=True)
+        if any(s != "grpc" for s in opts.scenarios):
+            names = ", ".join(t.name for t in rotation(targets)) or "none"
+            print(f"targets: {names}", flush=True)
         if "grpc" in opts.scenarios:
             names = ", ".join(t.name for t in rotation(grpc_targets)) or "none"
             print(f"grpc targets: {names}", flush=True)

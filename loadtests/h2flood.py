@@ -107,6 +107,7 @@ class FloodResult:
     duration_s: float = 0.0
     connections: int = 0
     closed_by_target: int = 0
+    refused_connects: int = 0  # connection attempts that failed (counted in connections)
     sent: int = 0
     sent_unit: str = "frames"
     upstream_attack_requests: int = 0
@@ -179,6 +180,13 @@ class Conn:
 
     async def flush(self) -> None:
         await self.write(self.h2.data_to_send())
+
+    async def closed_by_peer(self, within: float) -> bool:
+        """Whether the target ends the connection within `within` s (it may send GOAWAY
+        first and close a moment later)."""
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.shield(self._task), max(0.0, within))
+        return self.closed
 
     async def close(self) -> None:
         self._task.cancel()
@@ -278,8 +286,7 @@ async def _worker(
         await conn.flush()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(flood(conn, tally, until), max(0.0, until - loop.time()))
-        await asyncio.sleep(0.01)  # the target's last bytes and EOF
-        if conn.closed and loop.time() < until:
+        if loop.time() < until and await conn.closed_by_peer(min(1.0, until - loop.time())):
             tally.closed_by_target += 1
         await conn.close()
 
@@ -464,6 +471,7 @@ def run_one(flood: Flood, target: bench.Target, name: str, opts: argparse.Namesp
     result.upstream_attack_requests = attack1 - attack0
     result.upstream_legit_requests = legit1 - legit0
     result.connections, result.closed_by_target = tally.connections, tally.closed_by_target
+    result.refused_connects = tally.refused_connects
     result.sent = tally.frames
     if log.exists():
         figures = legit_figures(log)
@@ -487,7 +495,8 @@ def rows(results: Sequence[FloodResult]) -> str:
         [
             r.attack,
             r.target,
-            f"{r.connections}/{r.closed_by_target}",
+            f"{r.connections}/{r.closed_by_target}"
+            + (f" ({r.refused_connects} refused)" if r.refused_connects else ""),
             f"{r.sent:,} {r.sent_unit}",
             f"{r.upstream_attack_requests:,}",
             f"{r.cpu_s:.2f}",
