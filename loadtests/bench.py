@@ -1317,8 +1317,9 @@ def measure(bench: Bench, sc: Scenario, target: Target, rnd: int, duration: floa
         answered = result.requests - result.bad_status
         if result.upstream_calls < answered:  # 2xx the grpcio servers never served
             result.failure = (
-                f"h2load counted {answered:,} 2xx answers but the grpcio servers served only "
-                f"{result.upstream_calls:,} calls: some were answered by {target.name} itself"
+                f"h2load counted {answered:,} 2xx answers but the grpcio servers' handlers "
+                f"served only {result.upstream_calls:,} calls: the rest were gRPC errors behind "
+                "an HTTP 200 (from the proxy, or gRPC core refusing calls)"
             )
     if target.proc:
         if not target.proc.alive():
@@ -2054,9 +2055,17 @@ def execute(opts: Options, workdir: Path) -> int:
         rollout = (
             check_rollout(proxy[0], bool(http_runs or soak), opts.shadow > 0) if proxy else None
         )
+        # The grpc proxy's own rollout: still at its first step means its analysis saw no
+        # failing gRPC outcome on the canary (a grpc-status error would roll it back).
+        grpc_proxy = [t for t in grpc_targets if t.name == "rollout-proxy"]
+        grpc_runs = [r for r in runs if r.scenario == "grpc"]
+        grpc_rollout = check_rollout(grpc_proxy[0], bool(grpc_runs)) if grpc_proxy else None
         data = report(
             opts, machine_info(), targets, failures, runs, idle, soak, rollout, grpc_targets
         )
+        if grpc_rollout is not None:
+            print(f"grpc {rollout_line(grpc_rollout)}")
+        data["grpc_rollout"] = asdict(grpc_rollout) if grpc_rollout is not None else None
     finally:
         bench.close()
     ok = (
@@ -2065,6 +2074,7 @@ def execute(opts: Options, workdir: Path) -> int:
         and not any(i.failure for i in idle)
         and not any(r.failure for r in soak)
         and (rollout is None or rollout.failure is None)
+        and (grpc_rollout is None or grpc_rollout.failure is None)
     )
     data["ok"] = ok
     if opts.json_path:

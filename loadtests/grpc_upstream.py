@@ -12,6 +12,8 @@ The benchmark starts two of them (stable and canary), pinned to the load generat
     taskset -c 0 python loadtests/grpc_upstream.py --listen 127.0.0.1:PORT --pool stable \\
         --threads 64
 
+Calls wait for a thread in a queue of up to 20,000 (gRPC core's default refuses calls
+beyond 1,000 with RESOURCE_EXHAUSTED, behind an HTTP 200 that h2load counts as a success).
 It prints `listening on HOST:PORT` once bound. SO_REUSEPORT is off, so a port someone else
 holds makes the start fail instead of sharing the traffic.
 """
@@ -28,6 +30,7 @@ from concurrent import futures
 import grpc
 
 SERVICE = "bench.Echo"
+MAX_PENDING = 20_000  # calls waiting for a handler thread before gRPC core refuses them
 
 
 def _ident(data: bytes) -> bytes:
@@ -60,7 +63,14 @@ def build(listen: str, pool: str, threads: int) -> tuple[grpc.Server, Echo, int]
     echo = Echo(pool)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=threads),
-        options=[("grpc.so_reuseport", 0)],
+        options=[
+            ("grpc.so_reuseport", 0),
+            # gRPC core answers calls beyond 1,000 waiting for a handler thread with
+            # RESOURCE_EXHAUSTED ("Too many pending requests"): 800 streams of one run plus a
+            # proxy's calls still in flight from the last one go past that.
+            ("grpc.server.max_pending_requests", MAX_PENDING),
+            ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING),
+        ],
     )
     handlers = {
         "Unary": grpc.unary_unary_rpc_method_handler(echo.unary, _ident, _ident),

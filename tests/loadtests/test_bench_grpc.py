@@ -168,6 +168,8 @@ def test_a_smoke_run_of_h2_and_grpc_against_every_target(tmp_path: Path) -> None
             assert run["upstream_cpu_pct"] > 0
         else:
             assert run["upstream_calls"] is None
+    assert data["grpc_rollout"]["status"] == "progressing"  # no gRPC failure rolled it back
+    assert data["grpc_rollout"]["failure"] is None
     grpc = {s["target"]: s for s in data["summaries"]["grpc"]}
     assert grpc["direct"]["vs_direct"] == 1.0
     assert grpc["nginx"]["vs_nginx"] == 1.0
