@@ -1136,10 +1136,15 @@ def grpc_channel(port: int, cert: TlsFiles | None) -> Any:
 
 def grpc_served(ports: Sequence[int]) -> int:
     """Unary calls the grpcio servers on `ports` have served (their Stats method)."""
+    import grpc
+
     total = 0
     for port in ports:
         with grpc_channel(port, None) as channel:
-            total += int(channel.unary_unary("/bench.Echo/Stats")(b"", timeout=5))
+            try:
+                total += int(channel.unary_unary("/bench.Echo/Stats")(b"", timeout=5))
+            except grpc.RpcError as exc:
+                raise RuntimeError(f"grpcio server on port {port}: {exc.code().name}") from exc
     return total
 
 
@@ -2101,7 +2106,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, help="seconds per wrk run (default 10)")
     p.add_argument(
         "--scenarios",
-        help=f"comma list of {','.join(ALL_SCENARIOS)} (default: all but soak)",
+        help=f"comma list of {','.join(ALL_SCENARIOS)} (default: "
+        f"{','.join(DEFAULT_SCENARIOS)}; h2 and grpc need --tls)",
     )
     p.add_argument(
         "--targets",
