@@ -160,12 +160,16 @@ NGINX_TLS = """\
         ssl_session_tickets on;
 """
 
+# `keepalive` (idle upstream connections kept) is above the h2 and grpc scenarios' 800
+# concurrent streams, each of which holds an upstream connection in nginx: with fewer, nginx
+# closes and reopens upstream connections all through those runs (HAProxy's `http-reuse
+# always` keeps them). The HTTP/1.1 scenarios never hold more than 256.
 PROXY_NGINX_HTTP = """\
     client_max_body_size 2m;
 
     upstream stable {{
         server 127.0.0.1:{upstream_port};
-        keepalive 256;
+        keepalive 1024;
         keepalive_requests 100000000;
         keepalive_timeout 120s;
     }}
@@ -209,7 +213,7 @@ backend stable
 GRPC_NGINX_HTTP = """\
     upstream grpc_stable {{
         server 127.0.0.1:{upstream_port};
-        keepalive 256;
+        keepalive 1024;
         keepalive_requests 100000000;
         keepalive_timeout 120s;
     }}

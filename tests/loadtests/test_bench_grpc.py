@@ -69,7 +69,7 @@ def test_each_proxy_is_configured_for_grpc_and_h2load_sends_grpc_calls(tmp_path:
     assert "listen 127.0.0.1:1 backlog=4096 ssl http2;" in nginx
     assert "grpc_pass grpc://grpc_stable;" in nginx
     assert "server 127.0.0.1:3;" in nginx
-    assert "keepalive 256;" in nginx
+    assert "keepalive 1024;" in nginx
 
     bind = module.haproxy_bind_tls(files, True)
     cfg = module.HAPROXY_GRPC_CFG.format(maxconn=10, port=1, upstream_port=3, bind_tls=bind)
