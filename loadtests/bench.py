@@ -20,8 +20,23 @@ Usage::
     python loadtests/bench.py --targets direct,nginx --scenarios tiny --json out.json
     python loadtests/bench.py --scenarios soak     # RSS over 2 million requests (minutes)
     python loadtests/bench.py --scenarios tiny,tiny1,churn --tls   # the proxies listen with TLS
+    python loadtests/bench.py --tls --scenarios h2 --targets nginx,haproxy,rollout-proxy
+                                                   # h2load, 100 streams over 8 connections:
+                                                   # nginx `ssl http2`, HAProxy `alpn h2,http/1.1`
+    python loadtests/bench.py --tls --scenarios grpc --targets nginx,haproxy,rollout-proxy,direct
+                                                   # gRPC unary echo, 100 streams x 8 conns,
+                                                   # to grpcio servers (loadtests/grpc_upstream.py)
     python loadtests/bench.py --targets rollout-proxy --scenarios tiny --shadow 10
                                                    # a shadow step mirroring 10% (--workers 1)
+
+The grpc scenario runs proxies of their own in front of two grpcio servers (stable, canary;
+loadtests/grpc_upstream.py, 64 threads each, on the load CPU): nginx (`grpc_pass`, keep-alive),
+HAProxy (`server ... proto h2`), rollout-proxy (`upstreams: {protocol: h2c}`), and `direct`
+(h2load straight at the stable server over h2c: the upstream's own ceiling, printed after the
+table). h2load POSTs one 5-byte-prefixed 32-byte message with `content-type: application/grpc`
+and `te: trailers`. h2load counts HTTP statuses only, so every target first gets 200 unary calls
+from a grpcio client, each of which must end with grpc-status 0 and echo its bytes, and each
+run's 2xx count must not exceed the calls the servers say they served (`upstream calls`).
 
 Exit status: 0 ok, 1 a target failed its checks or a run had errors, 2 a required tool is missing.
 """
@@ -60,14 +75,27 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
 BODY_BYTES = MIB
 ALL_TARGETS = ("direct", "nginx", "haproxy", "rollout-proxy", "bare")
-ALL_SCENARIOS = ("tiny", "tiny1", "body", "idle", "churn", "soak", "h2")
-DEFAULT_SCENARIOS = ("tiny", "tiny1", "body", "idle", "churn")  # soak, h2 (--tls): by name
+ALL_SCENARIOS = ("tiny", "tiny1", "body", "idle", "churn", "soak", "h2", "grpc")
+DEFAULT_SCENARIOS = ("tiny", "tiny1", "body", "idle", "churn")  # soak, h2, grpc: by name
+# Scenarios over HTTP/2 (TLS with ALPN h2 to the proxies): they need --tls and h2load.
+H2_SCENARIOS = ("h2", "grpc")
 # Targets that speak HTTP/2 in the h2 scenario (the others are left out of it).
-H2_TARGETS = ("nginx", "rollout-proxy")
+H2_TARGETS = ("nginx", "haproxy", "rollout-proxy")
 ROTATION = ("nginx", "haproxy", "rollout-proxy", "bare", "direct")
+# The grpc scenario's targets: proxies of their own in front of grpcio servers, and `direct`
+# (h2load straight at the stable grpcio server over h2c: the upstream's own ceiling).
+GRPC_TARGETS = ("nginx", "haproxy", "rollout-proxy", "direct")
+GRPC_SCRIPT = REPO_ROOT / "loadtests" / "grpc_upstream.py"
+GRPC_METHOD = "/bench.Echo/Unary"
+GRPC_MESSAGE = b"rollout-proxy bench echo 0123456"  # 32 bytes, echoed back
+GRPC_THREADS = 64  # handler threads of each grpcio server
+GRPC_PREFLIGHT_CALLS = 200
 BARE_SCRIPT = REPO_ROOT / "loadtests" / "bare.py"
 BARE_MODULES = ("httptools", "uvloop")  # what bare.py needs besides the standard library
-INSTALL_HINT = "install them with: apt-get install -y wrk nginx-light   (HAProxy: haproxy)"
+INSTALL_HINT = (
+    "install them with: apt-get install -y wrk nginx-light   (HAProxy: haproxy; h2load: "
+    "nghttp2-client)"
+)
 TENANTS = 1000
 SOAK_IDS = 50_000  # distinct tenant ids in the soak: more than the proxy's routing caches hold
 FLAT_RSS = 0.10  # the soak's RSS counts as flat when the last sample is within 10% of the first
@@ -132,12 +160,16 @@ NGINX_TLS = """\
         ssl_session_tickets on;
 """
 
+# `keepalive` (idle upstream connections kept) is above the h2 and grpc scenarios' 800
+# concurrent streams, each of which holds an upstream connection in nginx: with fewer, nginx
+# closes and reopens upstream connections all through those runs (HAProxy's `http-reuse
+# always` keeps them). The HTTP/1.1 scenarios never hold more than 256.
 PROXY_NGINX_HTTP = """\
     client_max_body_size 2m;
 
     upstream stable {{
         server 127.0.0.1:{upstream_port};
-        keepalive 256;
+        keepalive 1024;
         keepalive_requests 100000000;
         keepalive_timeout 120s;
     }}
@@ -175,6 +207,27 @@ frontend fe
 backend stable
     server s1 127.0.0.1:{upstream_port} maxconn 1000
 """
+
+# The grpc scenario's nginx: HTTP/2 over TLS in front, grpc_pass to a keep-alive pool of h2c
+# connections to the stable grpcio server (nginx carries one stream per upstream connection).
+GRPC_NGINX_HTTP = """\
+    upstream grpc_stable {{
+        server 127.0.0.1:{upstream_port};
+        keepalive 1024;
+        keepalive_requests 100000000;
+        keepalive_timeout 120s;
+    }}
+
+    server {{
+        listen 127.0.0.1:{port} backlog=4096 ssl http2;
+{tls_lines}        location / {{
+            grpc_pass grpc://grpc_stable;
+        }}
+    }}
+"""
+
+# The grpc scenario's HAProxy: the same, its server spoken to in HTTP/2 (h2c).
+HAPROXY_GRPC_CFG = HAPROXY_CFG.replace(" maxconn 1000\n", " maxconn 1000 proto h2\n")
 
 ROLLOUT_YAML = """\
 listen: 127.0.0.1:{port}
@@ -264,6 +317,7 @@ class Scenario:
     tenants: int = TENANTS  # distinct tenant ids among them
     timeout_s: float = 2.0
     streams: int = 0  # > 0: HTTP/2 over TLS (ALPN h2), h2load with this many streams each
+    grpc: bool = False  # gRPC unary calls (POST, length-prefixed message) to the grpcio servers
 
 
 @dataclass(slots=True)
@@ -286,6 +340,8 @@ class RunResult:
     bad_status: int = 0
     socket_errors: dict[str, int] = field(default_factory=dict)
     failure: str | None = None
+    upstream_calls: int | None = None  # grpc: Unary calls the grpcio servers served in the run
+    upstream_cpu_pct: float | None = None  # grpc: the grpcio servers' CPU over the run
 
     @property
     def errors(self) -> int:
@@ -367,6 +423,9 @@ class Summary:
     cpu_us_per_req: float | None = None
     peak_rss_mib: float | None = None
     errors: int = 0  # over every run, flagged ones included
+    vs_direct: float | None = None  # grpc: RPS over the grpcio server's own (direct)
+    upstream_calls: int | None = None  # grpc: summed over the valid runs
+    upstream_cpu_pct: float | None = None  # grpc: median over the valid runs
 
 
 @dataclass(slots=True)
@@ -420,6 +479,17 @@ TIMED_SCENARIOS: dict[str, Callable[[Options], Scenario]] = {
         8,
         streams=100,
         tenants=1,
+    ),
+    "grpc": lambda o: Scenario(
+        "grpc",
+        f"gRPC unary {GRPC_METHOD} ({len(GRPC_MESSAGE)}-byte echo) over HTTP/2 (TLS, ALPN h2; "
+        "direct: h2c) to grpcio servers: h2load, 100 streams over 8 connections",
+        8,
+        method="POST",
+        path=GRPC_METHOD,
+        streams=100,
+        tenants=1,
+        grpc=True,
     ),
 }
 
@@ -493,14 +563,21 @@ def socket_inodes(pids: Sequence[int]) -> set[str]:
 
 
 def listener_inodes(port: int) -> set[str]:
-    """Inodes of sockets listening on 127.0.0.1:port (or any address)."""
+    """Inodes of sockets listening on 127.0.0.1:port (or any address), IPv4 sockets or IPv6
+    ones holding it as a v4-mapped address (as grpcio binds)."""
     found: set[str] = set()
-    for line in (_read("/proc/net/tcp") or "").splitlines()[1:]:
+    lines = (_read("/proc/net/tcp") or "").splitlines()[1:]
+    lines += (_read("/proc/net/tcp6") or "").splitlines()[1:]
+    for line in lines:
         parts = line.split()
         addr, port_hex = parts[1].split(":")
-        if parts[3] == "0A" and int(port_hex, 16) == port and addr in ("0100007F", "00000000"):
+        if parts[3] == "0A" and int(port_hex, 16) == port and addr in LOOPBACK_HEX:
             found.add(parts[9])
     return found
+
+
+# 127.0.0.1 and 0.0.0.0 as /proc/net/tcp spells them, then as v4-mapped IPv6 in /proc/net/tcp6.
+LOOPBACK_HEX = ("0100007F", "00000000", "0000000000000000FFFF00000100007F", "0" * 32)
 
 
 class RssSampler:
@@ -654,6 +731,9 @@ class Bench:
         self.procs: list[Managed] = []
         self.upstream_ports = (0, 0)
         self.h2c_ports = (0, 0)  # the same upstreams over h2c (--upstream-h2c)
+        self.grpc_ports = (0, 0)  # the grpcio servers, stable and canary (grpc scenario)
+        self.grpc_procs: list[Managed] = []
+        self.grpc_request = workdir / "grpc-request.bin"  # h2load's -d: one framed message
         self.nofile = nofile  # inherited by every server started here
         self.max_conns = max(8192, opts.idle_n + 1024)  # downstream connections to accept
         self.cert: TlsFiles | None = make_certificate(workdir) if opts.tls else None
@@ -717,7 +797,28 @@ class Bench:
             self.h2c_ports = (ports[2], ports[3])
         return Target("direct", ports[0], None, "wrk straight at the upstream")
 
-    def start_nginx(self) -> Target:
+    def start_grpc_upstreams(self) -> Target:
+        """Two grpcio servers (stable and canary) pinned to the load CPU, like the nginx
+        upstream; the `direct` target is the stable one over h2c."""
+        ports: list[int] = []
+        for pool in ("stable", "canary"):
+
+            def build(
+                got: list[int], pool: str = pool
+            ) -> tuple[list[str], Path | None, dict[str, str] | None]:
+                argv = [sys.executable, str(GRPC_SCRIPT), "--listen", f"127.0.0.1:{got[0]}"]
+                argv += ["--pool", pool, "--threads", str(GRPC_THREADS)]
+                return pinned(self.load_cpu, argv), None, None
+
+            proc, got = self._start(f"grpc-{pool}", build, 1, 1)
+            self.grpc_procs.append(proc)
+            ports.append(got[0])
+        self.grpc_ports = (ports[0], ports[1])
+        self.grpc_request.write_bytes(grpc_frame(GRPC_MESSAGE))
+        note = f"h2load straight at the stable grpcio server (h2c, {GRPC_THREADS} threads)"
+        return Target("direct", ports[0], None, note)
+
+    def start_nginx(self, grpc: bool = False) -> Target:
         cert = self.cert
         ssl, tls_lines = "", ""
         if cert is not None:
@@ -725,48 +826,67 @@ class Bench:
             tls_lines = NGINX_TLS.format(cert=cert.cert, key=cert.key)
 
         def build(ports: list[int]) -> tuple[list[str], Path | None, dict[str, str] | None]:
-            body = PROXY_NGINX_HTTP.format(
-                upstream_port=self.upstream_ports[0], port=ports[0], ssl=ssl, tls_lines=tls_lines
-            )
+            if grpc:
+                body = GRPC_NGINX_HTTP.format(
+                    upstream_port=self.grpc_ports[0], port=ports[0], tls_lines=tls_lines
+                )
+            else:
+                body = PROXY_NGINX_HTTP.format(
+                    upstream_port=self.upstream_ports[0],
+                    port=ports[0],
+                    ssl=ssl,
+                    tls_lines=tls_lines,
+                )
             prefix = self._nginx_prefix(f"nginx-proxy-{ports[0]}", body)
             return pinned(self.target_cpu, nginx_argv(prefix)), None, None
 
-        proc, ports = self._start("nginx", build, 1, 1)
+        proc, ports = self._start("nginx-grpc" if grpc else "nginx", build, 1, 1)
         note = "1 worker, keep-alive upstream" + (", TLS" if cert else "")
+        if grpc:
+            note = "1 worker, grpc_pass to a keep-alive h2c pool, TLS"
         return Target("nginx", ports[0], proc, note, tls=cert is not None)
 
-    def start_haproxy(self) -> Target:
+    def start_haproxy(self, grpc: bool = False) -> Target:
+        http2 = grpc or "h2" in self.opts.scenarios
+
         def build(ports: list[int]) -> tuple[list[str], Path | None, dict[str, str] | None]:
             cfg = self.workdir / f"haproxy-{ports[0]}.cfg"
             cfg.write_text(
-                HAPROXY_CFG.format(
+                (HAPROXY_GRPC_CFG if grpc else HAPROXY_CFG).format(
                     maxconn=self.max_conns,
                     port=ports[0],
-                    upstream_port=self.upstream_ports[0],
-                    bind_tls=f" ssl crt {self.cert.both} ssl-min-ver TLSv1.2" if self.cert else "",
+                    upstream_port=(self.grpc_ports if grpc else self.upstream_ports)[0],
+                    bind_tls=haproxy_bind_tls(self.cert, http2),
                 )
             )
             return pinned(self.target_cpu, ["haproxy", "-db", "-f", str(cfg)]), None, None
 
-        proc, ports = self._start("haproxy", build, 1, 1)
+        proc, ports = self._start("haproxy-grpc" if grpc else "haproxy", build, 1, 1)
         note = "1 thread, http-reuse always" + (", TLS" if self.cert else "")
+        if self.cert is not None and http2:
+            note += ", ALPN h2,http/1.1"
+        if grpc:
+            note += ", proto h2 (h2c) to the grpcio server"
         return Target("haproxy", ports[0], proc, note, tls=self.cert is not None)
 
-    def start_rollout_proxy(self) -> Target:
+    def start_rollout_proxy(self, grpc: bool = False) -> Target:
+        upstream = self.h2c_ports if self.opts.upstream_h2c else self.upstream_ports
+        state = self.workdir / ("state-grpc" if grpc else "state")
+
         def build(ports: list[int]) -> tuple[list[str], Path | None, dict[str, str] | None]:
             cfg = self.workdir / f"rollout-{ports[0]}.yaml"
-            (self.workdir / "state").mkdir(exist_ok=True)
+            state.mkdir(exist_ok=True)
             cfg.write_text(
                 rollout_config(
                     ports[0],
                     ports[1],
-                    self.h2c_ports if self.opts.upstream_h2c else self.upstream_ports,
-                    self.workdir / "state" / "rollouts.json",
+                    self.grpc_ports if grpc else upstream,
+                    state / "rollouts.json",
                     self.max_conns,
-                    self.opts.shadow,
+                    0.0 if grpc else self.opts.shadow,
                     self.cert,
-                    h2c=self.opts.upstream_h2c,
-                    http2="h2" in self.opts.scenarios,
+                    h2c=grpc or self.opts.upstream_h2c,
+                    http2=grpc or "h2" in self.opts.scenarios,
                 )
             )
             argv = [
@@ -781,8 +901,11 @@ class Bench:
             )
             return pinned(self.target_cpu, argv), REPO_ROOT, env
 
-        proc, ports = self._start("rollout-proxy", build, 2, 1)
+        proc, ports = self._start("rollout-proxy-grpc" if grpc else "rollout-proxy", build, 2, 1)
         note = "as shipped: metrics and analysis on, rollout at a 10% canary step"
+        if grpc:
+            note += ", TLS, h2c to the grpcio servers (upstreams: {protocol: h2c})"
+            return Target("rollout-proxy", ports[0], proc, note, admin_port=ports[1], tls=True)
         if self.opts.shadow:
             note = (
                 f"metrics and analysis on, rollout at a shadow step mirroring "
@@ -857,6 +980,19 @@ def make_certificate(workdir: Path) -> TlsFiles:
     return files
 
 
+def haproxy_bind_tls(cert: TlsFiles | None, http2: bool) -> str:
+    """HAProxy's `bind` options under --tls; with `http2` it offers h2 then http/1.1 by ALPN
+    (as nginx's `listen ... ssl http2` does), its upstream staying HTTP/1.1 keep-alive."""
+    if cert is None:
+        return ""
+    return f" ssl crt {cert.both} ssl-min-ver TLSv1.2" + (" alpn h2,http/1.1" if http2 else "")
+
+
+def grpc_frame(message: bytes) -> bytes:
+    """One gRPC message on the wire: uncompressed flag, 4-byte big-endian length, the bytes."""
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
 def nginx_argv(prefix: Path) -> list[str]:
     return ["nginx", "-p", f"{prefix}/", "-c", "nginx.conf", "-e", "stderr"]
 
@@ -872,16 +1008,18 @@ def rollout_config(
     *,
     h2c: bool = False,
     http2: bool = False,
+    h2c_listener: bool = False,
 ) -> str:
     """`shadow` > 0: the first step is a shadow step mirroring that percent of the requests
     to the canary (exposing nobody) instead of a 10% canary step. `h2c`: HTTP/2 (prior
-    knowledge) to the upstreams; `http2`: the listener serves HTTP/2 too."""
+    knowledge) to the upstreams; `http2`: the listener serves HTTP/2 too, and with
+    `h2c_listener` by prior knowledge on a plain listener (loadtests/h2flood.py)."""
     tiers = {f"tenant-{i:04d}": "enterprise" for i in range(1, 11)}
     tiers.update({f"tenant-{i:04d}": "internal" for i in range(11, 21)})
     tier_lines = "\n".join(f"        {k}: {v}" for k, v in tiers.items())
     tls_block = f"tls: {{cert: {cert.cert}, key: {cert.key}}}\n" if cert else ""
     if http2:
-        tls_block += "http2: {enabled: true}\n"
+        tls_block += f"http2: {{enabled: true{', h2c: true' if h2c_listener else ''}}}\n"
     return ROLLOUT_YAML.format(
         tls_block=tls_block,
         port=port,
@@ -985,6 +1123,72 @@ def preflight(target: Target, with_body: bool) -> tuple[str | None, str]:
 
 
 # ---------------------------------------------------------------------------------------------
+# gRPC pre-flight and counters (a real grpcio client, before and around the timed runs)
+# ---------------------------------------------------------------------------------------------
+
+
+def grpc_channel(port: int, cert: TlsFiles | None) -> Any:
+    """A grpcio channel to 127.0.0.1:port: TLS trusting the run's certificate, else h2c."""
+    import grpc
+
+    address = f"127.0.0.1:{port}"
+    if cert is None:
+        return grpc.insecure_channel(address)
+    credentials = grpc.ssl_channel_credentials(root_certificates=cert.cert.read_bytes())
+    return grpc.secure_channel(address, credentials)
+
+
+def grpc_served(ports: Sequence[int]) -> int:
+    """Unary calls the grpcio servers on `ports` have served (their Stats method)."""
+    import grpc
+
+    total = 0
+    for port in ports:
+        with grpc_channel(port, None) as channel:
+            try:
+                total += int(channel.unary_unary("/bench.Echo/Stats")(b"", timeout=5))
+            except grpc.RpcError as exc:
+                raise RuntimeError(f"grpcio server on port {port}: {exc.code().name}") from exc
+    return total
+
+
+def grpc_preflight(
+    target: Target, cert: TlsFiles | None, calls: int = GRPC_PREFLIGHT_CALLS
+) -> tuple[str | None, str]:
+    """`calls` unary echo calls through the target, each of which must end with grpc-status 0
+    (OK) and its own bytes back; then `calls` tenant ids, asked twice on two channels, must land
+    on the same grpcio server (Pool). Returns (error, note) as preflight does."""
+    import grpc
+
+    failed: list[str] = []
+    pools: list[list[bytes]] = []
+    try:
+        for attempt in range(2):
+            with grpc_channel(target.port, cert if target.tls else None) as channel:
+                unary = channel.unary_unary(GRPC_METHOD)
+                pool = channel.unary_unary("/bench.Echo/Pool")
+                if attempt == 0:
+                    for i in range(calls):
+                        try:
+                            meta = (("x-tenant-id", f"tenant-{i % TENANTS:04d}"),)
+                            if unary(GRPC_MESSAGE, timeout=5, metadata=meta) != GRPC_MESSAGE:
+                                failed.append("a wrong echo")
+                        except grpc.RpcError as exc:
+                            failed.append(f"{exc.code().name}: {exc.details()}")
+                ids = [(("x-tenant-id", f"sticky-{i}"),) for i in range(calls)]
+                pools.append([pool(b"", timeout=5, metadata=m) for m in ids])
+    except grpc.RpcError as exc:
+        return f"gRPC pre-flight: {exc.code().name}: {exc.details()}", ""
+    if failed:
+        return f"{len(failed)} of {calls} gRPC calls failed, e.g. {failed[0]}", ""
+    moved = sum(a != b for a, b in zip(pools[0], pools[1], strict=True))
+    if moved:
+        return f"{moved} of {calls} ids changed grpcio server", ""
+    canary = pools[0].count(b"canary") / calls
+    return None, f"grpc-status 0 on {calls}/{calls} calls; canary share {canary:.1%} of {calls} ids"
+
+
+# ---------------------------------------------------------------------------------------------
 # wrk
 # ---------------------------------------------------------------------------------------------
 
@@ -1041,25 +1245,31 @@ def run_wrk(
     raise RuntimeError(f"wrk exited {proc.returncode} without a result:\n{out.strip()[-800:]}")
 
 
-def run_h2load(bench: Bench, sc: Scenario, port: int, duration: float) -> dict[str, float]:
-    """h2load (nghttp2-client) over TLS with ALPN h2: `sc.connections` connections of
-    `sc.streams` concurrent streams each, for `duration` s; the figures wrk's script reports
-    (p50/p99 from h2load's per-request log)."""
+def h2load_argv(
+    sc: Scenario, port: int, duration: float, log: Path, *, tls: bool, grpc_request: Path
+) -> list[str]:
+    """h2load's command line (unpinned): `sc.connections` connections of `sc.streams`
+    concurrent streams each for `duration` s, over TLS with ALPN h2 (`tls`) or h2c by prior
+    knowledge. gRPC: POST of the framed message in `grpc_request`, with gRPC's headers."""
+    argv = ["h2load", "-t1", f"-c{sc.connections}", f"-m{sc.streams}"]
+    argv += [f"-D{max(1, round(duration))}", "-H", "X-Tenant-ID: tenant-0001"]
+    if sc.grpc:
+        argv += ["-d", str(grpc_request), "-H", "content-type: application/grpc"]
+        argv += ["-H", "te: trailers"]
+    scheme = "https" if tls else "http"
+    return [*argv, f"--log-file={log}", f"{scheme}://127.0.0.1:{port}{sc.path}"]
+
+
+def run_h2load(
+    bench: Bench, sc: Scenario, port: int, duration: float, *, tls: bool = True
+) -> dict[str, float]:
+    """h2load (nghttp2-client), as h2load_argv says, pinned to the load CPU; the figures wrk's
+    script reports (p50/p99 from h2load's per-request log)."""
     log = bench.workdir / f"h2load-{port}.log"
     log.unlink(missing_ok=True)
     argv = pinned(
         bench.load_cpu,
-        [
-            "h2load",
-            "-t1",
-            f"-c{sc.connections}",
-            f"-m{sc.streams}",
-            f"-D{max(1, round(duration))}",
-            "-H",
-            "X-Tenant-ID: tenant-0001",
-            f"--log-file={log}",
-            f"https://127.0.0.1:{port}{sc.path}",
-        ],
+        h2load_argv(sc, port, duration, log, tls=tls, grpc_request=bench.grpc_request),
     )
     proc = subprocess.run(
         argv, capture_output=True, text=True, timeout=duration + 30, stdin=subprocess.DEVNULL
@@ -1095,16 +1305,31 @@ def measure(bench: Bench, sc: Scenario, target: Target, rnd: int, duration: floa
     pids = target.proc.tree() if target.proc else []
     cpu0 = cpu_seconds(pids)
     sampler = RssSampler(target.proc.pid) if target.proc and sc.body_bytes else None
+    upstream_pids = [p for proc in bench.grpc_procs for p in proc.tree()] if sc.grpc else []
     try:
+        calls0 = grpc_served(bench.grpc_ports) if sc.grpc else 0
+        upstream_cpu0, started = cpu_seconds(upstream_pids), time.monotonic()
         with sampler or contextlib.nullcontext():
             if sc.streams:
-                raw = run_h2load(bench, sc, target.port, duration)
+                raw = run_h2load(bench, sc, target.port, duration, tls=target.tls)
             else:
                 raw = run_wrk(bench, sc, target.port, duration, tls=target.tls)
+        if sc.grpc:
+            result.upstream_calls = grpc_served(bench.grpc_ports) - calls0
+            elapsed = time.monotonic() - started
+            result.upstream_cpu_pct = 100 * (cpu_seconds(upstream_pids) - upstream_cpu0) / elapsed
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
         result.failure = str(exc)
         return result
     fill_result(result, sc, raw)
+    if sc.grpc and result.upstream_calls is not None:
+        answered = result.requests - result.bad_status
+        if result.upstream_calls < answered:  # 2xx the grpcio servers never served
+            result.failure = (
+                f"h2load counted {answered:,} 2xx answers but the grpcio servers' handlers "
+                f"served only {result.upstream_calls:,} calls: the rest were gRPC errors behind "
+                "an HTTP 200 (from the proxy, or gRPC core refusing calls)"
+            )
     if target.proc:
         if not target.proc.alive():
             result.failure = f"{target.name} died:\n{target.proc.tail()}"
@@ -1356,6 +1581,7 @@ def summarize(runs: Sequence[RunResult], scenario: str, target: str) -> Summary:
     mine = [r for r in runs if r.scenario == scenario and r.target == target]
     valid = [r for r in mine if not r.flagged]
     peaks = [r.peak_rss_mib for r in valid if r.peak_rss_mib is not None]
+    calls = [r.upstream_calls for r in valid if r.upstream_calls is not None]
     return Summary(
         scenario,
         target,
@@ -1368,6 +1594,8 @@ def summarize(runs: Sequence[RunResult], scenario: str, target: str) -> Summary:
         cpu_us_per_req=_median([r.cpu_us_per_req for r in valid]),
         peak_rss_mib=max(peaks) if peaks else None,
         errors=sum(r.errors for r in mine),
+        upstream_calls=sum(r.upstream_calls or 0 for r in valid) if calls else None,
+        upstream_cpu_pct=_median([r.upstream_cpu_pct for r in valid]),
     )
 
 
@@ -1382,6 +1610,16 @@ def relate_to_nginx(summaries: dict[str, Summary]) -> None:
             s.vs_nginx = s.rps / ref.rps
         if s.p50_ms is not None and ref.p50_ms is not None:
             s.p50_minus_nginx_us = (s.p50_ms - ref.p50_ms) * 1e3
+
+
+def relate_to_direct(summaries: dict[str, Summary]) -> None:
+    """grpc: each target's RPS over direct's, the grpcio server's own ceiling."""
+    ref = summaries.get("direct")
+    if ref is None or not ref.rps:
+        return
+    for s in summaries.values():
+        if s.rps is not None:
+            s.vs_direct = s.rps / ref.rps
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -1410,6 +1648,9 @@ def scenario_rows(summaries: Sequence[Summary], sc: Scenario) -> str:
     head = ["target", "MiB/s" if body else "RPS", "vs nginx", "p50 ms", "p99 ms"]
     head += ["peak RSS MiB"] if body else ["p50-nginx us"] if sc.connections == 1 else []
     head += ["CPU us/req", "errors", "runs ok/flagged"]
+    if sc.grpc:
+        head[3:3] = ["vs direct"]
+        head += ["upstream calls", "upstream CPU %"]
     rows = []
     for s in summaries:
         row = [
@@ -1424,6 +1665,9 @@ def scenario_rows(summaries: Sequence[Summary], sc: Scenario) -> str:
         elif sc.connections == 1:
             row.append(_fmt(s.p50_minus_nginx_us, "+.0f"))
         row += [_fmt(s.cpu_us_per_req, ".1f"), str(s.errors), f"{s.valid_runs}/{s.flagged_runs}"]
+        if sc.grpc:
+            row[3:3] = [_fmt(s.vs_direct, ".2f")]
+            row += [_fmt(s.upstream_calls, ","), _fmt(s.upstream_cpu_pct, ".0f")]
         rows.append(row)
     return table(head, rows)
 
@@ -1568,17 +1812,51 @@ def rotation(targets: Sequence[Target]) -> list[Target]:
     return sorted(targets, key=lambda t: ROTATION.index(t.name))
 
 
-def timed_rounds(bench: Bench, targets: Sequence[Target]) -> list[RunResult]:
+def start_grpc_targets(bench: Bench, names: Sequence[str]) -> tuple[list[Target], dict[str, str]]:
+    """The grpc scenario's targets (proxies of their own in front of the grpcio servers), each
+    checked by grpc_preflight; failures are keyed `grpc/<name>`."""
+    try:
+        direct = bench.start_grpc_upstreams()
+    except StartError as exc:
+        return [], {"grpc/direct": f"the grpcio servers did not start: {exc}"}
+    starters: dict[str, Callable[[], Target]] = {
+        "direct": lambda: direct,
+        "nginx": lambda: bench.start_nginx(grpc=True),
+        "haproxy": lambda: bench.start_haproxy(grpc=True),
+        "rollout-proxy": lambda: bench.start_rollout_proxy(grpc=True),
+    }
+    ready, failures = [], {}
+    for name in (n for n in names if n in GRPC_TARGETS):
+        try:
+            target = starters[name]()
+        except StartError as exc:
+            failures[f"grpc/{name}"] = f"did not start: {exc}"
+            continue
+        error, note = grpc_preflight(target, bench.cert)
+        if error:
+            failures[f"grpc/{name}"] = f"pre-flight check failed: {error}"
+            continue
+        target.note = f"{target.note}; {note}"
+        ready.append(target)
+    return ready, failures
+
+
+def timed_rounds(
+    bench: Bench, targets: Sequence[Target], grpc_targets: Sequence[Target] = ()
+) -> list[RunResult]:
     opts = bench.opts
     scenarios = [TIMED_SCENARIOS[s](opts) for s in opts.scenarios if s in TIMED_SCENARIOS]
     runs: list[RunResult] = []
-    if scenarios and opts.warmup > 0:
-        for target in rotation(targets):
-            measure(bench, scenarios[0], target, 0, opts.warmup)
+    if opts.warmup > 0:
+        over_http = [s for s in scenarios if not s.grpc]
+        over_grpc = [s for s in scenarios if s.grpc]
+        for group, pool in ((over_http, targets), (over_grpc, grpc_targets)):
+            for target in rotation(pool) if group else []:
+                measure(bench, group[0], target, 0, opts.warmup)
     for rnd in range(1, opts.rounds + 1):
         for sc in scenarios:
-            for target in rotation(targets):
-                if sc.streams and target.name not in H2_TARGETS:
+            for target in rotation(grpc_targets if sc.grpc else targets):
+                if sc.streams and not sc.grpc and target.name not in H2_TARGETS:
                     continue  # speaks no HTTP/2 here
                 result = measure(bench, sc, target, rnd, opts.duration)
                 runs.append(result)
@@ -1662,6 +1940,18 @@ def rollout_line(check: RolloutCheck) -> str:
     return line
 
 
+def grpc_ceiling_line(direct: Summary | None) -> str:
+    """What the grpcio server manages alone, so a reader sees who the bottleneck is."""
+    if direct is None or direct.rps is None:
+        return "upstream ceiling: not measured (direct was not run or had errors)"
+    return (
+        f"upstream ceiling: the stable grpcio server alone (direct, h2c) answers "
+        f"{direct.rps:,.0f} req/s at {_fmt(direct.upstream_cpu_pct, '.0f')}% CPU (its core is "
+        "shared with h2load); a proxy near 1.00x direct is held back by the server, so compare "
+        "CPU us/req"
+    )
+
+
 def report(
     opts: Options,
     info: dict[str, Any],
@@ -1671,8 +1961,8 @@ def report(
     idle: Sequence[IdleResult],
     soak: Sequence[SoakResult],
     rollout: RolloutCheck | None,
+    grpc_targets: Sequence[Target] = (),
 ) -> dict[str, Any]:
-    names = [t.name for t in rotation(targets)]
     print(
         f"\nrollout-proxy benchmark, {info['date']}, {info['cpu']} x{info['cpus']}, "
         f"Linux {info['kernel']}, nginx {info['nginx']}, wrk {info['wrk']}, "
@@ -1686,10 +1976,15 @@ def report(
         if name not in TIMED_SCENARIOS:
             continue
         sc = TIMED_SCENARIOS[name](opts)
+        names = [t.name for t in rotation(grpc_targets if sc.grpc else targets)]
         by_target = {t: summarize(runs, name, t) for t in names}
         relate_to_nginx(by_target)
+        if sc.grpc:
+            relate_to_direct(by_target)
         summaries[name] = list(by_target.values())
         print(f"\n{name}: {sc.title}\n{scenario_rows(summaries[name], sc)}")
+        if sc.grpc:
+            print(grpc_ceiling_line(by_target.get("direct")))
     if idle:
         print(f"\nidle: keep-alive connections held open after one request each\n{idle_rows(idle)}")
     if soak:
@@ -1705,6 +2000,8 @@ def report(
         print(f"\n{rollout_line(rollout)}")
     for t in targets:
         print(f"  {t.name}: {t.note}")
+    for t in grpc_targets:
+        print(f"  grpc/{t.name}: {t.note}")
     for line in flagged_lines(runs):
         print(line)
     for name, why in failures.items():
@@ -1713,6 +2010,7 @@ def report(
         "machine": info,
         "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(opts).items()},
         "targets": {t.name: {"port": t.port, "note": t.note} for t in targets},
+        "grpc_targets": {t.name: {"port": t.port, "note": t.note} for t in grpc_targets},
         "failures": failures,
         "summaries": {k: [asdict(s) for s in v] for k, v in summaries.items()},
         "vs_bare": vs_bare,
@@ -1732,12 +2030,24 @@ def execute(opts: Options, workdir: Path) -> int:
     nofile = raise_nofile(2 * opts.idle_n + 4096)
     bench = Bench(opts, workdir, (load_cpu, target_cpu), nofile)
     try:
-        upstream = bench.start_upstream()
-        targets, failures = start_targets(bench, opts.targets, upstream)
+        targets: list[Target] = []
+        failures: dict[str, str] = {}
+        if any(s != "grpc" for s in opts.scenarios):
+            upstream = bench.start_upstream()
+            targets, failures = start_targets(bench, opts.targets, upstream)
+        grpc_targets: list[Target] = []
+        if "grpc" in opts.scenarios:
+            grpc_targets, grpc_failures = start_grpc_targets(bench, opts.targets)
+            failures.update(grpc_failures)
         for name, why in failures.items():
             print(f"FAILED {name}: {why}", flush=True)
-        print(f"targets: {', '.join(t.name for t in rotation(targets)) or 'none'}", flush=True)
-        runs = timed_rounds(bench, targets)
+        if any(s != "grpc" for s in opts.scenarios):
+            names = ", ".join(t.name for t in rotation(targets)) or "none"
+            print(f"targets: {names}", flush=True)
+        if "grpc" in opts.scenarios:
+            names = ", ".join(t.name for t in rotation(grpc_targets)) or "none"
+            print(f"grpc targets: {names}", flush=True)
+        runs = timed_rounds(bench, targets, grpc_targets)
         idle = [
             measure_idle(t, opts.idle_n, nofile, 1.0 if opts.quick else 3.0)
             for t in rotation(targets)
@@ -1750,8 +2060,21 @@ def execute(opts: Options, workdir: Path) -> int:
             if "soak" in opts.scenarios and t.proc is not None
         ]
         proxy = [t for t in targets if t.name == "rollout-proxy"]
-        rollout = check_rollout(proxy[0], bool(runs or soak), opts.shadow > 0) if proxy else None
-        data = report(opts, machine_info(), targets, failures, runs, idle, soak, rollout)
+        http_runs = [r for r in runs if r.scenario != "grpc"]
+        rollout = (
+            check_rollout(proxy[0], bool(http_runs or soak), opts.shadow > 0) if proxy else None
+        )
+        # The grpc proxy's own rollout: still at its first step means its analysis saw no
+        # failing gRPC outcome on the canary (a grpc-status error would roll it back).
+        grpc_proxy = [t for t in grpc_targets if t.name == "rollout-proxy"]
+        grpc_runs = [r for r in runs if r.scenario == "grpc"]
+        grpc_rollout = check_rollout(grpc_proxy[0], bool(grpc_runs)) if grpc_proxy else None
+        data = report(
+            opts, machine_info(), targets, failures, runs, idle, soak, rollout, grpc_targets
+        )
+        if grpc_rollout is not None:
+            print(f"grpc {rollout_line(grpc_rollout)}")
+        data["grpc_rollout"] = asdict(grpc_rollout) if grpc_rollout is not None else None
     finally:
         bench.close()
     ok = (
@@ -1760,6 +2083,7 @@ def execute(opts: Options, workdir: Path) -> int:
         and not any(i.failure for i in idle)
         and not any(r.failure for r in soak)
         and (rollout is None or rollout.failure is None)
+        and (grpc_rollout is None or grpc_rollout.failure is None)
     )
     data["ok"] = ok
     if opts.json_path:
@@ -1786,7 +2110,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, help="seconds per wrk run (default 10)")
     p.add_argument(
         "--scenarios",
-        help=f"comma list of {','.join(ALL_SCENARIOS)} (default: all but soak)",
+        help=f"comma list of {','.join(ALL_SCENARIOS)} (default: "
+        f"{','.join(DEFAULT_SCENARIOS)}; h2 and grpc need --tls)",
     )
     p.add_argument(
         "--targets",
@@ -1858,8 +2183,12 @@ def resolve(ns: argparse.Namespace) -> tuple[Options, dict[str, str | None]]:
     default_cmd = ns.proxy_cmd == "{python} -m proxy run -c {config}"
     avail = available_targets(not default_cmd)
     chosen = targets or tuple(t for t in ALL_TARGETS if avail[t] is None)
-    if scenarios is not None and "h2" in scenarios and not ns.tls:
-        raise SystemExit("the h2 scenario runs over TLS (ALPN h2, as nginx is set up): add --tls")
+    over_h2 = [s for s in scenarios or () if s in H2_SCENARIOS]
+    if over_h2 and not ns.tls:
+        raise SystemExit(
+            f"the {' and '.join(over_h2)} scenario runs over TLS (ALPN h2, as nginx is set up): "
+            "add --tls"
+        )
     if ns.tls:
         if targets is not None and "bare" in targets:
             raise SystemExit("--tls: bare speaks no TLS; leave it out of --targets")
@@ -1894,7 +2223,12 @@ def _shadow_percent(value: float) -> float:
 
 def missing_tools(opts: Options) -> list[str]:
     needed = ["nginx", "wrk"] + (["haproxy"] if "haproxy" in opts.targets else [])
-    return [tool for tool in needed if shutil.which(tool) is None]
+    if any(s in H2_SCENARIOS for s in opts.scenarios):
+        needed.append("h2load")
+    missing = [tool for tool in needed if shutil.which(tool) is None]
+    if "grpc" in opts.scenarios and missing_modules(("grpc",)):
+        missing.append("grpcio (pip install grpcio)")
+    return missing
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@ needs the machine to itself); `python loadtests/bench.py --quick --tls` is its s
 from __future__ import annotations
 
 import ssl
+import subprocess
 from pathlib import Path
 
 from proxy.config import parse_text
@@ -52,3 +53,22 @@ def test_the_h2_scenario_turns_http2_on_in_each_proxy(tmp_path: Path) -> None:
     assert (scenario.connections, scenario.streams) == (8, 100)
     nginx = module.PROXY_NGINX_HTTP.format(upstream_port=3, port=1, ssl=" ssl http2", tls_lines="")
     assert "listen 127.0.0.1:1 backlog=4096 ssl http2;" in nginx
+
+
+def test_haproxy_offers_h2_by_alpn_in_the_h2_scenario_and_is_one_of_its_targets(
+    tmp_path: Path,
+) -> None:
+    module = bench()
+    files = module.make_certificate(tmp_path)
+    assert "haproxy" in module.H2_TARGETS
+    h2 = module.haproxy_bind_tls(files, True)
+    assert h2 == f" ssl crt {files.both} ssl-min-ver TLSv1.2 alpn h2,http/1.1"
+    assert module.haproxy_bind_tls(files, False) == f" ssl crt {files.both} ssl-min-ver TLSv1.2"
+    assert module.haproxy_bind_tls(None, True) == ""
+    cfg = module.HAPROXY_CFG.format(maxconn=10, port=1, upstream_port=3, bind_tls=h2)
+    assert f"bind 127.0.0.1:1{h2}" in cfg
+    assert "server s1 127.0.0.1:3 maxconn 1000" in cfg  # an HTTP/1.1 upstream, kept alive
+    checked = subprocess.run(
+        ["haproxy", "-c", "-f", "/dev/stdin"], input=cfg, capture_output=True, text=True
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
