@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 from h2.events import Event, RequestReceived
 
-from loadtests import h2cost
+from tests.support.scripts import load_script
+
+h2cost = load_script("h2cost")
 
 
 def test_the_cost_of_both_sides_is_written_per_request(tmp_path: Path) -> None:
