@@ -50,14 +50,14 @@ _NAME: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+").fullmatch
 _BAD_VALUE: Final = re.compile(rb"[\x00\r\n]|\A[ \t]|[ \t]\Z").search
 _COOKIE: Final = b"cookie"
 _LENGTH: Final = b"content-length"
-# Connection-specific fields have no place in HTTP/2 (RFC 9113 8.2.2); h2 refuses them first,
-# this holds should its validation ever let one through.
+# Connection-specific fields have no place in HTTP/2 (RFC 9113 8.2.2): refused here, since
+# h2 does not validate what the proxy's client connections receive (h2codec.py).
 _CONNECTION_SPECIFIC: Final = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
 )
 
 # Connection options that never drop a field (the standard ones), nor the length HTTP/2 keeps.
-_NAMED_KEPT: Final = framing.STANDARD_OPTIONS | {b"content-length"}
+_NAMED_KEPT: Final = framing.STANDARD_OPTIONS | {_LENGTH}
 
 # Fields never relayed as trailers: the framing, connection and routing fields of a head.
 _NOT_TRAILERS: Final = frozenset(
