@@ -116,7 +116,7 @@ SHADOW_RESULTS: Final = frozenset(
 )
 ROLLOUT_STATUSES: Final = frozenset({"progressing", "paused", "completed", "rolled_back"})
 # The statuses of the refusals the proxy raises (BadRequest and NoRoute, proxy/errors.py).
-REJECT_STATUSES: Final = frozenset({400, 404, 405, 408, 413, 414, 417, 431, 501, 505})
+REJECT_STATUSES: Final = frozenset({400, 404, 405, 408, 413, 414, 417, 429, 431, 501, 505})
 
 
 def _in_sync() -> float:

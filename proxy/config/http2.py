@@ -5,10 +5,12 @@ Off by default. `enabled: true` makes a TLS listener offer `h2` before `http/1.1
 well as HTTP/1.1. The limits bound what one client connection may cost (RELIABILITY.md):
 streams at once, the decoded header list, the request-body window per stream, and the rates
 of stream resets (rapid reset) and of SETTINGS/PING frames (floods) before the connection is
-ended with GOAWAY ENHANCE_YOUR_CALM.
+ended with GOAWAY ENHANCE_YOUR_CALM, and how long its address is then refused (`penalty`).
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from proxy.config import reader as read
 from proxy.config.model import Http2Config
@@ -23,6 +25,7 @@ _KEYS = (
     "max_frame_size",
     "max_resets_per_s",
     "max_control_frames_per_s",
+    "penalty",
 )
 # (low, high) of each integer key; the frame and window bounds are RFC 9113's (6.5.2).
 _RANGES = {
@@ -33,6 +36,7 @@ _RANGES = {
     "max_resets_per_s": (1, 100000),
     "max_control_frames_per_s": (1, 100000),
 }
+_PENALTY_MAX_S = 3600.0
 
 
 def http2(value: object, path: str) -> Http2Config:
@@ -45,6 +49,17 @@ def http2(value: object, path: str) -> Http2Config:
         for name, (low, high) in _RANGES.items()
         if name in data
     }
+    penalty = data.get("penalty")
     if h2c and not enabled:
         raise ConfigError(read.key(path, "h2c"), "needs http2.enabled: true")
-    return Http2Config(enabled, h2c, **numbers)
+    config = Http2Config(enabled, h2c, **numbers)
+    if penalty is None:
+        return config
+    return replace(config, penalty_s=_penalty(penalty, read.key(path, "penalty")))
+
+
+def _penalty(value: object, path: str) -> float:
+    seconds = read.duration(value, path, allow_zero=True)
+    if seconds > _PENALTY_MAX_S:
+        raise ConfigError(path, "must be at most 1h (a bar outlasting that is a firewall's job)")
+    return seconds

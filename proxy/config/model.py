@@ -229,6 +229,8 @@ class Http2Config:
     max_frame_size: int = 16384
     max_resets_per_s: int = 100  # streams a client may reset per second (rapid reset)
     max_control_frames_per_s: int = 200  # SETTINGS and PING (floods)
+    # After either allowance is spent, the client's address may not connect for this long.
+    penalty_s: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)

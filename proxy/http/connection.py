@@ -22,6 +22,7 @@ import termios
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Final, cast
 
+from proxy.core.penalties import Penalties, barred
 from proxy.errors import BadRequest, HttpError, Overloaded
 from proxy.http import framing
 from proxy.http.sides import ClientSide
@@ -56,6 +57,7 @@ class Listener:
     limits: Limits
     generation: int  # of the config its limits come from
     connections: set[ClientConnection]
+    penalties: Penalties  # addresses barred for abuse
     draining: bool
     scheme: bytes
     tls: ListenerTls | None
@@ -129,11 +131,16 @@ class ClientConnection(ClientSide, asyncio.Protocol):
         if len(engine.connections) >= self.limits.max_connections:
             self.transport.abort()
             return
-        engine.connections.add(self)
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0] if isinstance(peer, tuple) else ""
         self.peer_bytes = self.peer_ip.encode("ascii")
         self.trusted = engine.is_trusted(self.peer_ip)
+        if not self.trusted and barred(engine.penalties, self.peer_ip, self.loop.time()):
+            # Its address was barred for abuse (HTTP/2 floods): closed before any byte is read.
+            engine.rejected(BadRequest("client address barred after abuse", 429))
+            self.transport.abort()
+            return
+        engine.connections.add(self)
         if engine.tls is not None and engine.tls.config.client_auth != "none":
             self.client_cert = peer_names(transport.get_extra_info("peercert"))
         self.draining = engine.draining

@@ -17,6 +17,9 @@ upstream):
   read never reaches an upstream; resets and refused streams are paid from an allowance
   (`max_resets_per_s`), SETTINGS and PING frames from another (`max_control_frames_per_s`):
   either spent, GOAWAY ENHANCE_YOUR_CALM and the connection ends (rapid reset, floods);
+  h2 is given a read in slices, so that a read of tiny frames is cut within a slice of its
+  allowance running out; the client's address (unless a trusted peer) is then barred for
+  `penalty_s`, so that reconnecting does not buy a fresh allowance;
 - deadlines are the engine's: idle (no stream open), a request body's (per read and in
   total), the upstream's (the exchange's own), and the send timeout (a stream or the
   connection whose client takes nothing).
@@ -44,6 +47,7 @@ from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes, Settings
 
 from proxy.core.allowance import Allowance, full, spend
+from proxy.core.penalties import bar
 from proxy.errors import BadRequest, HttpError, Overloaded
 from proxy.http import h2codec
 from proxy.http.connection import IDLE, WAIT, ClientConnection, Listener
@@ -61,6 +65,10 @@ if TYPE_CHECKING:
 
 
 PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+# h2 parses all it is given before it returns the events, so a read is given to it in slices
+# and the allowances are checked between them: a flood of 9-byte frames costs at most a
+# slice's worth (455 frames) past its allowance, not a whole read's (a read can be 256 KiB).
+_SLICE: Final = 4096
 
 
 def take_over(old: ClientConnection, transport: asyncio.BaseTransport, data: bytes = b"") -> None:
@@ -125,19 +133,14 @@ class H2ClientConnection(StreamHost):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
-        try:
-            events = self.h2.receive_data(data)
-        except ProtocolError as exc:
-            # h2 has queued the GOAWAY its error calls for (PROTOCOL_ERROR, COMPRESSION_ERROR,
-            # FRAME_SIZE_ERROR, ...): send it and end the connection.
-            self.engine.rejected(BadRequest(f"HTTP/2 protocol error: {exc}"))
-            self._end()
-            return
         fresh: list[H2Stream] = []
-        for event in events:
-            self._dispatch(event, fresh)
-            if self.closing:
+        if len(data) <= _SLICE:
+            if not self._feed(data, fresh):
                 return
+        else:
+            for start in range(0, len(data), _SLICE):
+                if not self._feed(data[start : start + _SLICE], fresh):
+                    return
         # Exchanges start once the whole read is handled: a stream opened and reset within
         # it never costs an upstream request.
         for stream in fresh:
@@ -146,6 +149,22 @@ class H2ClientConnection(StreamHost):
                 self._run(exchange)
         self._update_phase()
         self.flush()
+
+    def _feed(self, data: bytes, fresh: list[H2Stream]) -> bool:
+        """Hand h2 one slice of a read and act on its events; False once the connection ends."""
+        try:
+            events = self.h2.receive_data(data)
+        except ProtocolError as exc:
+            # h2 has queued the GOAWAY its error calls for (PROTOCOL_ERROR, COMPRESSION_ERROR,
+            # FRAME_SIZE_ERROR, ...): send it and end the connection.
+            self.engine.rejected(BadRequest(f"HTTP/2 protocol error: {exc}"))
+            self._end()
+            return False
+        for event in events:
+            self._dispatch(event, fresh)
+            if self.closing:
+                return False
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -266,7 +285,11 @@ class H2ClientConnection(StreamHost):
         """The client sends more than it may: GOAWAY ENHANCE_YOUR_CALM, streams cut, close."""
         if self.closing:
             return
-        self.engine.rejected(BadRequest(f"HTTP/2: too many {what}", 429))
+        engine = self.engine
+        engine.rejected(BadRequest(f"HTTP/2: too many {what}", 429))
+        if not self.trusted:
+            # Reconnecting would buy a fresh allowance: the address is barred for a while.
+            bar(engine.penalties, self.peer_ip, self.loop.time())
         self.h2.data_to_send()  # what this read queued (its acknowledgements) is dropped
         with contextlib.suppress(ProtocolError):
             self.h2.close_connection(

@@ -16,6 +16,7 @@ import ipaddress
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from proxy.core.penalties import Penalties
 from proxy.http.connection import ClientConnection, Listener
 from proxy.http.downstream import DownstreamProtocol
 from proxy.http.exchange import Exchanges
@@ -51,6 +52,7 @@ class Engine(Listener):
         self.request_ids = RequestIds()
         self.exchanges = exchanges or Exchanges()
         self.connections: set[ClientConnection] = set()
+        self.penalties = Penalties(config.http2.penalty_s)
         self.draining = False
         self.scheme = b"http"  # of this listener: X-Forwarded-Proto when no trusted peer says
         self.tls: ListenerTls | None = None
@@ -70,6 +72,7 @@ class Engine(Listener):
         """Serve `config`'s limits, trusted peers and header kinds from the next request on."""
         self.limits = limits = config.limits
         self.http2 = config.http2
+        self.penalties.seconds = config.http2.penalty_s  # bars already set keep their end
         self.header_kinds = header_kinds(identity_headers, relevant_headers)
         self._trusted = config.trusted_peers
         self._trust_cache = {}

@@ -39,6 +39,12 @@ def test_http2_limits_are_read() -> None:
     assert config.http2.h2c
     assert config.http2.max_concurrent_streams == 7
     assert config.http2.max_header_list_size == 4096
+    assert config.http2.penalty_s == 10.0  # the default
+
+
+def test_the_penalty_is_a_duration_and_zero_turns_it_off() -> None:
+    assert parse_config(_data(enabled=True, penalty="250ms"), {}).http2.penalty_s == 0.25
+    assert parse_config(_data(enabled=True, penalty=0), {}).http2.penalty_s == 0.0
 
 
 @pytest.mark.parametrize(
@@ -50,6 +56,8 @@ def test_http2_limits_are_read() -> None:
         ({"enabled": True, "max_frame_size": 1000}, "http2.max_frame_size", "integer from 16384"),
         ({"enabled": True, "max_header_list_size": 10}, "http2.max_header_list_size", "from 1024"),
         ({"enabled": True, "streams": 5}, "http2.streams", "unknown key"),
+        ({"enabled": True, "penalty": "soon"}, "http2.penalty", "duration"),
+        ({"enabled": True, "penalty": "2h"}, "http2.penalty", "at most 1h"),
     ],
 )
 def test_a_bad_http2_value_names_its_key(http2: dict[str, Any], path: str, reason: str) -> None:

@@ -7,11 +7,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from hpack import Encoder
 from hyperframe.frame import ContinuationFrame, HeadersFrame, PingFrame, SettingsFrame
 
 from tests.http2.conftest import Origin
+from tests.support.client import scrape, value
 from tests.support.h2client import RawH2
 from tests.support.proxy import config_dict, running_proxy, service
 
@@ -112,6 +115,101 @@ async def test_settings_and_ping_floods_end_the_connection(stable: Origin) -> No
             assert await _refused_connection(client) == ErrorCodes.ENHANCE_YOUR_CALM
             # Each answered frame costs an acknowledgement: far fewer than sent went out.
             assert len(client.events) < 200
+
+
+async def test_a_read_is_parsed_in_slices_so_a_flood_is_cut_within_one(
+    stable: Origin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handed: list[int] = []  # what the proxy's connections gave h2 to parse, call by call
+    receive = H2Connection.receive_data
+
+    def spy(self: H2Connection, data: bytes) -> list[Any]:
+        if not self.config.client_side:
+            handed.append(len(data))
+        return receive(self, data)
+
+    monkeypatch.setattr(H2Connection, "receive_data", spy)
+    ping = PingFrame(0, opaque_data=b"12345678").serialize()
+    async with running_proxy(_data(stable, max_control_frames_per_s=50)) as runtime:
+        client = await RawH2.open(runtime.data_address[1])
+        await client.send(ping * 20000)  # 340 KB of PINGs in one write
+        assert await _refused_connection(client) == ErrorCodes.ENHANCE_YOUR_CALM
+    assert max(handed) <= 4096
+    # Cut in the slice where the 51st PING is: the preface, SETTINGS and 51 PINGs fit in 2.
+    assert sum(handed) <= 2 * 4096, handed
+
+
+def _untrusted(data: dict[str, Any]) -> dict[str, Any]:
+    data["trusted_peers"] = []  # the test's own address, 127.0.0.1, may be barred
+    return data
+
+
+async def _closed_at_accept_h2(port: int) -> None:
+    client = await RawH2.open(port)
+    stream_id = client.request("/")
+    await client.send()
+    await client.until(lambda c: c.eof or c.ended(stream_id), within=3)
+    assert client.eof
+    assert client.events == []  # not even the proxy's SETTINGS: nothing was read or sent
+
+
+async def _closed_at_accept_http11(port: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    try:
+        answer = await asyncio.wait_for(reader.read(), 3)
+    except ConnectionError:
+        answer = b""
+    writer.close()
+    assert answer == b""
+
+
+async def test_a_flooding_address_is_barred_for_the_penalty_then_served(stable: Origin) -> None:
+    ping = PingFrame(0, opaque_data=b"12345678").serialize()
+    config = _untrusted(_data(stable, max_control_frames_per_s=50, penalty="600ms"))
+    async with running_proxy(config) as runtime:
+        port = runtime.data_address[1]
+        loop = asyncio.get_running_loop()
+        client = await RawH2.open(port)
+        await client.send(ping * 2000)
+        assert await _refused_connection(client) == ErrorCodes.ENHANCE_YOUR_CALM
+        barred_at = loop.time()
+        # Reconnecting buys no fresh allowance: closed at accept, HTTP/2 and HTTP/1.1 alike.
+        await _closed_at_accept_h2(port)
+        await _closed_at_accept_http11(port)
+        assert loop.time() - barred_at < 0.6  # both were tried within the bar
+        assert stable.seen == []
+        await asyncio.sleep(0.7)  # the bar has ended
+        later = await RawH2.open(port)
+        stream_id = later.request("/")
+        await later.send()
+        assert await later.until(lambda c: c.ended(stream_id))
+        assert later.status(stream_id) == 200
+        await later.close()
+        samples = await scrape(runtime)
+    # The flood's calm, and the two connections refused at accept.
+    assert value(samples, "rollout_rejected_requests_total", status="429") == 3
+
+
+@pytest.mark.parametrize(
+    ("trusted", "penalty"), [(["127.0.0.0/8"], "10s"), ([], 0)], ids=["trusted", "off"]
+)
+async def test_a_trusted_peer_or_a_zero_penalty_is_never_barred(
+    stable: Origin, trusted: list[str], penalty: Any
+) -> None:
+    config = _data(stable, max_control_frames_per_s=50, penalty=penalty)
+    config["trusted_peers"] = trusted
+    async with running_proxy(config) as runtime:
+        port = runtime.data_address[1]
+        client = await RawH2.open(port)
+        await client.send(SettingsFrame(0).serialize() * 2000)
+        assert await _refused_connection(client) == ErrorCodes.ENHANCE_YOUR_CALM
+        again = await RawH2.open(port)
+        stream_id = again.request("/")
+        await again.send()
+        assert await again.until(lambda c: c.ended(stream_id))
+        assert again.status(stream_id) == 200
+        await again.close()
 
 
 async def test_a_zero_window_reader_stalls_its_stream_only_and_is_cut(stable: Origin) -> None:
