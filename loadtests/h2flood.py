@@ -19,15 +19,17 @@ library, or by hyperframe where h2 would refuse to build them; HPACK by hpack's 
 Per attack and target it reports: the target's CPU seconds (utime+stime from /proc) and CPU %
 over the run, its RSS before / peak (sampled every 50 ms) / after, the attack's requests that
 reached the upstream (counted in the upstream nginx's access log by path), the connections the
-attacker opened and how many the target closed, the frames (or streams) it wrote to its
-sockets (handed to the kernel; a target that closes leaves some unread), and the
+attacker opened and how many the target closed (and of those, how many it closed before sending
+a byte: refused at accept, as rollout-proxy does for a barred address), the frames (or streams)
+it wrote to its sockets (handed to the kernel; a target that closes leaves some unread), and the
 legitimate client's answers (2xx of all) and p50/p99 latency.
 
 Everything listens on 127.0.0.1 (h2c by prior knowledge: the attacks are on the HTTP/2 layer;
-TLS would cost every target the same): the upstream nginx and the attacker on the first CPU,
-the target on the second. rollout-proxy runs as loadtests/bench.py runs it (metrics on, a 10%
-canary step) with `http2: {enabled: true, h2c: true}` and the default HTTP/2 limits; nginx with
-`listen ... http2` (1 worker, keep-alive upstream); HAProxy with `bind ... proto h2` (1 thread).
+TLS would cost every target the same); each attack connects from an address of its own
+(127.0.0.2, 127.0.0.3, ...). The upstream nginx and the attacker run on the first CPU, the
+target on the second. rollout-proxy runs as loadtests/bench.py runs it (metrics on, a 10% canary
+step) with `http2: {enabled: true, h2c: true}` and the default HTTP/2 limits; nginx with `listen
+... http2` (1 worker, keep-alive upstream); HAProxy with `bind ... proto h2` (1 thread).
 
 Usage::
 
@@ -70,6 +72,14 @@ ATTACKS = ("none", "rapid-reset", "continuation", "settings", "ping", "hpack-bom
 TARGETS = ("nginx", "haproxy", "rollout-proxy")
 ATTACK_PATH = "/attack"
 LEGIT_PATH = "/legit"
+
+
+def attacker_address(attack_name: str) -> str:
+    """The source address of an attack: loopback too (it connects to 127.0.0.1 like the
+    legitimate client), but its own, one per attack. What a target does to an abusive address
+    (rollout-proxy's `http2.penalty`) then falls on that attacker alone, as with a real one,
+    and each attack starts unbarred."""
+    return f"127.0.0.{2 + ATTACKS.index(attack_name)}"
 BATCH = 20  # rapid reset: streams opened and reset per write
 FRAMES_PER_WRITE = 100  # CONTINUATION, SETTINGS, PING frames per write
 BOMB_FIELD = (b"x-bomb", b"b" * 4000)
@@ -94,6 +104,7 @@ class Tally:
 
     connections: int = 0  # opened
     closed_by_target: int = 0  # ended by the target (EOF or reset) before the run's end
+    closed_unanswered: int = 0  # of those, closed before the target sent a byte (barred)
     frames: int = 0  # frames sent (rapid reset and HPACK bomb: streams opened)
     refused_connects: int = 0  # connection attempts that failed
 
@@ -107,6 +118,7 @@ class FloodResult:
     duration_s: float = 0.0
     connections: int = 0
     closed_by_target: int = 0
+    closed_unanswered: int = 0  # closed before the target sent a byte (refused at accept)
     refused_connects: int = 0  # connection attempts that failed (counted in connections)
     sent: int = 0
     sent_unit: str = "frames"
@@ -155,11 +167,13 @@ class Conn:
         self.h2 = _client()
         self.parse = True
         self.closed = False
+        self.answered = False  # the target sent something (its SETTINGS, at least)
         self._task = asyncio.ensure_future(self._read())
 
     async def _read(self) -> None:
         try:
             while data := await self.reader.read(65536):
+                self.answered = True
                 if self.parse:
                     try:
                         self.h2.receive_data(data)
@@ -268,14 +282,16 @@ FLOODS: dict[str, Callable[[Conn, Tally, float], Any]] = {
 
 
 async def _worker(
-    port: int, flood: Callable[[Conn, Tally, float], Any], tally: Tally, until: float, cap: int
-) -> None:
+    port: int, flood: Callable[[Conn, Tally, float], Any], tally: Tally, until: float, cap: int,
+    source: str,
+) -> None:  # fmt: skip
     loop = asyncio.get_running_loop()
     while loop.time() < until and tally.connections < cap:
         tally.connections += 1
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection("127.0.0.1", port), until - loop.time()
+                asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0)),
+                until - loop.time(),
             )
         except (TimeoutError, OSError):
             tally.refused_connects += 1
@@ -288,6 +304,7 @@ async def _worker(
             await asyncio.wait_for(flood(conn, tally, until), max(0.0, until - loop.time()))
         if loop.time() < until and await conn.closed_by_peer(min(1.0, until - loop.time())):
             tally.closed_by_target += 1
+            tally.closed_unanswered += not conn.answered
         await conn.close()
 
 
@@ -299,8 +316,9 @@ async def attack(port: int, name: str, duration: float, connections: int, cap: i
         await asyncio.sleep(duration)
         return tally
     until = asyncio.get_running_loop().time() + duration
-    flood = FLOODS[name]
-    await asyncio.gather(*(_worker(port, flood, tally, until, cap) for _ in range(connections)))
+    flood, source = FLOODS[name], attacker_address(name)
+    workers = (_worker(port, flood, tally, until, cap, source) for _ in range(connections))
+    await asyncio.gather(*workers)
     return tally
 
 
@@ -472,6 +490,7 @@ def run_one(flood: Flood, target: bench.Target, name: str, opts: argparse.Namesp
     result.upstream_legit_requests = legit1 - legit0
     result.connections, result.closed_by_target = tally.connections, tally.closed_by_target
     result.refused_connects = tally.refused_connects
+    result.closed_unanswered = tally.closed_unanswered
     result.sent = tally.frames
     if log.exists():
         figures = legit_figures(log)
@@ -496,6 +515,7 @@ def rows(results: Sequence[FloodResult]) -> str:
             r.attack,
             r.target,
             f"{r.connections}/{r.closed_by_target}"
+            + (f" ({r.closed_unanswered} unanswered)" if r.closed_unanswered else "")
             + (f" ({r.refused_connects} refused)" if r.refused_connects else ""),
             f"{r.sent:,} {r.sent_unit}",
             f"{r.upstream_attack_requests:,}",

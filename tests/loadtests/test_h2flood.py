@@ -88,6 +88,12 @@ def test_every_attack_against_rollout_proxy_reports_sane_figures(tmp_path: Path)
         r = results[name]
         assert r["upstream_attack_requests"] == 0, name  # refused before any byte went up
         assert r["closed_by_target"] >= 1, name  # the proxy cuts the connection
+    for name in ("rapid-reset", "settings", "ping"):
+        r = results[name]
+        # The attacker's address is barred once one of its connections spends an allowance
+        # (http2.penalty): its reconnections are closed at accept, none with a fresh allowance.
+        assert r["closed_unanswered"] >= 1, name
+        assert 1 <= r["closed_by_target"] - r["closed_unanswered"] <= 2, name  # --connections
     reset = results["rapid-reset"]
     assert reset["sent_unit"] == "streams"
     allowance = limits.max_resets_per_s + limits.max_concurrent_streams
