@@ -136,7 +136,8 @@ class ClientConnection(ClientSide, asyncio.Protocol):
         self.peer_bytes = self.peer_ip.encode("ascii")
         self.trusted = engine.is_trusted(self.peer_ip)
         if not self.trusted and barred(engine.penalties, self.peer_ip, self.loop.time()):
-            # Its address was barred for abuse (HTTP/2 floods): closed before any byte is read.
+            # Its address was barred for abuse (HTTP/2 floods): closed before a byte is read
+            # (asyncio's TLS has done the handshake by now, which a bar cannot spare).
             engine.rejected(BadRequest("client address barred after abuse", 429))
             self.transport.abort()
             return
