@@ -80,6 +80,8 @@ def attacker_address(attack_name: str) -> str:
     (rollout-proxy's `http2.penalty`) then falls on that attacker alone, as with a real one,
     and each attack starts unbarred."""
     return f"127.0.0.{2 + ATTACKS.index(attack_name)}"
+
+
 BATCH = 20  # rapid reset: streams opened and reset per write
 FRAMES_PER_WRITE = 100  # CONTINUATION, SETTINGS, PING frames per write
 BOMB_FIELD = (b"x-bomb", b"b" * 4000)
