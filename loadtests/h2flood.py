@@ -72,6 +72,11 @@ ATTACKS = ("none", "rapid-reset", "continuation", "settings", "ping", "hpack-bom
 TARGETS = ("nginx", "haproxy", "rollout-proxy")
 ATTACK_PATH = "/attack"
 LEGIT_PATH = "/legit"
+BATCH = 20  # rapid reset: streams opened and reset per write
+FRAMES_PER_WRITE = 100  # CONTINUATION, SETTINGS, PING frames per write
+BOMB_FIELD = (b"x-bomb", b"b" * 4000)
+BOMB_REPEAT = 100
+Fields = list[tuple[bytes, bytes]]
 
 
 def attacker_address(attack_name: str) -> str:
@@ -81,12 +86,6 @@ def attacker_address(attack_name: str) -> str:
     and each attack starts unbarred."""
     return f"127.0.0.{2 + ATTACKS.index(attack_name)}"
 
-
-BATCH = 20  # rapid reset: streams opened and reset per write
-FRAMES_PER_WRITE = 100  # CONTINUATION, SETTINGS, PING frames per write
-BOMB_FIELD = (b"x-bomb", b"b" * 4000)
-BOMB_REPEAT = 100
-Fields = list[tuple[bytes, bytes]]
 
 UPSTREAM = """\
     log_format flood '$request_uri';

@@ -42,7 +42,7 @@ def test_when_full_ended_bars_and_then_the_oldest_go() -> None:
     bar(penalties, "c", 5.0)
     bar(penalties, "d", 6.0)  # full: "a", the oldest, goes
     assert list(penalties.until) == ["b", "c", "d"]
-    bar(penalties, "e", 12.0)  # full: "b" goes, and "c" (ended at 15?) stays
+    bar(penalties, "e", 12.0)  # full: "b" goes; "c" (ending at 15) stays
     assert list(penalties.until) == ["c", "d", "e"]
     bar(penalties, "f", 16.5)  # "c" goes as the oldest, "d" (ended at 16) with it
     assert list(penalties.until) == ["e", "f"]

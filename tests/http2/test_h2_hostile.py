@@ -164,6 +164,15 @@ async def _closed_at_accept_http11(port: int) -> None:
     assert answer == b""
 
 
+async def _served_on_a_new_connection(port: int) -> None:
+    client = await RawH2.open(port)
+    stream_id = client.request("/")
+    await client.send()
+    assert await client.until(lambda c: c.ended(stream_id))
+    assert client.status(stream_id) == 200
+    await client.close()
+
+
 async def test_a_flooding_address_is_barred_for_the_penalty_then_served(stable: Origin) -> None:
     ping = PingFrame(0, opaque_data=b"12345678").serialize()
     config = _untrusted(_data(stable, max_control_frames_per_s=50, penalty="600ms"))
@@ -180,12 +189,7 @@ async def test_a_flooding_address_is_barred_for_the_penalty_then_served(stable: 
         assert loop.time() - barred_at < 0.6  # both were tried within the bar
         assert stable.seen == []
         await asyncio.sleep(0.7)  # the bar has ended
-        later = await RawH2.open(port)
-        stream_id = later.request("/")
-        await later.send()
-        assert await later.until(lambda c: c.ended(stream_id))
-        assert later.status(stream_id) == 200
-        await later.close()
+        await _served_on_a_new_connection(port)
         samples = await scrape(runtime)
     # The flood's calm, and the two connections refused at accept.
     assert value(samples, "rollout_rejected_requests_total", status="429") == 3
@@ -204,12 +208,7 @@ async def test_a_trusted_peer_or_a_zero_penalty_is_never_barred(
         client = await RawH2.open(port)
         await client.send(SettingsFrame(0).serialize() * 2000)
         assert await _refused_connection(client) == ErrorCodes.ENHANCE_YOUR_CALM
-        again = await RawH2.open(port)
-        stream_id = again.request("/")
-        await again.send()
-        assert await again.until(lambda c: c.ended(stream_id))
-        assert again.status(stream_id) == 200
-        await again.close()
+        await _served_on_a_new_connection(port)
 
 
 async def test_a_zero_window_reader_stalls_its_stream_only_and_is_cut(stable: Origin) -> None:
